@@ -1,0 +1,56 @@
+"""Shared fixtures: an isolated NNCAPTION_HOME and a tiny prepared synthetic dataset.
+
+Every test session gets its own NNCAPTION_HOME in a temporary directory, so no
+test ever writes to ~/.cache/nncaption. `tiny_dataset` is built once per
+session (96 train / 24 val images, 32 px, seed 0) and is read-only for tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+TINY_N_TRAIN = 96
+TINY_N_VAL = 24
+TINY_SIZE = 32
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nncaption_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point NNCAPTION_HOME at a fresh temporary directory for the whole session."""
+    home = tmp_path_factory.mktemp("nncaption-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NNCAPTION_HOME", str(home))
+    try:
+        yield home
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic COCO-format dataset on disk (images + annotations)."""
+    from nncaption.netapi.data.synthetic import generate_synthetic
+
+    out = tmp_path_factory.mktemp("tiny-synthetic")
+    return generate_synthetic(out, n_train=TINY_N_TRAIN, n_val=TINY_N_VAL, size=TINY_SIZE, seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tiny_synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> "PreparedPaths":  # noqa: F821
+    """PreparedPaths of the tiny synthetic dataset (prepared cache in a tmp dir)."""
+    from nncaption.netapi.data.prepare import prepare_dataset
+
+    cache = tmp_path_factory.mktemp("tiny-prepared")
+    return prepare_dataset("synthetic", tiny_synthetic_root, cache, size=TINY_SIZE, seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_dataset: "PreparedPaths") -> "PreparedData":  # noqa: F821
+    """The tiny dataset opened for batching."""
+    from nncaption.netapi.data.loader import PreparedData
+
+    return PreparedData.open(tiny_dataset.public_dir)
