@@ -495,6 +495,14 @@ def _collect_methods(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dic
 
 
 def _signature_problem(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """Why the harness could not call `Net.<name>` as the contract does, or None.
+
+    The harness calls methods positionally (`Net(in_shape, out_shape, prm, device)`,
+    `learn(train_data)`, `model(images)`), so parameter names may differ and extra
+    `*args`/`**kwargs` are fine, as in many LEMUR models. What matters is that the
+    contract's call binds: enough positional slots, no other required parameters,
+    and for `forward` that `captions` (and `hidden_state`, when present) default to None.
+    """
     expected = NET_METHODS[name]
     want = f"Use exactly `{_signature_text(name)}` (extra parameters need defaults)."
     if isinstance(fn, ast.AsyncFunctionDef):
@@ -507,22 +515,27 @@ def _signature_problem(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) ->
     positional = args.posonlyargs + args.args
     names = [a.arg for a in positional]
     have = f"({', '.join(names + (['*' + args.vararg.arg] if args.vararg else []))})"
-    if names[: len(expected)] != list(expected):
+    # forward is called as forward(images) for scoring and forward(images, captions) for teacher forcing
+    n_called = 2 if name == "forward" else len(expected)
+    if len(positional) < n_called and args.vararg is None:
         return f"has parameters {have} but the contract calls it with ({', '.join(expected)}). {want}"
-    # defaults align with the end of the positional parameters
     first_default = len(positional) - len(args.defaults)
-    for i, a in enumerate(positional[len(expected):], start=len(expected)):
-        if i < first_default:
-            return f"has an extra required parameter `{a.arg}`; the caller never passes it. Give it a default. {want}"
+    required = max(first_default, 0)
+    if required > (len(positional) if name == "forward" else n_called):
+        extra = positional[n_called].arg
+        return f"has an extra required parameter `{extra}`; the caller never passes it. Give it a default. {want}"
     for a, d in zip(args.kwonlyargs, args.kw_defaults):
         if d is None:
             return f"has a required keyword-only parameter `{a.arg}`; give it a default. {want}"
     if name == "forward":
-        for pname in ("captions", "hidden_state"):
-            i = names.index(pname)
+        for i, pname in ((2, "captions"), (3, "hidden_state")):
+            if i >= len(positional):
+                if i == 2 and args.vararg is None:
+                    return f"has no `captions` parameter: teacher forcing calls `forward(images, captions)`. {want}"
+                continue
             default = args.defaults[i - first_default] if i >= first_default else None
             if default is None or not (isinstance(default, ast.Constant) and default.value is None):
-                return (f"needs `{pname}=None`: scoring calls `forward(images)` alone and must get a "
+                return (f"needs `{positional[i].arg}=None`: scoring calls `forward(images)` alone and must get a "
                         f"free-running decode. {want}")
     return None
 

@@ -139,9 +139,9 @@ def test_net_must_derive_from_module() -> None:
         ("def forward(self, images, captions=None, hidden_state=None):",
          "def forward(self, images, captions, hidden_state=None):", "captions=None"),
         ("def forward(self, images, captions=None, hidden_state=None):",
-         "def forward(self, images, captions=None):", "(self, images, captions, hidden_state)"),
+         "def forward(self, images):", "`captions`"),
         ("def forward(self, images, captions=None, hidden_state=None):",
-         "def forward(self, x, captions=None, hidden_state=None):", "(self, x, captions, hidden_state)"),
+         "def forward(self, images, captions=None, hidden_state=0):", "hidden_state=None"),
         ("def forward(self, images, captions=None, hidden_state=None):",
          "def forward(self, images, captions=0, hidden_state=None):", "captions=None"),
         ("def __init__(self, in_shape, out_shape, prm, device):",
@@ -150,13 +150,33 @@ def test_net_must_derive_from_module() -> None:
         ("def learn(self, train_data):", "async def learn(self, train_data):", "async"),
         ("def train_setup(self, prm):", "def train_setup(self, prm, *, scheduler):", "`scheduler`"),
     ],
-    ids=["forward-captions-required", "forward-no-hidden-state", "forward-renamed", "forward-default-not-none",
+    ids=["forward-captions-required", "forward-no-captions", "forward-hidden-default-not-none", "forward-default-not-none",
          "init-no-device", "learn-extra-required", "learn-async", "setup-kwonly-required"],
 )
 def test_bad_signatures(old: str, new: str, mention: str) -> None:
     src = GOOD.replace(old, new)
     assert src != GOOD
     assert_rejected(src, Category.BAD_SIGNATURE, new, "Use exactly `def", mention)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("def forward(self, images, captions=None, hidden_state=None):", "def forward(self, images, captions=None):"),
+        ("def forward(self, images, captions=None, hidden_state=None):",
+         "def forward(self, x, captions=None, hidden_state=None):"),
+        ("def __init__(self, in_shape, out_shape, prm, device):",
+         "def __init__(self, in_shape, out_shape, prm, device, *_, **__):"),
+        ("def learn(self, train_data):", "def learn(self, data_roll):"),
+    ],
+    ids=["forward-no-hidden-state", "forward-renamed", "init-star-args", "learn-renamed"],
+)
+def test_lemur_signature_variants_accepted(old: str, new: str) -> None:
+    """LEMUR models call methods positionally: renamed parameters, `*_, **__` and no hidden_state all bind."""
+    src = GOOD.replace(old, new)
+    assert src != GOOD
+    v = static_check(src)
+    assert v.ok, v.message
 
 
 @pytest.mark.parametrize(
