@@ -1,0 +1,114 @@
+"""The designer agent: asks an LLM for a new candidate file (`compose`) or a change to a parent (`improve`).
+
+The prompt (rendered by nncaption.prompts.library) carries the Net API contract,
+the dataset facts, K backbone snippets (5 or 10, sampled by seed), a decoder
+family hint and the feedback section. When the endpoint says the prompt does not
+fit its context, the designer asks again with fewer snippets (10 -> 5 -> 2 -> 0).
+It returns the extracted code and a one-line summary, plus every exchange made;
+a reply without usable code raises `ExtractionError` carrying its exchange.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+from nncaption.agents.client import LLMClient, run_sync
+from nncaption.agents.errors import ContextLengthExceeded
+from nncaption.agents.extract import ExtractionError, code_from_exchange, extract_summary, module_docstring_line
+from nncaption.agents.feedback import Feedback
+from nncaption.agents.records import LLMExchange
+from nncaption.prompts.library import DatasetFacts, ParentCandidate, Snippet, designer_messages, sample_snippets
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["compose", "improve"]
+Decoder = Literal["lstm", "gru", "transformer"]
+SNIPPET_FALLBACKS: tuple[int, ...] = (10, 5, 2, 0)
+
+__all__ = ["Design", "DatasetFacts", "ParentCandidate", "design", "design_sync", "snippet_schedule"]
+
+
+@dataclass
+class Design:
+    """A designed candidate: the file, its one-line summary, and how it was obtained."""
+
+    code: str
+    summary: str
+    mode: Mode
+    decoder: str | None
+    snippets: list[str]  # names of the snippets in the prompt that produced the code
+    exchanges: list[LLMExchange] = field(default_factory=list)
+
+    @property
+    def exchange(self) -> LLMExchange:
+        """The exchange whose reply holds the code."""
+        return self.exchanges[-1]
+
+
+def snippet_schedule(k: int) -> list[int]:
+    """Snippet counts to try: K, then the smaller fallbacks (10 -> 5 -> 2 -> 0)."""
+    return [k] + [n for n in SNIPPET_FALLBACKS if n < k]
+
+
+def summary_of(reply: str, code: str, reasoning: str | None = None) -> str:
+    """The reply's SUMMARY line, else the code's docstring line, else a placeholder."""
+    return extract_summary(reply, reasoning) or module_docstring_line(code) or "(no summary given)"
+
+
+async def design(
+    client: LLMClient,
+    facts: DatasetFacts,
+    *,
+    mode: Mode = "compose",
+    k: int = 5,
+    seed: int = 0,
+    decoder: Decoder | None = None,
+    parent: ParentCandidate | None = None,
+    feedback: Feedback | None = None,
+    snippets: Sequence[Snippet] | None = None,
+    from_lemur: bool = False,
+) -> Design:
+    """Ask the designer endpoint for a candidate.
+
+    `snippets` overrides the seeded sample of `k` snippets. Raises the client's
+    `LLMError`s (a `ContextLengthExceeded` only after the 0-snippet prompt also
+    failed) and `ExtractionError` (with `.exchange`) when the reply holds no code.
+    """
+    feedback = feedback or Feedback()
+    offered = list(snippets) if snippets is not None else (
+        sample_snippets(k, seed, from_lemur=from_lemur) if k > 0 else [])
+    exchanges: list[LLMExchange] = []
+    schedule = snippet_schedule(len(offered))
+    for i, n in enumerate(schedule):
+        shown = offered[:n]
+        messages = designer_messages(
+            facts, shown, decoder=decoder, mode=mode, parent=parent,
+            top=[c.to_prompt() for c in feedback.top], failures=[f.to_prompt() for f in feedback.failures],
+            seed=seed,
+        )
+        try:
+            ex = await client.chat("designer", messages)
+        except ContextLengthExceeded as e:
+            if e.exchange is not None:
+                exchanges.append(e.exchange)
+            if i + 1 == len(schedule):
+                raise
+            log.warning("designer prompt with %d snippets is too long for %s; retrying with %d",
+                        n, e.endpoint, schedule[i + 1])
+            continue
+        exchanges.append(ex)
+        try:
+            code = code_from_exchange(ex)
+        except ExtractionError as e:
+            e.message = f"designer reply: {e.message}"
+            raise
+        return Design(code=code, summary=summary_of(ex.reply, code, ex.reasoning), mode=mode, decoder=decoder,
+                      snippets=[s.name for s in shown], exchanges=exchanges)
+    raise AssertionError("unreachable: the snippet schedule is never empty")
+
+
+def design_sync(client: LLMClient, facts: DatasetFacts, **kwargs: object) -> Design:
+    """`design` for synchronous callers (not inside a running event loop)."""
+    return run_sync(design(client, facts, **kwargs), client)  # type: ignore[arg-type]

@@ -1,0 +1,267 @@
+"""Find the candidate's Python code in an LLM reply.
+
+Replies come in many shapes: several fenced blocks (```python, ```py, unlabelled,
+~~~), prose before and after, a final fence left open because max_tokens cut the
+reply, the code only inside a `<think>` block with an empty answer, or a bare
+reply that is just code. `extract_code` picks the block that defines the Net API
+(`class Net` and `supported_hyperparameters`), judging validity with `ast.parse`.
+When nothing usable is there it raises `ExtractionError` with a category the
+fixer can act on: `empty-reply`, `no-code`, `truncated`,
+`multiple-candidates-none-valid`.
+
+A single complete block with a syntax error is returned as it is: the static
+validator then reports `syntax` with the line, which tells the fixer more than an
+extraction error would.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+from dataclasses import dataclass
+
+from typing import TYPE_CHECKING
+
+from nncaption.agents.reasoning import has_unclosed_think, split_reasoning
+from nncaption.netapi.errors import NNCaptionError
+
+if TYPE_CHECKING:
+    from nncaption.agents.records import LLMExchange
+
+EXTRACTION_CATEGORIES: tuple[str, ...] = ("empty-reply", "no-code", "truncated", "multiple-candidates-none-valid")
+
+_HINTS: dict[str, str] = {
+    "empty-reply": "the model returned nothing: check max_tokens and the endpoint, then ask again.",
+    "no-code": "answer with the complete candidate file in one ```python fenced block.",
+    "truncated": "the reply was cut off (max_tokens reached): raise max_tokens or ask for a shorter model "
+                 "and less reasoning.",
+    "multiple-candidates-none-valid": "the reply held several code blocks and none parses as Python: "
+                                      "answer with ONE complete ```python block that defines the whole file.",
+}
+
+_PYTHON_LABELS = {"", "python", "py", "python3", "py3", "pytorch", "torch", "python-code"}
+_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\n]*?)\s*$")
+_CODE_START = re.compile(r"^(import |from \S+ import |class |def |@|#!|\"\"\"|''')")
+_SUMMARY = re.compile(r"^\W*summary\W*\s*:\s*(?P<text>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+_NET_TEXT = re.compile(r"^\s*class\s+Net\b", re.MULTILINE)
+
+
+class ExtractionError(NNCaptionError):
+    """No usable code in a reply. `category` is one of EXTRACTION_CATEGORIES.
+
+    `candidate` holds the most promising (broken) code when there was some, so a
+    fixer can still work from it; `exchange` is set by the agent that made the call.
+    """
+
+    category = "no-code"
+
+    def __init__(self, category: str, message: str, *, candidate: str | None = None) -> None:
+        super().__init__(message, _HINTS.get(category, ""), category=category)
+        self.candidate = candidate
+        self.exchange: "LLMExchange | None" = None
+
+
+@dataclass
+class CodeBlock:
+    """A fenced block: its label, code, whether it was closed, and its first line in the text."""
+
+    lang: str
+    code: str
+    closed: bool
+    line: int
+
+
+@dataclass
+class _Judged:
+    block: CodeBlock
+    parses: bool
+    has_net: bool
+    has_hparams: bool
+
+    @property
+    def rank(self) -> tuple[bool, bool, bool]:
+        return (self.parses and self.has_net and self.has_hparams, self.parses and self.has_net, self.parses)
+
+
+def fenced_blocks(text: str) -> list[CodeBlock]:
+    """All fenced blocks in order; a final fence left open becomes a block with closed=False."""
+    blocks: list[CodeBlock] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _OPEN.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        fence, lang = m.group("fence"), m.group("info").split()[0].lower() if m.group("info").strip() else ""
+        body: list[str] = []
+        j = i + 1
+        closed = False
+        while j < len(lines):
+            stripped = lines[j].strip()
+            if stripped.startswith(fence[0] * len(fence)) and set(stripped) == {fence[0]}:
+                closed = True
+                break
+            body.append(lines[j])
+            j += 1
+        blocks.append(CodeBlock(lang=lang, code=textwrap.dedent("\n".join(body)).strip("\n") + "\n",
+                                closed=closed, line=i + 1))
+        i = j + 1
+    return blocks
+
+
+def _judge(block: CodeBlock) -> _Judged:
+    try:
+        tree = ast.parse(block.code)
+    except (SyntaxError, ValueError):
+        return _Judged(block, False, bool(_NET_TEXT.search(block.code)), "supported_hyperparameters" in block.code)
+    has_net = any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body)
+    has_hp = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "supported_hyperparameters"
+                 for n in tree.body)
+    return _Judged(block, True, has_net, has_hp)
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _bare_code(section: str) -> str | None:
+    """Code written without fences: the whole text, or the longest parsing run from the first code-like line."""
+    text = section.strip("\n")
+    if not text.strip():
+        return None
+    if _parses(text) and re.search(r"^\s*(class|def|import|from)\s", text, re.MULTILINE):
+        return text + "\n"
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
+    if start is None:
+        return None
+    # Drop trailing prose one line at a time until the rest parses (bounded by the line count).
+    for end in range(len(lines), start, -1):
+        chunk = "\n".join(lines[start:end])
+        if _NET_TEXT.search(chunk) and _parses(chunk):
+            return chunk + "\n"
+    return None
+
+
+class _NoCandidates(Exception):
+    """The section holds no code at all (as opposed to broken code)."""
+
+
+def _from_section(section: str) -> str:
+    """Best code in one section of a reply; raises ExtractionError or _NoCandidates."""
+    blocks = [b for b in fenced_blocks(section) if b.lang in _PYTHON_LABELS or _NET_TEXT.search(b.code)]
+    blocks = [b for b in blocks if b.code.strip()]
+    if not blocks:
+        bare = _bare_code(section)
+        if bare is None:
+            raise _NoCandidates
+        return bare
+
+    judged = [_judge(b) for b in blocks]
+    # Best by (complete API, defines Net, parses); later blocks win ties (revised versions come last).
+    best = max(reversed(judged), key=lambda j: j.rank)
+    if best.parses and best.has_net:
+        if best.has_hparams:
+            return best.block.code
+        combined = "\n\n".join(j.block.code for j in judged if j.parses)
+        if _judge(CodeBlock("python", combined, True, 0)).rank[0]:
+            return combined  # the file was split over several blocks
+        return best.block.code
+
+    unclosed = [j for j in judged if not j.block.closed]
+    if unclosed and not unclosed[-1].parses:
+        raise ExtractionError("truncated", "the reply ends inside an unfinished code block (cut off by max_tokens?)",
+                              candidate=unclosed[-1].block.code)
+    parsing = [j for j in judged if j.parses]
+    if not parsing:
+        if len(judged) == 1:
+            return judged[0].block.code  # one complete block with a syntax error: the validator reports the line
+        most_likely = max(judged, key=lambda j: (j.has_net, len(j.block.code)))
+        raise ExtractionError(
+            "multiple-candidates-none-valid",
+            f"the reply holds {len(judged)} code blocks and none parses as Python",
+            candidate=most_likely.block.code,
+        )
+    # Code that parses but does not define Net: let the validator say what is missing.
+    combined = "\n\n".join(j.block.code for j in parsing)
+    return combined if _parses(combined) else best.block.code
+
+
+def extract_code(text: str, reasoning: str | None = None, *, truncated: bool = False) -> str:
+    """The candidate file in a reply.
+
+    `text` is the reply content, possibly with `<think>` blocks; `reasoning` the
+    server's separate reasoning field when it split one out. The answer outside the
+    reasoning is searched first; the reasoning only when the answer holds no code.
+    `truncated` (the server's finish_reason was "length") turns "no code" into
+    category `truncated`.
+    """
+    try:
+        return _extract(text or "", reasoning)
+    except ExtractionError as e:
+        if truncated and e.category in ("no-code", "empty-reply"):
+            raise ExtractionError("truncated", f"{e.message}; the server stopped at max_tokens",
+                                  candidate=e.candidate) from None
+        raise
+
+
+def code_from_exchange(exchange: "LLMExchange") -> str:
+    """`extract_code` on an exchange's reply and reasoning; errors carry the exchange."""
+    try:
+        return extract_code(exchange.reply, exchange.reasoning or None, truncated=exchange.truncated)
+    except ExtractionError as e:
+        e.exchange = exchange
+        raise
+
+
+def _extract(raw: str, reasoning: str | None) -> str:
+    if not raw.strip() and not (reasoning or "").strip():
+        raise ExtractionError("empty-reply", "the reply is empty")
+    answer, thinking = split_reasoning(raw, reasoning)
+    try:
+        return _from_section(answer)
+    except _NoCandidates:
+        pass
+    if thinking:
+        try:
+            return _from_section(thinking)
+        except _NoCandidates:
+            pass
+        except ExtractionError as e:
+            if e.category == "truncated" or has_unclosed_think(raw):
+                raise ExtractionError("truncated", "the reply was cut off while thinking, before the answer",
+                                      candidate=e.candidate) from None
+            raise
+    if has_unclosed_think(raw):
+        raise ExtractionError("truncated", "the reply was cut off while thinking, before any code was written")
+    if not answer.strip():
+        raise ExtractionError("empty-reply", "the reply holds reasoning but no answer")
+    raise ExtractionError("no-code", f"the reply holds no Python code: {answer[:160]!r}")
+
+
+def extract_summary(text: str, reasoning: str | None = None) -> str | None:
+    """The one-line `SUMMARY: ...` of a reply (outside code blocks), without markdown decoration."""
+    answer, _ = split_reasoning(text or "", reasoning)
+    outside = answer
+    for b in fenced_blocks(answer):
+        outside = outside.replace(b.code.rstrip("\n"), "")
+    found = [m.group("text") for m in _SUMMARY.finditer(outside)]
+    if not found:
+        return None
+    summary = found[-1].strip().strip("*`_ ").strip()
+    return summary[:300] or None
+
+
+def module_docstring_line(code: str) -> str | None:
+    """First line of the candidate's module docstring (a fallback summary)."""
+    try:
+        doc = ast.get_docstring(ast.parse(code))
+    except (SyntaxError, ValueError):
+        return None
+    return doc.strip().splitlines()[0][:300] if doc and doc.strip() else None

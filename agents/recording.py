@@ -1,0 +1,73 @@
+"""Record LLM requests and replies to JSONL, and look them up again by request hash.
+
+A record line is one HTTP exchange as the endpoint saw it:
+`{"key", "request", "status", "response", "recorded_at"}` where `request` is the
+JSON body the client sent, `key` the SHA-256 of its canonical form and
+`response` the endpoint's JSON body (or its raw text when it was not JSON, under
+`response_text`). Retries of the same request produce several lines with the
+same key; the replay server serves them in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from nncaption.netapi.errors import ConfigError
+
+
+def canonical_request(body: dict[str, Any]) -> str:
+    """A stable text form of a request body: sorted keys, no whitespace, unicode kept."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical request: what record and replay match on."""
+    return hashlib.sha256(canonical_request(body).encode("utf-8")).hexdigest()
+
+
+class Recorder:
+    """Appends exchanges to a JSONL file; safe to share between tasks and threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def write(self, request: dict[str, Any], status: int, response_text: str) -> None:
+        entry: dict[str, Any] = {"key": request_key(request), "request": request, "status": status,
+                                 "recorded_at": time.time()}
+        try:
+            entry["response"] = json.loads(response_text)
+        except ValueError:
+            entry["response_text"] = response_text
+        line = json.dumps(entry, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+
+
+def load_recording(path: Path | str) -> dict[str, list[dict[str, Any]]]:
+    """Entries of a record file grouped by request key, in file order."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"record file {p} does not exist",
+                          "record one first with --llm-record FILE.jsonl (or LLMClient(record_path=...)).")
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            request = entry["request"]
+            status = int(entry["status"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{p}:{n} is not a record line ({e})",
+                              "the file must be the JSONL written by --llm-record; do not edit it by hand.") from None
+        entry["status"] = status
+        by_key.setdefault(request_key(request), []).append(entry)
+    return by_key
