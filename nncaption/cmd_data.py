@@ -14,11 +14,13 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from nncaption import config
-from nncaption.netapi.data.prepare import PreparedPaths, prepare_dataset
 from nncaption.netapi.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported by the data layer: keep `nncaption --help` fast
+    from nncaption.netapi.data.prepare import PreparedPaths
 
 DATASETS: tuple[str, ...] = ("synthetic", "coco")
 
@@ -109,6 +111,8 @@ def resolve_dataset(
     else:
         raise ConfigError(f"unknown dataset {dataset!r}", f"use one of: {', '.join(DATASETS)}")
     with _bars(progress) as cb:
+        from nncaption.netapi.data.prepare import prepare_dataset
+
         return prepare_dataset(dataset, root, config.cache_root(), size=size, seed=seed,  # type: ignore[arg-type]
                                val_limit=val_limit, karpathy_split=karpathy_split, progress=cb)
 
@@ -147,6 +151,8 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else config.cache_root()
     karpathy = Path(args.karpathy) if args.karpathy else None
     with _bars(not args.quiet) as cb:
+        from nncaption.netapi.data.prepare import prepare_dataset
+
         paths = prepare_dataset(source, root, cache, size=args.size, seed=args.seed,  # type: ignore[arg-type]
                                 val_limit=args.val_limit, karpathy_split=karpathy, min_freq=args.min_freq,
                                 max_len=args.max_len, progress=cb)
