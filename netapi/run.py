@@ -1,0 +1,30 @@
+"""Entry point of a candidate run: `python -m nncaption.netapi.run JOB_DIR`.
+
+Thin on purpose: the training loop lives in `nncaption.netapi.train`. Exit
+codes: 0 the candidate trained and decoded every epoch, 1 it failed cleanly
+(result.json names the category), 2 the job directory itself is unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nncaption.netapi.run",
+                                     description="Train and decode one candidate as described by JOB_DIR/job.json.")
+    parser.add_argument("job_dir", type=Path, help="job directory holding job.json and candidate.py")
+    args = parser.parse_args(argv)
+    if not (args.job_dir / "job.json").is_file():
+        print(f"error: {args.job_dir}/job.json not found", file=sys.stderr)
+        return 2
+    from nncaption.netapi.train import run_job
+
+    return run_job(args.job_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
