@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/nncaption eval-model ref-gru --epochs 3
+	$(VENV)/bin/nncaption eval-model ref-transformer --epochs 3
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
