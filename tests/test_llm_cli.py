@@ -268,6 +268,11 @@ def test_cli_design_writes_a_candidate_that_check_accepts(tiny_dataset: object, 
     finally:
         torch.set_num_threads(threads)
     assert verdict.ok, verdict.message
+    # and the user-facing command accepts it too (static, then smoke in the local sandbox)
+    prepared = Path(public).parent
+    rc = main(["check", str(out), "--prepared", str(prepared), "--json"])
+    checked = json.loads(capsys.readouterr().out)
+    assert rc == 0 and checked["ok"] is True and checked["stage"] == "smoke", checked
 
 
 def test_cli_llm_config_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
