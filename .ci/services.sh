@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Install and start what the tests use for real: Docker engine (offline image built by the tests'
-# session fixture), debootstrap for that image, bubblewrap for the local sandbox.
+# Install and start what the tests use for real: the Docker engine, debootstrap (for the offline sandbox
+# image) and bubblewrap (the local sandbox's namespaces and file-system view).
+# The offline image `nncaption-sandbox:offline` is not built here (the venv may not exist yet): the docker
+# tests build it once on first use (tests/test_sandbox_support.py: ensure_offline_image, ~2-3 minutes with
+# `debootstrap --variant=minbase` from apt's mirror) and the engine keeps it. By hand:
+#   .venv/bin/nncaption sandbox build-image --offline
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)

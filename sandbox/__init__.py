@@ -1,1 +1,77 @@
-"""nn-caption."""
+"""Sandboxes that run untrusted candidate code: local (default), docker, ray.
+
+    from nncaption.sandbox import Job, Limits, get_sandbox
+    result = get_sandbox("local").run(Job(job_dir, spec, Limits(timeout_s=600)))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nncaption.netapi.errors import ConfigError
+
+from .base import (
+    CRASHED,
+    FAILED,
+    KILLED,
+    OK,
+    OUT_OF_MEMORY,
+    RUNNER_ENTRY,
+    SMOKE_ENTRY,
+    STATUSES,
+    TIMEOUT,
+    EventCallback,
+    Job,
+    Limits,
+    RunResult,
+    Sandbox,
+)
+
+BACKENDS: tuple[str, ...] = ("local", "docker", "ray")
+
+
+def get_sandbox(name: str = "local", **options: Any) -> Sandbox:
+    """The sandbox backend `name` ("local", "docker" or "ray"), built with `options`.
+
+    local:  isolation="auto"|"bwrap"|"unshare"|"none", drop_privileges=True, use_cgroups=True, prewarm=False
+    docker: image="nncaption-sandbox:offline", runtime=None|"runsc", base_url=None, shm_size="1g", cpus=None,
+            prewarm=False
+    ray:    address=None (else local ray.init), backend="local"|"docker", backend_options={}, max_retries=1,
+            num_cpus=1; also `run_many(jobs)`
+
+    `prewarm=True` starts the next job's sandbox (torch imported) after each job: use it for loops of
+    jobs with the same data and limits; call `close()` when done.
+    """
+    if name == "local":
+        from .local import LocalSandbox
+
+        return LocalSandbox(**options)
+    if name == "docker":
+        from .docker import DockerSandbox
+
+        return DockerSandbox(**options)
+    if name == "ray":
+        from .ray_backend import RaySandbox
+
+        return RaySandbox(**options)
+    raise ConfigError(f"unknown sandbox {name!r}", f"use one of: {', '.join(BACKENDS)}.")
+
+
+__all__ = [
+    "BACKENDS",
+    "CRASHED",
+    "FAILED",
+    "KILLED",
+    "OK",
+    "OUT_OF_MEMORY",
+    "RUNNER_ENTRY",
+    "SMOKE_ENTRY",
+    "STATUSES",
+    "TIMEOUT",
+    "EventCallback",
+    "Job",
+    "Limits",
+    "RunResult",
+    "Sandbox",
+    "get_sandbox",
+]

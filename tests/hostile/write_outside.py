@@ -1,0 +1,15 @@
+# At import: try to write outside the working directory (paths filled in by the test), record results.
+import json
+import os
+
+_targets = __TARGETS__
+_results = {}
+for _path in _targets:
+    try:
+        with open(_path, "w") as _f:
+            _f.write("pwned")
+        _results[_path] = "written"
+    except OSError as _e:
+        _results[_path] = f"refused: {_e}"
+with open("writes.json", "w") as _f:
+    json.dump(_results, _f)

@@ -1,0 +1,227 @@
+"""Hostile and broken candidates through the real runner, on every backend that runs here.
+
+Each candidate (tests/hostile/<name>.py + a small valid model) goes straight to
+the sandbox, bypassing the static validator. Each must end with the right
+status and category, leave no process behind, leave the host unharmed, and a
+normal job afterwards must still succeed. Docker cases are marked `docker`:
+they skip when no engine is reachable, except under CI=true where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import stat
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from test_sandbox_support import (
+    docker_engine_or_skip,
+    ensure_offline_image,
+    host_can_fork,
+    leftover_processes,
+    make_job,
+)
+
+import nncaption
+from nncaption.sandbox import CRASHED, FAILED, OK, OUT_OF_MEMORY, TIMEOUT, RunResult, Sandbox, get_sandbox
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "local",
+        "local-prewarm",
+        pytest.param("docker", marks=pytest.mark.docker),
+        pytest.param("docker-prewarm", marks=pytest.mark.docker),
+    ],
+)
+def sandbox(
+    request: pytest.FixtureRequest, tiny_dataset: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Sandbox]:
+    backend, _, warm = request.param.partition("-")
+    options: dict[str, Any] = {"prewarm": bool(warm)}
+    if backend == "docker":
+        options["image"] = ensure_offline_image(docker_engine_or_skip())
+    sb = get_sandbox(backend, **options)
+    if warm:  # one job first, so that the next jobs with the same settings find a pre-started sandbox
+        r = sb.run(make_job(tmp_path_factory.mktemp("warmup") / "job", Path(tiny_dataset.public_dir), "good"))
+        assert r.status == OK, describe(r)
+    yield sb
+    if warm:
+        sb.close()  # type: ignore[attr-defined]
+        assert leftover_processes(".nncaption-warm-") == []
+
+
+@pytest.fixture
+def hang_timeout(sandbox: Sandbox) -> float:
+    """Wall-clock limit for candidates that never finish: long enough for the runner to reach learn()."""
+    return 8.0 if getattr(sandbox, "prewarm", False) else 20.0
+
+
+@pytest.fixture
+def data_dir(tiny_dataset: Any) -> Path:
+    return Path(tiny_dataset.public_dir)
+
+
+def run(sandbox: Sandbox, job_dir: Path, data_dir: Path, name: str, **kw: Any) -> RunResult:
+    job = make_job(job_dir, data_dir, name, **kw)
+    t0 = time.monotonic()
+    result = sandbox.run(job)
+    elapsed = time.monotonic() - t0
+    assert elapsed < job.limits.timeout_s + 30, f"the job outlived its limit: {elapsed:.1f}s"
+    assert leftover_processes(str(job_dir)) == [], "processes of the job survived it"
+    warm = getattr(sandbox, "warm_pids", lambda: set())()
+    survivors = [p for p in leftover_processes(".nncaption-warm-") if int(p.split(":")[0]) not in warm]
+    assert survivors == [], "processes of a prewarmed job survived it"
+    assert host_can_fork()
+    return result
+
+
+def describe(r: RunResult) -> str:
+    return f"{r.status}/{r.category}: {r.message}\nstderr: {r.stderr_tail[-1500:]}"
+
+
+def test_fork_bomb(sandbox: Sandbox, tmp_path: Path, data_dir: Path, hang_timeout: float) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "fork_bomb", timeout_s=hang_timeout)
+    assert (tmp_path / "job" / "hostile-started").exists(), describe(r)
+    assert r.status in (TIMEOUT, FAILED, CRASHED), describe(r)
+    assert r.status != OK and not r.predictions
+
+
+def test_memory_bomb(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "memory_bomb", timeout_s=60.0, memory_mb=2048)
+    assert (tmp_path / "job" / "hostile-started").exists(), describe(r)
+    assert r.status == OUT_OF_MEMORY and r.category == "out-of-memory", describe(r)
+    if r.peak_memory_mb is not None:
+        assert r.peak_memory_mb <= 2048 * 1.05
+
+
+def test_busy_loop_past_timeout(sandbox: Sandbox, tmp_path: Path, data_dir: Path, hang_timeout: float) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "busy_loop", timeout_s=hang_timeout)
+    assert (tmp_path / "job" / "hostile-started").exists(), describe(r)
+    assert r.status == TIMEOUT and r.category == "timeout", describe(r)
+
+
+def test_sleep_forever_in_learn(sandbox: Sandbox, tmp_path: Path, data_dir: Path, hang_timeout: float) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "sleep_forever", timeout_s=hang_timeout)
+    assert (tmp_path / "job" / "hostile-started").exists(), describe(r)
+    assert r.status == TIMEOUT and r.category == "timeout", describe(r)
+
+
+def test_loopback_listener_sees_nothing(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        port = srv.getsockname()[1]
+        r = run(sandbox, tmp_path / "job", data_dir, "loopback_connect", port=str(port))
+        readable, _, _ = select.select([srv], [], [], 0.2)
+        assert readable == [], "the candidate reached the parent's loopback listener"
+    assert r.status == OK, describe(r)
+    seen = json.loads((tmp_path / "job" / "network.json").read_text())
+    assert seen and all(not v.startswith("connected") for v in seen.values()), seen
+
+
+def test_parent_secrets_are_invisible(
+    sandbox: Sandbox, tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, secret = f"sk-test-{uuid.uuid4().hex}", f"nnc-{uuid.uuid4().hex}"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    monkeypatch.setenv("NNCAPTION_SECRET", secret)
+    r = run(sandbox, tmp_path / "job", data_dir, "read_secrets")
+    assert r.status == OK, describe(r)
+    dumped = (tmp_path / "job" / "secrets.json").read_text()
+    env = json.loads(dumped)["environ"]
+    assert "PATH" in env  # the dump is real
+    for value in (key, secret):
+        assert value not in dumped and value not in r.stdout_tail and value not in r.stderr_tail
+    assert "OPENAI_API_KEY" not in env and not any(k.startswith("NNCAPTION_") for k in env)
+
+
+def test_writes_outside_the_job_dir_do_not_land(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    open_dir = Path(tempfile.mkdtemp(prefix="nnc-open-", dir="/tmp"))
+    open_dir.chmod(0o777)  # world-writable: only the sandbox can stop the write
+    name = f"pwned-{uuid.uuid4().hex[:8]}"
+    project = Path(nncaption.__file__).resolve().parent
+    targets = [
+        open_dir / name,
+        data_dir / name,
+        project / name,
+        Path(os.__file__).resolve().parent / name,  # the interpreter's standard library
+        Path("/root") / name,
+        Path("/etc") / name,
+    ]
+    try:
+        r = run(sandbox, tmp_path / "job", data_dir, "write_outside", targets=json.dumps([str(t) for t in targets]))
+        assert r.status == OK, describe(r)
+        assert (tmp_path / "job" / "writes.json").exists()  # writing inside the working dir works
+        landed = [str(t) for t in targets if t.exists()]
+        assert landed == [], f"writes landed outside the job dir: {landed}"
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+        for p in open_dir.iterdir():
+            p.unlink()
+        open_dir.rmdir()
+
+
+def test_killing_its_parent_harms_nothing(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "kill_parent")
+    # the parent inside the sandbox is a namespace init that ignores the signal; the job goes on
+    assert r.status == OK, describe(r)
+
+
+def test_flooding_output_is_bounded(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "flood_output", timeout_s=120.0)
+    assert r.status == OK, describe(r)
+    cap = 4096 + 200  # the tail plus a "bytes dropped" header
+    assert len(r.stdout_tail) <= cap and len(r.stderr_tail) <= cap
+    assert "earlier bytes dropped" in r.stdout_tail
+    job_bytes = sum(p.stat().st_size for p in (tmp_path / "job").rglob("*") if p.is_file())
+    assert job_bytes < 50 * 2**20, f"the job dir grew to {job_bytes} bytes"
+
+
+def test_segfault_is_crashed(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "segfault")
+    assert (tmp_path / "job" / "hostile-started").exists(), describe(r)
+    assert r.status == CRASHED and r.category == "crashed", describe(r)
+    assert "SIGSEGV" in r.message
+
+
+def test_sys_exit_before_predictions_fails(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "sys_exit")
+    assert r.status == FAILED and not r.predictions, describe(r)
+    assert r.category == "crashed", describe(r)
+
+
+def test_os_exit_zero_before_predictions_fails(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "os_exit")
+    assert r.status == FAILED and r.category == "crashed" and not r.predictions, describe(r)
+    assert "exited early" in r.message and r.exit_code == 0
+
+
+def test_daemon_is_gone_when_the_job_returns(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "daemon")
+    assert r.status == OK, describe(r)
+    beat = tmp_path / "job" / "heartbeat.txt"
+    assert beat.exists(), "the daemon never ran"
+    before = (beat.read_text(), beat.stat().st_mtime_ns)
+    time.sleep(0.5)
+    assert (beat.read_text(), beat.stat().st_mtime_ns) == before, "the daemon is still beating"
+
+
+def test_a_normal_job_still_succeeds(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
+    r = run(sandbox, tmp_path / "job", data_dir, "good")
+    assert r.status == OK and r.category is None, describe(r)
+    assert len(r.predictions) == 1 and len(r.predictions[0].ids) == 8
+    if getattr(sandbox, "prewarm", False):
+        assert "prewarmed" in r.isolation  # the jobs before it had the same settings
+    assert r.timings.get("start_to_first_batch_s", 0) > 0
+    mode = stat.S_IMODE((tmp_path / "job").stat().st_mode)
+    assert mode & 0o700 == 0o700

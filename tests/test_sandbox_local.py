@@ -1,0 +1,352 @@
+"""The local backend's measures, checked from inside with the probe entry (no torch: fast),
+plus the pure parts: outcome mapping, bounded tails, progress tailing, the environment allow-list."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import pytest
+
+from nncaption.netapi.job import EpochPredictions, JobSpec, RunnerResult, write_json_atomic
+from nncaption.sandbox import (
+    CRASHED,
+    FAILED,
+    KILLED,
+    OK,
+    OUT_OF_MEMORY,
+    RUNNER_ENTRY,
+    SMOKE_ENTRY,
+    TIMEOUT,
+    Job,
+    Limits,
+    get_sandbox,
+)
+from nncaption.sandbox import cgroups, hostenv
+from nncaption.sandbox.local import LocalSandbox
+from nncaption.sandbox.outcome import Observed, interpret
+from nncaption.sandbox.streams import ProgressTail, TailBuffer
+
+PROBE = "nncaption.sandbox.probe"
+
+
+def probe_job(tmp_path: Path, instructions: dict | None = None, data_dir: Path | None = None, **limits: float) -> Job:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    if data_dir is None:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir()
+        (data_dir / "meta.json").write_text("{}")
+    spec = JobSpec(data_dir=str(data_dir))
+    spec.write(job_dir)
+    if instructions:
+        (job_dir / "probe.json").write_text(json.dumps(instructions))
+    return Job(job_dir, spec, Limits(timeout_s=limits.get("timeout_s", 30.0)), entry=PROBE)
+
+
+def facts(result) -> dict:
+    assert result.status == OK, (result.status, result.message, result.stderr_tail)
+    return result.verdict["facts"]
+
+
+# ---------------------------------------------------------------------------- real isolation, probed
+
+
+def test_get_sandbox_names() -> None:
+    assert get_sandbox().name == "local"
+    assert isinstance(get_sandbox("local", isolation="none"), LocalSandbox)
+    from nncaption.netapi.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        get_sandbox("vm")
+
+
+def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    monkeypatch.setenv("NNCAPTION_TOKEN", secret)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(4)
+        port = srv.getsockname()[1]
+        job = probe_job(tmp_path, {"connect": [["127.0.0.1", port]], "write": [str(tmp_path / "data" / "x")]})
+        result = get_sandbox("local").run(job)
+        assert select.select([srv], [], [], 0.1)[0] == []
+    f = facts(result)
+    assert secret not in json.dumps(f["env"])
+    assert f["env"]["OMP_NUM_THREADS"] == "1" and f["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert f["env"]["HOME"] == str(job.job_dir / "home")
+    assert not f["connect"][f"127.0.0.1:{port}"].startswith("connected")
+    assert f["write"][str(tmp_path / "data" / "x")].startswith("refused")
+    assert not (tmp_path / "data" / "x").exists()
+    sb = get_sandbox("local")
+    if sb.mode() != "none":
+        assert f["interfaces"] == ["lo"]
+        assert any(m.startswith("netns:") for m in result.isolation)
+    if os.geteuid() == 0:
+        assert f["uid"] == 65534 and f["status"]["CapEff"] == "0" * 16 and f["status"]["NoNewPrivs"] == "1"
+        assert "uid:65534" in result.isolation
+    assert result.timings["total_s"] < 10
+
+
+def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NNCAPTION_SECRET", "hidden-value")
+    result = get_sandbox("local", isolation="none", use_cgroups=False).run(probe_job(tmp_path))
+    f = facts(result)
+    assert "NNCAPTION_SECRET" not in f["env"]
+    assert "rlimit-as" in result.isolation and not any(m.startswith("netns") for m in result.isolation)
+
+
+def test_cgroup_is_created_limited_and_removed(tmp_path: Path) -> None:
+    cg = cgroups.JobCgroup.create(f"{cgroups.PREFIX}{os.getpid()}-unit", memory_mb=512, max_pids=16)
+    if cg is None:
+        pytest.skip("no writable cgroup hierarchy on this host")
+    try:
+        limit_file = cg.memory_dir / ("memory.max" if cg.version == 2 else "memory.limit_in_bytes")
+        assert int(limit_file.read_text()) == 512 * 2**20
+        assert (cg.pids_dir / "pids.max").read_text().strip() == "16"
+    finally:
+        cg.remove()
+    assert not any(d.exists() for d in cg.dirs)
+
+
+def test_orphan_cgroups_of_dead_parents_are_reaped() -> None:
+    dead = 2**22 + 12345  # above pid_max: never alive
+    cg = cgroups.JobCgroup.create(f"{cgroups.PREFIX}{dead}-orphan", memory_mb=256, max_pids=8)
+    if cg is None:
+        pytest.skip("no writable cgroup hierarchy on this host")
+    reaped = cgroups.reap_orphans()
+    assert set(cg.dirs) <= set(reaped)
+    assert not any(d.exists() for d in cg.dirs)
+
+
+def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
+    from test_sandbox_support import leftover_processes
+
+    job = probe_job(tmp_path, {"daemon": True, "sleep": 600}, timeout_s=1.5)
+    result = get_sandbox("local").run(job)
+    assert result.status == TIMEOUT and result.category == "timeout", result.message
+    assert result.timings["total_s"] < 6
+    assert leftover_processes(str(job.job_dir)) == []
+
+
+def test_daemon_left_by_a_finished_job_is_killed(tmp_path: Path) -> None:
+    from test_sandbox_support import leftover_processes
+
+    job = probe_job(tmp_path, {"daemon": True})
+    result = get_sandbox("local").run(job)
+    assert result.status == OK
+    assert leftover_processes(str(job.job_dir)) == []
+
+
+def test_missing_job_file_is_a_config_error(tmp_path: Path) -> None:
+    from nncaption.netapi.errors import ConfigError
+
+    spec = JobSpec(data_dir=str(tmp_path))
+    with pytest.raises(ConfigError):
+        get_sandbox("local").run(Job(tmp_path / "nowhere", spec))
+
+
+# ---------------------------------------------------------------------------- outcome mapping
+
+
+def _job_dir(tmp_path: Path, *, result: RunnerResult | None = None, predictions: bool = False) -> Path:
+    d = tmp_path / "jd"
+    d.mkdir(exist_ok=True)
+    if result is not None:
+        write_json_atomic(d / "result.json", result.to_dict())
+    if predictions:
+        ep = EpochPredictions(epoch=1, seconds=1.0, decode_seconds=0.1, train_loss=1.0, ids={"1": [1, 5, 2]})
+        write_json_atomic(d / "predictions.json", {"epochs": [ep.__dict__]})
+    return d
+
+
+@pytest.mark.parametrize(
+    "obs, result, predictions, status, category",
+    [
+        (Observed(exit_code=0), RunnerResult("ok"), True, OK, None),
+        (Observed(exit_code=0), RunnerResult("ok"), False, FAILED, "eval-contract"),
+        (Observed(exit_code=1), RunnerResult("failed", "learn-error", "boom"), False, FAILED, "learn-error"),
+        (Observed(exit_code=1), RunnerResult("failed", "out-of-memory"), False, OUT_OF_MEMORY, "out-of-memory"),
+        (Observed(exit_code=1), RunnerResult("failed", "timeout"), False, TIMEOUT, "timeout"),
+        (Observed(exit_code=0), None, False, FAILED, "crashed"),
+        (Observed(exit_code=3), None, False, FAILED, "crashed"),
+        (Observed(exit_code=None, signal=signal.SIGSEGV), None, False, CRASHED, "crashed"),
+        (Observed(exit_code=None, signal=signal.SIGKILL), None, False, KILLED, "crashed"),
+        (Observed(exit_code=None, signal=signal.SIGXCPU), None, False, TIMEOUT, "timeout"),
+        (Observed(exit_code=None, signal=signal.SIGKILL, oom_killed=True), None, False, OUT_OF_MEMORY, "out-of-memory"),
+        (
+            Observed(exit_code=None, signal=signal.SIGKILL, peak_memory_bytes=990, memory_limit_bytes=1000),
+            None, False, OUT_OF_MEMORY, "out-of-memory",
+        ),
+        (Observed(exit_code=None, signal=signal.SIGKILL, timed_out=True), None, True, TIMEOUT, "timeout"),
+        (Observed(exit_code=None, signal=signal.SIGSEGV), RunnerResult("ok"), True, CRASHED, "crashed"),
+    ],
+)
+def test_outcome_mapping(tmp_path: Path, obs, result, predictions, status, category) -> None:
+    d = _job_dir(tmp_path, result=result, predictions=predictions)
+    r = interpret(d, RUNNER_ENTRY, obs, timeout_s=5, backend="t")
+    assert (r.status, r.category) == (status, category), r.message
+    if status == FAILED and result is None and obs.exit_code == 0:
+        assert "exited early" in r.message
+
+
+def test_smoke_verdict_is_returned(tmp_path: Path) -> None:
+    d = _job_dir(tmp_path)
+    (d / "verdict.json").write_text(json.dumps({"ok": False, "stage": "smoke", "category": "shape-error",
+                                                "message": "bad shape"}))
+    r = interpret(d, SMOKE_ENTRY, Observed(exit_code=1), timeout_s=5, backend="t")
+    assert (r.status, r.category, r.verdict["message"]) == (FAILED, "shape-error", "bad shape")
+    (d / "verdict.json").write_text(json.dumps({"ok": True, "stage": "smoke"}))
+    assert interpret(d, SMOKE_ENTRY, Observed(exit_code=0), timeout_s=5, backend="t").ok
+
+
+def test_links_and_fifos_in_the_job_dir_are_not_followed(tmp_path: Path) -> None:
+    d = _job_dir(tmp_path)
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(RunnerResult("ok").to_dict()))
+    (d / "result.json").symlink_to(outside)
+    os.mkfifo(d / "predictions.json")
+    r = interpret(d, RUNNER_ENTRY, Observed(exit_code=0), timeout_s=5, backend="t")  # must not block
+    assert r.runner is None and r.status == FAILED
+    tail = ProgressTail(d / "predictions.json")
+    assert list(tail.poll()) == []
+
+
+# ---------------------------------------------------------------------------- streams and environment
+
+
+def test_tail_buffer_keeps_only_the_end() -> None:
+    t = TailBuffer(10)
+    for _ in range(1000):
+        t.write(b"abcdefghij" * 7)
+    assert t.total == 70_000 and len(t.text().split("\n")[-1]) == 10 and "dropped" in t.text()
+
+
+def test_progress_tail_yields_complete_new_lines(tmp_path: Path) -> None:
+    path = tmp_path / "progress.jsonl"
+    tail = ProgressTail(path)
+    assert list(tail.poll()) == []
+    path.write_text('{"event": "start", "t": 1}\n{"event": "first_b')
+    assert [e["event"] for e in tail.poll()] == ["start"]
+    with open(path, "a") as f:
+        f.write('atch", "t": 2.5}\nnot json\n')
+    assert [e["event"] for e in tail.poll()] == ["first_batch"]
+    assert tail.first_time("first_batch") == 2.5
+
+
+def test_environment_allow_list() -> None:
+    parent = {"OPENAI_API_KEY": "k", "NNCAPTION_HOME": "/x", "LANG": "C.UTF-8", "LC_ALL": "C", "HOME": "/root",
+              "GITHUB_TOKEN": "t", "PATH": "/evil:/usr/bin", "OMP_NUM_THREADS": "4", "PYTHONPATH": "/evil"}
+    env = hostenv.job_environment(home="/j/home", tmpdir="/tmp", gpus=[1, 3], threads=None, parent=parent)
+    assert env["HOME"] == "/j/home" and env["PATH"] == hostenv.SAFE_PATH and env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert env["OMP_NUM_THREADS"] == "4" and env["LC_ALL"] == "C"
+    assert not {"OPENAI_API_KEY", "NNCAPTION_HOME", "GITHUB_TOKEN", "PYTHONPATH"} & set(env)
+    with pytest.raises(ValueError):
+        hostenv.job_environment(home="/h", tmpdir="/t", gpus=[], threads=1, parent={}, extra={"MY_API_KEY": "x"})
+
+
+def test_python_paths_cover_the_interpreter_and_project() -> None:
+    import sys
+
+    import nncaption.netapi
+
+    roots = hostenv.python_paths()
+    for needed in (Path(sys.prefix).resolve(), Path(nncaption.netapi.__file__).resolve().parent):
+        assert any(needed == r or r in needed.parents for r in roots), needed
+
+
+# ---------------------------------------------------------------------------- prewarm
+
+
+def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_sandbox_support import leftover_processes
+
+    monkeypatch.setenv("NNCAPTION_SECRET", "warm-secret")
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    with LocalSandbox(prewarm=True) as sb:
+        first = sb.run(probe_job(tmp_path / "a", data_dir=data))
+        assert first.status == OK and "prewarmed" not in first.isolation
+        job = probe_job(tmp_path / "b", {"write": [str(data / "x")]}, data_dir=data)
+        second = sb.run(job)
+        f = facts(second)
+        assert "prewarmed" in second.isolation
+        assert (job.job_dir / "verdict.json").exists() and (job.job_dir / "job.json").exists()  # files came back
+        assert "NNCAPTION_SECRET" not in f["env"] and f["write"][str(data / "x")].startswith("refused")
+        if os.geteuid() == 0:
+            assert f["uid"] == 65534
+        if sb.mode() != "none":
+            assert f["interfaces"] == ["lo"]
+        # a hostile third job: a daemon and a sleep past the timeout
+        third = probe_job(tmp_path / "c", {"daemon": True, "sleep": 600}, data_dir=data, timeout_s=2.0)
+        r = sb.run(third)
+        assert r.status == TIMEOUT and "prewarmed" in r.isolation
+    assert leftover_processes(".nncaption-warm-") == []
+    assert not list(tmp_path.rglob(".nncaption-warm-*"))
+
+
+# ---------------------------------------------------------------------------- the smoke entry, for real
+
+
+@pytest.mark.parametrize("name, ok", [("good", True), ("os_exit", False)])
+def test_smoke_entry_returns_its_verdict(tmp_path: Path, tiny_dataset, name: str, ok: bool) -> None:
+    from test_sandbox_support import candidate_source
+
+    from nncaption.netapi.smoke import write_smoke_job
+
+    job_dir = write_smoke_job(tmp_path / "job", candidate_source(name), Path(tiny_dataset.public_dir),
+                              time_limit_s=60, threads=1)
+    job = Job(job_dir, JobSpec.read(job_dir), Limits(timeout_s=90), entry=SMOKE_ENTRY)
+    result = get_sandbox("local").run(job)
+    assert result.ok is ok, (result.status, result.message, result.stderr_tail[-800:])
+    if ok:
+        assert result.verdict == {**result.verdict, "ok": True, "stage": "smoke"}
+    else:
+        assert result.category == "crashed" and (result.verdict is None or not result.verdict["ok"])
+
+
+def test_gpu_jobs_get_their_devices_and_ids(tmp_path: Path) -> None:
+    """The local GPU path, checked on its arguments (no GPU here): /sys and /dev/nvidia* bound, ids exported."""
+    from nncaption.sandbox.bwrap import Bind, bwrap_argv
+
+    argv = bwrap_argv([Bind(tmp_path)], chdir=tmp_path, as_root=True, gpus=True)
+    assert ["--ro-bind", "/sys", "/sys"] == argv[argv.index("/sys") - 1 : argv.index("/sys") + 2]
+    for dev in (d for d in os.listdir("/dev") if d.startswith("nvidia")):
+        assert f"/dev/{dev}" in argv
+    assert "/sys" not in bwrap_argv([Bind(tmp_path)], chdir=tmp_path, as_root=True, gpus=False)
+    job = probe_job(tmp_path)
+    job.gpus = [0, 2]
+    sb = LocalSandbox()
+    plan = sb.plan(job, job.job_dir, job.data_dir, f"{cgroups.PREFIX}{os.getpid()}-gpu")
+    try:
+        assert plan.env["CUDA_VISIBLE_DEVICES"] == "0,2"
+        if sb.mode() == "bwrap":
+            assert "/sys" in plan.argv
+    finally:
+        if plan.cgroup is not None:
+            plan.cgroup.remove()
+
+
+def test_reclaim_removes_links_and_special_files(tmp_path: Path) -> None:
+    from nncaption.sandbox import ownership
+
+    d = tmp_path / "jd"
+    (d / "sub").mkdir(parents=True)
+    (d / "result.json").write_text("{}")
+    (d / "score.json").symlink_to("/etc/passwd")
+    (d / "sub" / "loop").symlink_to(d)
+    os.mkfifo(d / "sub" / "fifo")
+    if os.geteuid() == 0:
+        ownership.give_to(d)
+    assert ownership.reclaim(d) == 3
+    assert sorted(p.name for p in d.rglob("*")) == ["result.json", "sub"]
+    assert (d / "result.json").stat().st_uid == os.getuid() and d.stat().st_uid == os.getuid()
