@@ -8,6 +8,7 @@ codes: 0 the candidate trained and decoded every epoch, 1 it failed cleanly
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -27,4 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Every result is on disk by now. Skip the interpreter's torch teardown (about a second) and any
+    # non-daemon thread the candidate left behind, either of which would delay or hang the exit.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

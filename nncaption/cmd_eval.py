@@ -135,7 +135,8 @@ def _check(args: argparse.Namespace) -> int:
     verdict = static_check(cand.source, filename=cand.path.name)
     if verdict.ok:
         paths = resolve_data(args, progress=not args.json)
-        verdict = smoke_in_sandbox(cand, paths, sandbox=args.sandbox, device=args.device)
+        verdict = smoke_in_sandbox(cand, paths, sandbox=args.sandbox, device=args.device,
+                                   sandbox_options=sandbox_options(args))
     if args.json:
         _emit_json(verdict.to_dict())
     else:
@@ -143,8 +144,18 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.ok else EXIT_REJECTED
 
 
+def sandbox_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Backend options from the command line for `get_sandbox(args.sandbox, **options)`."""
+    if args.sandbox == "ray" and args.ray_address:
+        return {"address": args.ray_address}
+    if args.sandbox == "docker" and args.docker_runtime:
+        return {"runtime": args.docker_runtime}
+    return {}
+
+
 def smoke_in_sandbox(cand: Candidate, paths: "PreparedPaths", *, sandbox: str = "local", device: str = "cpu",
-                     time_limit_s: float = SMOKE_TIME_LIMIT_S) -> "Verdict":
+                     time_limit_s: float = SMOKE_TIME_LIMIT_S,
+                     sandbox_options: dict[str, Any] | None = None) -> "Verdict":
     """Run the smoke check of `cand` inside sandbox `sandbox`; return its Verdict (stage "smoke")."""
     from nncaption.netapi.categories import Category, Verdict
     from nncaption.netapi.evaluate import new_job_dir
@@ -156,7 +167,7 @@ def smoke_in_sandbox(cand: Candidate, paths: "PreparedPaths", *, sandbox: str = 
     write_smoke_job(job_dir, cand.source, paths.public_dir, time_limit_s=time_limit_s, device=device)
     job = Job(job_dir=job_dir, spec=JobSpec.read(job_dir), entry=SMOKE_ENTRY,
               limits=Limits(timeout_s=time_limit_s + STARTUP_SLACK_S), gpus=[0] if device == "cuda" else [])
-    result = get_sandbox(sandbox).run(job)
+    result = get_sandbox(sandbox, **(sandbox_options or {})).run(job)
     if result.verdict is not None:
         return Verdict.from_dict(result.verdict)
     error = job_dir / ERROR_FILE
@@ -295,7 +306,8 @@ def _eval_model(args: argparse.Namespace) -> int:
                    max_train_batches=args.max_train_batches, max_val_images=args.max_val_images,
                    threads=args.threads)
     job_dir = make_job_dir(new_job_dir(config.runs_root(), f"eval-{cand.label}"), cand.source, spec)
-    result = run_in_sandbox(job_dir, spec, sandbox=args.sandbox, show_progress=show)
+    result = run_in_sandbox(job_dir, spec, sandbox=args.sandbox, show_progress=show,
+                            sandbox_options=sandbox_options(args))
 
     predictions = result.predictions or read_predictions(job_dir)
     runner = result.runner
@@ -332,14 +344,15 @@ def _eval_model(args: argparse.Namespace) -> int:
 
 
 def run_in_sandbox(job_dir: Path, spec: Any, *, sandbox: str, show_progress: bool,
-                   on_event: Callable[[dict[str, Any]], None] | None = None) -> "RunResult":
+                   on_event: Callable[[dict[str, Any]], None] | None = None,
+                   sandbox_options: dict[str, Any] | None = None) -> "RunResult":
     """Run the prepared job dir through `get_sandbox(sandbox)` with a wall-clock backstop."""
     from nncaption.sandbox import Job, Limits, get_sandbox
 
     timeout = spec.epochs * 2 * spec.epoch_time_limit_s + STARTUP_SLACK_S  # learn + decode per epoch, both capped
     job = Job(job_dir=Path(job_dir), spec=spec, limits=Limits(timeout_s=timeout),
               gpus=[0] if spec.device.startswith("cuda") else [])
-    backend = get_sandbox(sandbox)
+    backend = get_sandbox(sandbox, **(sandbox_options or {}))
     with ProgressDisplay(spec.epochs, show_progress) as display:
         def forward(event: dict[str, Any]) -> None:
             display.on_event(event)
@@ -417,6 +430,10 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-seed", type=int, default=config.DEFAULT_SEED, metavar="S",
                    help="seed of the synthetic data and of the validation subset")
     p.add_argument("--sandbox", choices=SANDBOXES, default="local", help="where candidate code runs")
+    p.add_argument("--ray-address", metavar="ADDR", default=None,
+                   help="with --sandbox ray: an existing Ray cluster (default: start Ray locally)")
+    p.add_argument("--docker-runtime", metavar="NAME", default=None,
+                   help="with --sandbox docker: container runtime, e.g. runsc (gVisor)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 

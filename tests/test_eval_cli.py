@@ -127,3 +127,15 @@ def test_human_readable_eval_report(capsys: pytest.CaptureFixture[str], tiny_dat
     out = capsys.readouterr().out
     assert code == 0
     assert "BLEU-4" in out and "LEMUR" in out and "constant-caption baseline" in out and "job dir" in out
+
+
+def test_sandbox_options_from_the_command_line() -> None:
+    from nncaption.cli import build_parser
+    from nncaption.cmd_eval import sandbox_options
+
+    parser = build_parser()
+    ray = parser.parse_args(["eval-model", "ref-gru", "--sandbox", "ray", "--ray-address", "ray://head:10001"])
+    assert sandbox_options(ray) == {"address": "ray://head:10001"}
+    docker = parser.parse_args(["check", "ref-gru", "--sandbox", "docker", "--docker-runtime", "runsc"])
+    assert sandbox_options(docker) == {"runtime": "runsc"}
+    assert sandbox_options(parser.parse_args(["check", "ref-gru"])) == {}
