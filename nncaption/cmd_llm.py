@@ -175,7 +175,8 @@ def cmd_design(args: argparse.Namespace) -> int:
         public = resolve_dataset("synthetic", coco_root=None, progress=not args.json).public_dir
     facts = DatasetFacts.from_meta(PreparedData.open(public).meta)
     client = llm_client_from_args(args)
-    d = design_sync(client, facts, k=args.k, seed=args.seed, decoder=args.decoder)
+    d = design_sync(client, facts, k=args.k, seed=args.seed, decoder=args.decoder,
+                    from_lemur=args.snippets_from_lemur)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(d.code, encoding="utf-8")
     ex = d.exchange
@@ -241,6 +242,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     de.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                     help="prepared dataset public dir (default: the synthetic set, prepared on first use)")
     de.add_argument("--k", type=int, default=5, choices=(2, 5, 10), help="backbone snippets in the prompt")
+    de.add_argument("--snippets-from-lemur", action="store_true",
+                    help="take the backbone snippets from an installed nn-dataset package instead of ours")
     de.add_argument("--decoder", choices=("lstm", "gru", "transformer"), default=None, help="decoder family hint")
     de.add_argument("--seed", type=int, default=0, help="snippet sampling seed")
     de.add_argument("--json", action="store_true", help="print one JSON object")
