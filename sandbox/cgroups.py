@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nncaption.netapi.procs import pid_alive
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "nncaption-"
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)-")
@@ -219,15 +221,6 @@ def _rmdir(path: Path) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def reap_orphans() -> list[Path]:
     """Remove job cgroups whose owner process is gone, killing whatever still runs in them."""
@@ -246,7 +239,7 @@ def reap_orphans() -> list[Path]:
             continue
         for d in children:
             m = _NAME_RE.match(d.name)
-            if not m or not d.is_dir() or _pid_alive(int(m.group(1))):
+            if not m or not d.is_dir() or pid_alive(int(m.group(1))):
                 continue
             for tok in (_read(d / "cgroup.procs") or "").split():
                 try:

@@ -28,6 +28,8 @@ from typing import Any
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.job import JOB_FILE, PROGRESS_FILE
 
+from nncaption.netapi.procs import pid_alive
+
 from . import hostenv, ownership
 from .base import EventCallback, Job, RunResult
 from .image_build import OFFLINE_IMAGE
@@ -124,7 +126,7 @@ class DockerSandbox:
         for row in rows:
             owner = (row.get("Labels") or {}).get(LABEL_OWNER, "")
             owner_host, _, pid = owner.rpartition(":")
-            if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            if owner_host != host or not pid.isdigit() or pid_alive(int(pid)):
                 continue
             try:
                 api.remove_container(row["Id"], force=True)
@@ -539,12 +541,3 @@ def _container_pids(pid: int) -> set[int]:
             continue
     return {pid}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

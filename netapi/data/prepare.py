@@ -33,6 +33,7 @@ from nncaption.netapi.data.loader import FORMAT_VERSION, PRIVATE_FILES, PUBLIC_F
 from nncaption.netapi.data.tokenizer import tokenize
 from nncaption.netapi.data.vocab import Vocab
 from nncaption.netapi.errors import ConfigError, DatasetError
+from nncaption.netapi.procs import pid_alive
 
 Source = Literal["synthetic", "coco"]
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
@@ -94,15 +95,6 @@ def _paths(folder: Path, key: str) -> PreparedPaths:
     return PreparedPaths(key=key, root=folder, public_dir=folder / "public", private_dir=folder / "private")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def _remove_stale_tmp(cache_root: Path, name: str) -> None:
     """Delete temporary folders of this cache left behind by dead processes."""
@@ -111,7 +103,7 @@ def _remove_stale_tmp(cache_root: Path, name: str) -> None:
             pid = int(tmp.name[len(f".tmp-{name}-"):].split("-")[0])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
