@@ -27,7 +27,6 @@ from typing import Any
 
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.job import JOB_FILE, PROGRESS_FILE
-
 from nncaption.netapi.procs import pid_alive
 
 from . import hostenv, ownership
