@@ -290,7 +290,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
         third = probe_job(tmp_path / "c", {"daemon": True, "sleep": 600}, data_dir=data, timeout_s=2.0)
         r = sb.run(third)
         assert r.status == TIMEOUT and "prewarmed" in r.isolation
-    assert leftover_processes(".nncaption-warm-") == []
+    assert leftover_processes(str(tmp_path)) == []  # this test's sandboxes only: others may run beside it
     assert not list(tmp_path.rglob(".nncaption-warm-*"))
 
 
