@@ -87,34 +87,14 @@ def ensure_synthetic(root: Path, *, n_train: int, n_val: int, size: int, seed: i
     return root
 
 
-def resolve_dataset(
-    dataset: str,
-    *,
-    coco_root: Path | None,
-    size: int = config.DEFAULT_IMAGE_SIZE,
-    seed: int = config.DEFAULT_SEED,
-    progress: bool = True,
-    val_limit: int | None = None,
-    karpathy_split: Path | None = None,
-) -> PreparedPaths:
-    """A prepared dataset ready for training: 'synthetic' (generated on first use) or 'coco' (needs coco_root)."""
-    if dataset == "synthetic":
-        root = ensure_synthetic(synthetic_dir_for(seed, size), n_train=config.DEFAULT_SYNTH_TRAIN,
-                                n_val=config.DEFAULT_SYNTH_VAL, size=max(size, config.DEFAULT_IMAGE_SIZE),
-                                seed=seed, progress=progress)
-    elif dataset == "coco":
-        if coco_root is None:
-            raise ConfigError("the coco dataset needs --coco-root DIR",
-                              "pass --coco-root pointing at a folder with annotations/, train2017/ and val2017/, "
-                              "or use --dataset synthetic")
-        root = Path(coco_root)
-    else:
-        raise ConfigError(f"unknown dataset {dataset!r}", f"use one of: {', '.join(DATASETS)}")
-    with _bars(progress) as cb:
-        from nncaption.netapi.data.prepare import prepare_dataset
+def resolve_dataset(dataset: str, *, coco_root: Path | None, size: int = config.DEFAULT_IMAGE_SIZE,
+                    seed: int = config.DEFAULT_SEED, progress: bool = True, val_limit: int | None = None,
+                    karpathy_split: Path | None = None) -> PreparedPaths:
+    """A prepared dataset ready for training; see nncaption.netapi.data.resolve.resolve_dataset (its home)."""
+    from nncaption.netapi.data.resolve import resolve_dataset as _resolve
 
-        return prepare_dataset(dataset, root, config.cache_root(), size=size, seed=seed,  # type: ignore[arg-type]
-                               val_limit=val_limit, karpathy_split=karpathy_split, progress=cb)
+    return _resolve(dataset, coco_root=coco_root, size=size, seed=seed, progress=progress, val_limit=val_limit,
+                    karpathy_split=karpathy_split)
 
 
 # ---------------------------------------------------------------- commands
