@@ -30,6 +30,7 @@ class Category(str, Enum):
     TIMEOUT = "timeout"
     OUT_OF_MEMORY = "out-of-memory"
     CRASHED = "crashed"
+    BAD_HYPERPARAMETERS = "bad-hyperparameters"
 
     def __str__(self) -> str:  # "syntax", not "Category.SYNTAX"
         return self.value
@@ -69,6 +70,8 @@ HINTS: dict[Category, str] = {
     "hidden sizes or the decoder length.",
     Category.CRASHED: "The process died without a Python error (signal, exit call or killed): "
     "remove exit calls, ctypes and native tricks; read the stderr tail.",
+    Category.BAD_HYPERPARAMETERS: "Give the hyperparameters as numbers in range: lr in (0, 1], momentum in [0, 1), "
+    "dropout in [0, 1), batch an integer 1..512; other keys finite numbers named in supported_hyperparameters().",
 }
 
 
