@@ -1,18 +1,25 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    - the main job on embedded defaults (synthetic data, local sandbox, CPU)
-#   make test   - the test suite (what .ci/run calls)
+#   make test   - the test suite (what .ci/run calls after `make lint`)
+#   make lint   - ruff and mypy over every module (mypy through .ci/typecheck.py, which mirrors nncaption.*)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test install clean
+.PHONY: run test lint install clean
 
+# pip runs without -q so that the first install (torch and friends, a few minutes) shows its progress. setuptools
+# notes on every editable install that a folder named like the package (nncaption/) is in the working directory;
+# here that folder IS the package, so the note is filtered out.
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || { echo "==> creating the virtual environment $(VENV)"; python3 -m venv $(VENV); }
+	@echo "==> upgrading pip in $(VENV)"
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "==> installing nn-caption (editable) with its dependencies and dev tools into $(VENV)"
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install -e '.[dev]'
+	@touch $(STAMP)
+	@echo "==> installed: run the CLI as $(VENV)/bin/nncaption, or 'source $(VENV)/bin/activate' first"
 
 install: $(STAMP)
 
@@ -22,5 +29,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Both tools always run, so one report shows everything; the target fails if either found an error.
+lint: $(STAMP)
+	@echo "==> ruff check"
+	@rc=0; $(VENV)/bin/ruff check . || rc=1; \
+	echo "==> mypy (every nncaption.* module and the tests)"; \
+	$(PY) .ci/typecheck.py || rc=1; \
+	exit $$rc
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache
