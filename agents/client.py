@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 
@@ -40,8 +40,8 @@ from nncaption.agents.errors import (
 )
 from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.reasoning import split_reasoning
-from nncaption.agents.records import LLMExchange, Usage
 from nncaption.agents.recording import Recorder
+from nncaption.agents.records import LLMExchange, Usage
 from nncaption.agents.settings import EndpointSettings, LLMSettings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class LLMClient:
         self.exchanges: list[LLMExchange] = []  # with keep_exchanges: every exchange made, in order
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def __aenter__(self) -> "LLMClient":
+    async def __aenter__(self) -> LLMClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -160,12 +160,19 @@ class LLMClient:
         *,
         response_format: dict[str, Any] | None = None,
         max_tokens: int | None = None,
+        seed: int | None = None,
     ) -> LLMExchange:
-        """One chat completion for `role`; raises an `LLMError` subclass carrying the exchange."""
+        """One chat completion for `role`; raises an `LLMError` subclass carrying the exchange.
+
+        `seed` is OpenAI's standard sampling seed (reproducible sampling on servers that
+        honour it; the offline composer draws its choices from it).
+        """
         self._bind_loop()
         ep = self.settings.for_role(role)
         params: dict[str, Any] = {"temperature": ep.temperature, "top_p": ep.top_p,
                                   "max_tokens": max_tokens or ep.max_tokens}
+        if seed is not None:
+            params["seed"] = int(seed)
         if response_format is not None:
             params["response_format"] = response_format
         ex = LLMExchange(role=role, endpoint=ep.base_url, model=ep.model, messages=list(messages),
@@ -274,7 +281,7 @@ class LLMClient:
         try:
             async with asyncio.timeout(ep.timeout_s):
                 raw = await sdk.chat.completions.with_raw_response.create(
-                    model=ep.model, messages=messages, extra_body=ep.extra_body or None,
+                    model=ep.model, messages=cast(Any, messages), extra_body=ep.extra_body or None,
                     timeout=ep.timeout_s, **kwargs,
                 )
                 text = raw.text
@@ -335,6 +342,8 @@ class LLMClient:
                                                  server_reasoning if isinstance(server_reasoning, str) else None)
         ex.finish_reason = choice.get("finish_reason")
         ex.response_id = data.get("id")
+        returned = data.get("model")
+        ex.model_returned = returned if isinstance(returned, str) else None
         ex.usage = Usage.from_response(data.get("usage"), ex.reasoning, ex.reply)
 
 
@@ -347,7 +356,7 @@ def _sent_body(request: Any) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def run_sync(coro: Any, client: "LLMClient | None" = None) -> Any:
+def run_sync(coro: Any, client: LLMClient | None = None) -> Any:
     """Run an agent coroutine from synchronous code (the agents' *_sync wrappers).
 
     Each call runs a fresh event loop; the client's connections opened on it are

@@ -28,15 +28,19 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import logging
 import math
 import random
 import re
 import textwrap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from nncaption.netapi.errors import ConfigError
 from nncaption.prompts.library import backbone_source, get_snippet, load_snippets
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DECODERS",
@@ -51,6 +55,7 @@ __all__ = [
     "inject_defect",
     "parse_marker",
     "repair",
+    "repair_model",
 ]
 
 Decoder = Literal["lstm", "gru", "transformer"]
@@ -62,9 +67,12 @@ MARKER = "# nncaption-composed:"
 
 # Hyperparameters the composer knows; everything else in `hparams` is rejected.
 HPARAM_KEYS: tuple[str, ...] = (
-    "lr", "momentum", "dropout", "embed", "hidden", "layers", "heads", "fuse", "teacher",
+    "lr", "momentum", "dropout", "embed", "hidden", "layers", "heads", "fuse", "teacher", "batch",
 )
-_INT_KEYS = frozenset({"embed", "hidden", "layers", "heads"})
+_INT_KEYS = frozenset({"embed", "hidden", "layers", "heads", "batch"})
+# What travels as the design's prm (what training uses); fuse and teacher are structure, fixed in the code.
+PRM_KEYS: tuple[str, ...] = ("lr", "momentum", "dropout", "embed", "hidden", "layers", "heads", "batch")
+BATCH_CHOICES: tuple[int, ...] = (16, 32, 64)
 _FLOAT_KEYS = frozenset({"lr", "momentum", "dropout"})
 _CHOICES: dict[str, tuple[str, ...]] = {"fuse": ("init", "concat"), "teacher": ("random", "first")}
 
@@ -81,9 +89,13 @@ class ComposedModel:
     seed: int = 0
 
     @property
-    def prm(self) -> dict[str, float]:
-        """The values the runner passes as `prm` (JobSpec.prm): lr, momentum, dropout."""
-        return {k: float(self.hparams[k]) for k in ("lr", "momentum", "dropout")}
+    def prm(self) -> dict[str, float | int]:
+        """The hyperparameters training uses (the design's prm): lr, momentum, dropout, decoder sizes, batch.
+
+        The code reads them from `prm`; its constants are only the defaults.
+        """
+        keys = [k for k in PRM_KEYS if k != "heads" or self.decoder == "transformer"]
+        return {k: (int(self.hparams[k]) if k in _INT_KEYS else float(self.hparams[k])) for k in keys}
 
 
 def available_backbones() -> list[str]:
@@ -120,6 +132,7 @@ def sample_hparams(decoder: str, seed: int, backbone: str = "") -> dict[str, Any
         hp["layers"] = rng.choice([1, 1, 2])
         hp["heads"] = 0
         hp["fuse"] = rng.choice(["init", "concat"])
+    hp["batch"] = rng.choice(BATCH_CHOICES)
     return hp
 
 
@@ -145,6 +158,9 @@ def _check_hparams(decoder: str, hp: Mapping[str, Any]) -> dict[str, Any]:
         )
     if out["embed"] < 8 or out["hidden"] < 8 or not (1 <= out["layers"] <= 4):
         raise ConfigError("composer sizes out of range", "Use embed, hidden >= 8 and 1 <= layers <= 4.")
+    out.setdefault("batch", 32)
+    if not 1 <= out["batch"] <= 512:
+        raise ConfigError(f"composer batch {out['batch']} out of range", "Use 1 <= batch <= 512.")
     if decoder == "transformer":
         if out["heads"] < 1 or out["embed"] % out["heads"]:
             raise ConfigError(
@@ -178,10 +194,12 @@ NUM_HEADS = {heads}
 DROPOUT = {dropout}
 FEED_FEATURES = {feed}
 GRAD_CLIP = 1.0
+# decoder sizes: read from prm (the designer's hyperparameters), these are the defaults
+DECODER_SIZES = {sizes}
 
 
 def supported_hyperparameters():
-    return {{'lr', 'momentum', 'dropout'}}
+    return {supported}
 '''
 
 _PICK_RANDOM = '''def pick_captions(captions):
@@ -215,22 +233,23 @@ def teacher_inputs(captions):
 _RNN_DECODER = '''class CaptionDecoder(nn.Module):
     """{cell} decoder: pooled image features set the initial state{feed_doc}."""
 
-    def __init__(self, feature_dim, vocab_size, dropout):
+    def __init__(self, feature_dim, vocab_size, dropout, embed_dim, hidden_dim, num_layers):
         super().__init__()
-        self.feat_proj = nn.Linear(feature_dim, HIDDEN_DIM)
-{cell_proj}        self.embed = nn.Embedding(vocab_size, EMBED_DIM, padding_idx=PAD)
-        rnn_input = EMBED_DIM + (HIDDEN_DIM if FEED_FEATURES else 0)
-        rnn_dropout = dropout if NUM_LAYERS > 1 else 0.0
-        self.rnn = nn.{cell}(rnn_input, HIDDEN_DIM, NUM_LAYERS, batch_first=True, dropout=rnn_dropout)
+        self.num_layers = num_layers
+        self.feat_proj = nn.Linear(feature_dim, hidden_dim)
+{cell_proj}        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        rnn_input = embed_dim + (hidden_dim if FEED_FEATURES else 0)
+        rnn_dropout = dropout if num_layers > 1 else 0.0
+        self.rnn = nn.{cell}(rnn_input, hidden_dim, num_layers, batch_first=True, dropout=rnn_dropout)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(HIDDEN_DIM, vocab_size)
+        self.head = nn.Linear(hidden_dim, vocab_size)
 
     def context(self, fmap):
-        """Global image context [B, HIDDEN_DIM] from the feature map [B, D, h, w]."""
+        """Global image context [B, hidden_dim] from the feature map [B, D, h, w]."""
         return torch.tanh(self.feat_proj(fmap.mean(dim=(2, 3))))
 
     def init_state(self, ctx):
-        h = ctx.unsqueeze(0).repeat(NUM_LAYERS, 1, 1).contiguous()
+        h = ctx.unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous()
 {init_return}
 
     def step_inputs(self, tokens, ctx):
@@ -278,28 +297,29 @@ _TRANSFORMER_DECODER = '''def sinusoid_positions(n, dim, device):
 class CaptionDecoder(nn.Module):
     """Transformer decoder (pre-norm, causal self-attention) cross-attending to the flattened feature map."""
 
-    def __init__(self, feature_dim, vocab_size, dropout):
+    def __init__(self, feature_dim, vocab_size, dropout, embed_dim, hidden_dim, num_layers, num_heads):
         super().__init__()
-        self.feat_proj = nn.Linear(feature_dim, EMBED_DIM)
-        self.embed = nn.Embedding(vocab_size, EMBED_DIM, padding_idx=PAD)
-        layer = nn.TransformerDecoderLayer(EMBED_DIM, NUM_HEADS, HIDDEN_DIM, dropout, batch_first=True,
+        self.embed_dim = embed_dim
+        self.feat_proj = nn.Linear(feature_dim, embed_dim)
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        layer = nn.TransformerDecoderLayer(embed_dim, num_heads, hidden_dim, dropout, batch_first=True,
                                            norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, NUM_LAYERS)
-        self.norm = nn.LayerNorm(EMBED_DIM)
+        self.decoder = nn.TransformerDecoder(layer, num_layers)
+        self.norm = nn.LayerNorm(embed_dim)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(EMBED_DIM, vocab_size)
+        self.head = nn.Linear(embed_dim, vocab_size)
 
     def memory(self, fmap):
-        """Memory tokens [B, h*w, EMBED_DIM] from the feature map [B, D, h, w]."""
+        """Memory tokens [B, h*w, embed_dim] from the feature map [B, D, h, w]."""
         tokens = fmap.flatten(2).transpose(1, 2)
         mem = self.feat_proj(tokens)
-        return mem + sinusoid_positions(mem.shape[1], EMBED_DIM, mem.device)
+        return mem + sinusoid_positions(mem.shape[1], self.embed_dim, mem.device)
 
     def forward(self, fmap, inputs, state=None):
         """Teacher forcing: logits [B, T, V] for the given input tokens, and the memory."""
         mem = self.memory(fmap) if state is None else state
         t = inputs.shape[1]
-        x = self.drop(self.embed(inputs) + sinusoid_positions(t, EMBED_DIM, inputs.device))
+        x = self.drop(self.embed(inputs) + sinusoid_positions(t, self.embed_dim, inputs.device))
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=inputs.device), diagonal=1)
         out = self.decoder(x, mem, tgt_mask=causal)
         return self.head(self.norm(out)), mem
@@ -327,9 +347,10 @@ _NET = '''class Net(nn.Module):
         self.device = device
         self.vocab_size = int(out_shape[0])
         dropout = float(prm.get('dropout', DROPOUT))
+        sizes = [int(prm.get(key, default)) for key, default in DECODER_SIZES]
         backbone = Backbone(in_shape, (1,), prm, device)
         self.encoder = backbone.features  # images -> [B, feature_dim, h, w]; the classifier head is dropped
-        self.decoder = CaptionDecoder(backbone.feature_dim, self.vocab_size, dropout)
+        self.decoder = CaptionDecoder(backbone.feature_dim, self.vocab_size, dropout, *sizes)
         self.last_loss = None
         self.to(device)
 
@@ -368,9 +389,9 @@ _SECTION = "# " + "-" * 75 + " {title}\n"
 
 def _rnn_decoder_source(cell: str, feed: bool) -> str:
     if cell == "LSTM":
-        cell_proj = "        self.cell_proj = nn.Linear(HIDDEN_DIM, HIDDEN_DIM)\n"
+        cell_proj = "        self.cell_proj = nn.Linear(hidden_dim, hidden_dim)\n"
         init_return = (
-            "        c = torch.tanh(self.cell_proj(ctx)).unsqueeze(0).repeat(NUM_LAYERS, 1, 1).contiguous()\n"
+            "        c = torch.tanh(self.cell_proj(ctx)).unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous()\n"
             "        return (h, c)"
         )
     else:
@@ -393,6 +414,18 @@ def _summary(backbone: str, family: str, decoder: str, hp: Mapping[str, Any]) ->
         f"{backbone} ({family}) encoder + {dec}; dropout {hp['dropout']}, AdamW lr {hp['lr']:.2g}, "
         f"teacher forcing on {'a random' if hp['teacher'] == 'random' else 'the first'} caption"
     )
+
+
+def _sizes_literal(decoder: str) -> str:
+    pairs = ["('embed', EMBED_DIM)", "('hidden', HIDDEN_DIM)", "('layers', NUM_LAYERS)"]
+    if decoder == "transformer":
+        pairs.append("('heads', NUM_HEADS)")
+    return "(" + ", ".join(pairs) + ")"
+
+
+def _supported_literal(decoder: str) -> str:
+    keys = ["lr", "momentum", "dropout", "embed", "hidden", "layers"] + (["heads"] if decoder == "transformer" else [])
+    return "{" + ", ".join(repr(k) for k in keys) + "}"
 
 
 def _marker_line(backbone: str, decoder: str, seed: int, hp: Mapping[str, Any]) -> str:
@@ -451,6 +484,7 @@ def compose_model(
         _CONSTANTS.format(
             embed=hp["embed"], hidden=hp["hidden"], layers=hp["layers"], heads=hp["heads"],
             dropout=hp["dropout"], feed=hp["fuse"] == "concat",
+            sizes=_sizes_literal(decoder), supported=_supported_literal(decoder),
         ),
         "\n\n" + (_PICK_RANDOM if hp["teacher"] == "random" else _PICK_FIRST) + _TEACHER_INPUTS,
         "\n\n" + (
@@ -524,9 +558,19 @@ def compose_for_request(hints: Mapping[str, Any], *, seed: int) -> ComposedModel
     return compose_model(backbone, decoder, seed=seed)  # type: ignore[arg-type]
 
 
-def improve(code: str, *, seed: int) -> ComposedModel:
+def _effective_hparams(info: Mapping[str, Any], prm: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The marker's hyperparameters, overridden by the prm the candidate actually trained with."""
+    hp = dict(info["hparams"])
+    for key in PRM_KEYS:
+        if prm and key in prm and not isinstance(prm[key], bool) and isinstance(prm[key], (int, float)):
+            hp[key] = prm[key]
+    return hp
+
+
+def improve(code: str, *, seed: int, prm: Mapping[str, Any] | None = None) -> ComposedModel:
     """A mutation of a composed parent: one of backbone, decoder, sizes, dropout or lr changes (seeded).
 
+    `prm` is the parent's hyperparameters as trained (they override the marker's).
     A parent without a marker is treated like a failed file: a default composition.
     """
     info = parse_marker(code)
@@ -534,13 +578,13 @@ def improve(code: str, *, seed: int) -> ComposedModel:
         backbone, decoder = _guess_composition(code)
         return compose_model(backbone, decoder, seed=seed)  # type: ignore[arg-type]
     rng = _rng("improve", seed, info["seed"])
-    backbone, decoder, hp = info["backbone"], info["decoder"], dict(info["hparams"])
+    backbone, decoder, hp = info["backbone"], info["decoder"], _effective_hparams(info, prm)
     what = rng.choice(["backbone", "decoder", "size", "dropout", "lr"])
     if what == "backbone":
         backbone = rng.choice([b for b in available_backbones() if b != backbone])
     elif what == "decoder":
         decoder = rng.choice([d for d in DECODERS if d != decoder])
-        hp = {k: hp[k] for k in ("lr", "momentum", "dropout", "teacher") if k in hp}
+        hp = {k: hp[k] for k in ("lr", "momentum", "dropout", "teacher", "batch") if k in hp}
     elif what == "size":
         factor = rng.choice([0.75, 1.5])
         if decoder == "transformer":
@@ -553,8 +597,12 @@ def improve(code: str, *, seed: int) -> ComposedModel:
     elif what == "dropout":
         hp["dropout"] = rng.choice([d for d in (0.0, 0.1, 0.2, 0.3) if d != hp.get("dropout")])
     else:
-        hp["lr"] = round(float(hp["lr"]) * rng.choice([0.5, 2.0]), 6)
-    return compose_model(backbone, decoder, seed=seed, hparams=hp)  # type: ignore[arg-type]
+        hp["lr"] = round(min(float(hp["lr"]) * rng.choice([0.5, 2.0]), 0.5), 6)
+    try:
+        return compose_model(backbone, decoder, seed=seed, hparams=hp)  # type: ignore[arg-type]
+    except ConfigError as e:  # the parent's prm was out of the composer's range: keep the structure, reseed
+        log.info("improve: parent hyperparameters unusable (%s); using seeded ones", e.message)
+        return compose_model(backbone, decoder, seed=seed)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- repair
@@ -563,19 +611,21 @@ def improve(code: str, *, seed: int) -> ComposedModel:
 _SHRINK_WORDS = ("too-large", "out-of-memory", "timeout", "too large", "out of memory", "timed out")
 
 
-def repair(code: str, error: str) -> str:
+def repair_model(code: str, error: str, prm: Mapping[str, Any] | None = None) -> ComposedModel:
     """The offline fixer: re-compose a valid model from the composition marker in `code`.
 
-    The error text steers small adjustments: a too-large / out-of-memory /
-    timeout failure halves the decoder sizes, a NaN failure divides the learning
-    rate by 3. A file without a (readable) marker gets a default composition
-    whose decoder family follows the layers the file uses.
+    `prm` is what the candidate trained with (it overrides the marker's values). The
+    error text steers small adjustments of what trains next: a too-large /
+    out-of-memory / timeout failure halves the decoder sizes, a NaN failure divides
+    the learning rate by 3 (both reach training through the returned model's prm).
+    A file without a (readable) marker gets a default composition whose decoder
+    family follows the layers the file uses.
     """
     info = parse_marker(code)
     if info is None or info["backbone"] not in available_backbones() or info["decoder"] not in DECODERS:
         backbone, decoder = _guess_composition(code)
-        return compose_model(backbone, decoder, seed=_code_seed(code) % 10_000).code  # type: ignore[arg-type]
-    hp = dict(info["hparams"])
+        return compose_model(backbone, decoder, seed=_code_seed(code) % 10_000)  # type: ignore[arg-type]
+    hp = _effective_hparams(info, prm)
     text = error.lower()
     if any(w in text for w in _SHRINK_WORDS):
         heads = int(hp.get("heads", 0) or 0)
@@ -589,9 +639,14 @@ def repair(code: str, error: str) -> str:
     if re.search(r"\bnan\b|non-finite|not finite", text) and "lr" in hp:
         hp["lr"] = round(float(hp["lr"]) / 3, 6)
     try:
-        return compose_model(info["backbone"], info["decoder"], seed=info["seed"], hparams=hp).code
+        return compose_model(info["backbone"], info["decoder"], seed=info["seed"], hparams=hp)
     except ConfigError:  # a marker edited into nonsense: fall back to the seeded defaults
-        return compose_model(info["backbone"], info["decoder"], seed=info["seed"]).code
+        return compose_model(info["backbone"], info["decoder"], seed=info["seed"])
+
+
+def repair(code: str, error: str, prm: Mapping[str, Any] | None = None) -> str:
+    """`repair_model(...).code` (the file only; its prm is on the model)."""
+    return repair_model(code, error, prm).code
 
 
 # --------------------------------------------------------------------------- defects
@@ -602,10 +657,10 @@ _SHAPE_VARIANTS: tuple[tuple[str, str], ...] = (
     # thinks the pooled vector is avg+max concatenated
     ("self.feat_proj = nn.Linear(feature_dim, ", "self.feat_proj = nn.Linear(feature_dim * 2, "),
     # output layer sized as if the RNN were bidirectional
-    ("self.head = nn.Linear(HIDDEN_DIM, vocab_size)", "self.head = nn.Linear(HIDDEN_DIM * 2, vocab_size)"),
+    ("self.head = nn.Linear(hidden_dim, vocab_size)", "self.head = nn.Linear(hidden_dim * 2, vocab_size)"),
     # forgot that image features are concatenated / miscounted the decoder input
-    ("rnn_input = EMBED_DIM + (HIDDEN_DIM if FEED_FEATURES else 0)", "rnn_input = EMBED_DIM + 1"),
-    ("self.head = nn.Linear(EMBED_DIM, vocab_size)", "self.head = nn.Linear(EMBED_DIM * 2, vocab_size)"),
+    ("rnn_input = embed_dim + (hidden_dim if FEED_FEATURES else 0)", "rnn_input = embed_dim + 1"),
+    ("self.head = nn.Linear(embed_dim, vocab_size)", "self.head = nn.Linear(embed_dim * 2, vocab_size)"),
 )
 _OUTPUT_VARIANTS: tuple[tuple[str, str], ...] = (
     # forgot the return: forward(images) gives None

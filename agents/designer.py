@@ -4,20 +4,25 @@ The prompt (rendered by nncaption.prompts.library) carries the Net API contract,
 the dataset facts, K backbone snippets (5 or 10, sampled by seed), a decoder
 family hint and the feedback section. When the endpoint says the prompt does not
 fit its context, the designer asks again with fewer snippets (10 -> 5 -> 2 -> 0).
-It returns the extracted code and a one-line summary, plus every exchange made;
-a reply without usable code raises `ExtractionError` carrying its exchange.
+It returns the extracted code, the hyperparameters the reply asked for (`prm`,
+validated; see `nncaption.agents.hparams`) and a one-line summary, plus every
+exchange made; a reply without usable code or with invalid hyperparameters raises
+`ExtractionError` carrying its exchange. The request's seed is sent as OpenAI's
+`seed` sampling parameter, never inside the prompt.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal
 
 from nncaption.agents.client import LLMClient, run_sync
 from nncaption.agents.errors import ContextLengthExceeded
-from nncaption.agents.extract import ExtractionError, code_from_exchange, extract_summary, module_docstring_line
+from nncaption.agents.extract import ExtractionError, candidate_from_exchange, extract_summary, module_docstring_line
 from nncaption.agents.feedback import Feedback
+from nncaption.agents.hparams import Prm, PrmError, validate_prm
 from nncaption.agents.records import LLMExchange
 from nncaption.prompts.library import DatasetFacts, ParentCandidate, Snippet, designer_messages, sample_snippets
 
@@ -27,23 +32,35 @@ Mode = Literal["compose", "improve"]
 Decoder = Literal["lstm", "gru", "transformer"]
 SNIPPET_FALLBACKS: tuple[int, ...] = (10, 5, 2, 0)
 
-__all__ = ["Design", "DatasetFacts", "ParentCandidate", "design", "design_sync", "snippet_schedule"]
+__all__ = ["Design", "DatasetFacts", "ParentCandidate", "design", "design_sync", "inherited_prm", "snippet_schedule"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Design:
-    """A designed candidate: the file, its one-line summary, and how it was obtained."""
+    """A designed candidate: the file, the hyperparameters to train it with, and how it was obtained.
+
+    `prm` holds what the designer asked for (validated; empty means the training
+    defaults); `producer` names what made it: the model name the endpoint answered
+    with for an LLM design, `nncaption-offline-composer` for the random-search
+    baseline; `trace` is the baseline's labelled trace (empty for LLM designs, whose
+    reasoning stays in `exchanges`).
+    """
 
     code: str
+    prm: Prm = field(default_factory=dict)
     summary: str
     mode: Mode
     decoder: str | None
     snippets: list[str]  # names of the snippets in the prompt that produced the code
     exchanges: list[LLMExchange] = field(default_factory=list)
+    producer: str = ""
+    trace: str = ""
 
     @property
     def exchange(self) -> LLMExchange:
-        """The exchange whose reply holds the code."""
+        """The exchange whose reply holds the code (LLM designs only)."""
+        if not self.exchanges:
+            raise AttributeError(f"design by {self.producer or 'an in-process agent'} made no LLM exchange")
         return self.exchanges[-1]
 
 
@@ -55,6 +72,17 @@ def snippet_schedule(k: int) -> list[int]:
 def summary_of(reply: str, code: str, reasoning: str | None = None) -> str:
     """The reply's SUMMARY line, else the code's docstring line, else a placeholder."""
     return extract_summary(reply, reasoning) or module_docstring_line(code) or "(no summary given)"
+
+
+def inherited_prm(hparams: Mapping[str, Any], code: str) -> Prm:
+    """A parent's hyperparameters that are still valid for `code` (a reply that names none keeps them)."""
+    keep: Prm = {}
+    for key, value in hparams.items():
+        try:
+            keep.update(validate_prm({key: value}, code))
+        except PrmError as e:
+            log.info("not inheriting the parent's %s: %s", key, e.message)
+    return keep
 
 
 async def design(
@@ -86,10 +114,9 @@ async def design(
         messages = designer_messages(
             facts, shown, decoder=decoder, mode=mode, parent=parent,
             top=[c.to_prompt() for c in feedback.top], failures=[f.to_prompt() for f in feedback.failures],
-            seed=seed,
         )
         try:
-            ex = await client.chat("designer", messages)
+            ex = await client.chat("designer", messages, seed=seed)
         except ContextLengthExceeded as e:
             if e.exchange is not None:
                 exchanges.append(e.exchange)
@@ -100,12 +127,14 @@ async def design(
             continue
         exchanges.append(ex)
         try:
-            code = code_from_exchange(ex)
+            cand = candidate_from_exchange(ex)
         except ExtractionError as e:
             e.message = f"designer reply: {e.message}"
             raise
-        return Design(code=code, summary=summary_of(ex.reply, code, ex.reasoning), mode=mode, decoder=decoder,
-                      snippets=[s.name for s in shown], exchanges=exchanges)
+        prm = cand.prm if cand.prm is not None else inherited_prm(parent.hparams if parent else {}, cand.code)
+        return Design(code=cand.code, prm=prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
+                      mode=mode, decoder=decoder, snippets=[s.name for s in shown], exchanges=exchanges,
+                      producer=ex.model_returned or ex.model)
     raise AssertionError("unreachable: the snippet schedule is never empty")
 
 

@@ -29,7 +29,7 @@ class LLMError(NNCaptionError):
         *,
         endpoint: str = "",
         status: int | None = None,
-        exchange: "LLMExchange | None" = None,
+        exchange: LLMExchange | None = None,
         category: str | None = None,
     ) -> None:
         super().__init__(message, hint or self.default_hint, category=category)

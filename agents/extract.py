@@ -12,6 +12,11 @@ fixer can act on: `empty-reply`, `no-code`, `truncated`,
 A single complete block with a syntax error is returned as it is: the static
 validator then reports `syntax` with the line, which tells the fixer more than an
 extraction error would.
+
+Replies in JSON mode (an object, bare or in a ```json fence, with the file in a
+`code` field and the hyperparameters in `prm`) are understood too.
+`extract_candidate` returns the code together with the hyperparameters the reply
+asked for (see `nncaption.agents.hparams`) and its summary.
 """
 
 from __future__ import annotations
@@ -20,16 +25,28 @@ import ast
 import re
 import textwrap
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
-
+from nncaption.agents.hparams import HINT as PRM_HINT
+from nncaption.agents.hparams import (
+    PRM_CATEGORY,
+    Prm,
+    PrmError,
+    prm_from_json_blocks,
+    prm_from_object,
+    prm_literal,
+    validate_prm,
+)
+from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.reasoning import has_unclosed_think, split_reasoning
 from nncaption.netapi.errors import NNCaptionError
 
 if TYPE_CHECKING:
     from nncaption.agents.records import LLMExchange
 
-EXTRACTION_CATEGORIES: tuple[str, ...] = ("empty-reply", "no-code", "truncated", "multiple-candidates-none-valid")
+EXTRACTION_CATEGORIES: tuple[str, ...] = ("empty-reply", "no-code", "truncated", "multiple-candidates-none-valid",
+                                          PRM_CATEGORY)
+CODE_FIELDS: tuple[str, ...] = ("code", "python", "file", "source")
 
 _HINTS: dict[str, str] = {
     "empty-reply": "the model returned nothing: check max_tokens and the endpoint, then ask again.",
@@ -38,6 +55,7 @@ _HINTS: dict[str, str] = {
                  "and less reasoning.",
     "multiple-candidates-none-valid": "the reply held several code blocks and none parses as Python: "
                                       "answer with ONE complete ```python block that defines the whole file.",
+    PRM_CATEGORY: PRM_HINT,
 }
 
 _PYTHON_LABELS = {"", "python", "py", "python3", "py3", "pytorch", "torch", "python-code"}
@@ -59,7 +77,7 @@ class ExtractionError(NNCaptionError):
     def __init__(self, category: str, message: str, *, candidate: str | None = None) -> None:
         super().__init__(message, _HINTS.get(category, ""), category=category)
         self.candidate = candidate
-        self.exchange: "LLMExchange | None" = None
+        self.exchange: LLMExchange | None = None
 
 
 @dataclass
@@ -211,7 +229,7 @@ def extract_code(text: str, reasoning: str | None = None, *, truncated: bool = F
         raise
 
 
-def code_from_exchange(exchange: "LLMExchange") -> str:
+def code_from_exchange(exchange: LLMExchange) -> str:
     """`extract_code` on an exchange's reply and reasoning; errors carry the exchange."""
     try:
         return extract_code(exchange.reply, exchange.reasoning or None, truncated=exchange.truncated)
@@ -220,10 +238,36 @@ def code_from_exchange(exchange: "LLMExchange") -> str:
         raise
 
 
+def json_reply(section: str) -> dict[str, Any] | None:
+    """A JSON-mode reply: an object (bare or in a ```json fence) with the file in a `code` field; else None."""
+    stripped = section.strip()
+    if not stripped or "{" not in stripped:
+        return None
+    obj = parse_json_object(stripped)
+    if obj is None:
+        return None
+    for name in CODE_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, str) and value.strip():
+            return obj
+    return None
+
+
+def _json_code(obj: dict[str, Any]) -> str:
+    code = next(str(obj[n]) for n in CODE_FIELDS if isinstance(obj.get(n), str) and str(obj[n]).strip())
+    fenced = fenced_blocks(code)
+    if fenced and not _parses(code):  # a fence inside the JSON string
+        code = fenced[-1].code
+    return code.strip("\n") + "\n"
+
+
 def _extract(raw: str, reasoning: str | None) -> str:
     if not raw.strip() and not (reasoning or "").strip():
         raise ExtractionError("empty-reply", "the reply is empty")
     answer, thinking = split_reasoning(raw, reasoning)
+    obj = json_reply(answer)
+    if obj is not None:
+        return _json_code(obj)
     try:
         return _from_section(answer)
     except _NoCandidates:
@@ -243,6 +287,50 @@ def _extract(raw: str, reasoning: str | None) -> str:
     if not answer.strip():
         raise ExtractionError("empty-reply", "the reply holds reasoning but no answer")
     raise ExtractionError("no-code", f"the reply holds no Python code: {answer[:160]!r}")
+
+
+@dataclass
+class Candidate:
+    """What a reply proposes: the file, the hyperparameters it asked for (None: none given) and its summary."""
+
+    code: str
+    prm: Prm | None
+    summary: str | None
+
+
+def extract_candidate(text: str, reasoning: str | None = None, *, truncated: bool = False) -> Candidate:
+    """The candidate file of a reply together with its hyperparameters (validated) and SUMMARY.
+
+    Raises `ExtractionError`; invalid hyperparameters are category `bad-hyperparameters`
+    with the extracted code as `candidate`, so a fixer can still work from it.
+    """
+    code = extract_code(text, reasoning, truncated=truncated)
+    answer, _ = split_reasoning(text or "", reasoning)
+    obj = json_reply(answer)
+    try:
+        if obj is not None:
+            raw = prm_from_object(obj)
+            summary = obj.get("summary") if isinstance(obj.get("summary"), str) else None
+        else:
+            blocks = [b.code for b in fenced_blocks(answer) if b.lang == "json"]
+            raw = prm_from_json_blocks(blocks)
+            if raw is None:
+                raw = prm_literal(code)
+            summary = None
+        prm = validate_prm(raw, code) if raw is not None else None
+    except PrmError as e:
+        raise ExtractionError(PRM_CATEGORY, e.message, candidate=code) from None
+    summary = " ".join(summary.split())[:300] if summary else extract_summary(text, reasoning)
+    return Candidate(code=code, prm=prm, summary=summary or None)
+
+
+def candidate_from_exchange(exchange: LLMExchange) -> Candidate:
+    """`extract_candidate` on an exchange's reply and reasoning; errors carry the exchange."""
+    try:
+        return extract_candidate(exchange.reply, exchange.reasoning or None, truncated=exchange.truncated)
+    except ExtractionError as e:
+        e.exchange = exchange
+        raise
 
 
 def extract_summary(text: str, reasoning: str | None = None) -> str | None:

@@ -8,8 +8,9 @@ blowing up the prompt: every text is clipped and the lists are capped.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from nncaption.netapi.categories import Verdict
 from nncaption.prompts.library import CandidateFeedback, FailureFeedback
@@ -75,7 +76,7 @@ class FailureSummary:
         object.__setattr__(self, "summary", clip_line(self.summary))
 
     @classmethod
-    def from_verdict(cls, verdict: Verdict, summary: str = "") -> "FailureSummary":
+    def from_verdict(cls, verdict: Verdict, summary: str = "") -> FailureSummary:
         where = f" (line {verdict.line})" if verdict.line else ""
         return cls(str(verdict.category or "rejected"), f"{verdict.stage}{where}: {verdict.message}", summary)
 

@@ -2,67 +2,101 @@
 
 The error may be a validator `Verdict` (static or smoke), a reviewer `Review`, a
 sandbox traceback (text), or an `ExtractionError` from a reply without usable
-code; it is turned into the fixer prompt's error section with the category and
-the category's hint, so the model knows what to change.
+code (or with invalid hyperparameters); it is turned into the fixer prompt's error
+section with the category and the category's hint, so the model knows what to
+change. The prompt also shows the hyperparameters the candidate trains with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from nncaption.agents.client import LLMClient, run_sync
-from nncaption.agents.designer import summary_of
-from nncaption.agents.extract import ExtractionError, code_from_exchange
+from nncaption.agents.designer import inherited_prm, summary_of
+from nncaption.agents.extract import ExtractionError, candidate_from_exchange
+from nncaption.agents.hparams import Prm
 from nncaption.agents.records import LLMExchange
-from nncaption.agents.reviewer import Review
+from nncaption.agents.reviewer import CATEGORY_VALUES, Review
 from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.safetext import safe_text
 from nncaption.prompts.library import fixer_messages
 
+ERROR_CHARS = 3000
 ErrorInput = Verdict | Review | ExtractionError | str
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Fix:
-    """A corrected candidate and the exchange that produced it."""
+    """A corrected candidate, the hyperparameters to train it with, and how it was obtained.
+
+    `prm` is what the fixer's reply asked for, else the prm it was given; `producer`
+    as in `Design` (the model name the endpoint answered with, or the baseline's name).
+    """
 
     code: str
+    prm: Prm = field(default_factory=dict)
     summary: str
     category: str | None  # the category of the error that was fixed
     exchanges: list[LLMExchange] = field(default_factory=list)
+    producer: str = ""
+    trace: str = ""
 
     @property
     def exchange(self) -> LLMExchange:
+        if not self.exchanges:
+            raise AttributeError(f"fix by {self.producer or 'an in-process agent'} made no LLM exchange")
         return self.exchanges[-1]
 
 
 def describe_error(error: ErrorInput) -> tuple[str, str | None]:
-    """(error text for the prompt, category) from any supported error form."""
+    """(error text for the prompt, category) from any supported error form.
+
+    Everything taken from the candidate's run (verdict messages, tracebacks) passes
+    through `safe_text`: control characters escaped, length bounded (the end kept).
+    """
     if isinstance(error, Review):
+        if not error.ok and error.category is not None and error.category not in CATEGORY_VALUES:
+            # a reviewer category outside the validator's (bad-hyperparameters)
+            where = f" at line {error.line}" if error.line else ""
+            text = safe_text(f"{error.source} review rejected the candidate{where}: {error.message}", ERROR_CHARS)
+            return text, error.category
         error = error.to_verdict()
     if isinstance(error, Verdict):
         where = f" at line {error.line}" if error.line else ""
-        text = f"{error.stage} check rejected the file{where}: {error.message}"
+        text = safe_text(f"{error.stage} check rejected the file{where}: {error.message}", ERROR_CHARS)
         if isinstance(error.category, Category):
             text += f"\nWhat to do: {error.category.hint}"
         return text, error.category.value if error.category else None
     if isinstance(error, ExtractionError):
-        return f"the previous reply had no usable code ({error.category}): {error.message}\n{error.hint}", None
-    return str(error), None
+        text = safe_text(f"the previous reply was not usable ({error.category}): {error.message}", ERROR_CHARS)
+        return f"{text}\n{error.hint}", error.category
+    return safe_text(str(error), ERROR_CHARS), None
 
 
-async def fix(client: LLMClient, code: str, error: ErrorInput, *, category: str | None = None) -> Fix:
-    """Ask the fixer endpoint to correct `code`; raises LLMError or ExtractionError (with `.exchange`)."""
+async def fix(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[str, Any] | None = None,
+              category: str | None = None) -> Fix:
+    """Ask the fixer endpoint to correct `code` (trained with `prm`); raises LLMError or ExtractionError.
+
+    The reply's hyperparameters replace `prm` when it names some; otherwise the
+    given ones that are still valid for the corrected file are kept.
+    """
     text, found = describe_error(error)
     category = category or found
-    ex = await client.chat("fixer", fixer_messages(code, text, category=category))
+    given = dict(prm or {})
+    ex = await client.chat("fixer", fixer_messages(code, text, category=category, prm=given))
     try:
-        fixed = code_from_exchange(ex)
+        cand = candidate_from_exchange(ex)
     except ExtractionError as e:
         e.message = f"fixer reply: {e.message}"
         raise
-    return Fix(code=fixed, summary=summary_of(ex.reply, fixed, ex.reasoning), category=category, exchanges=[ex])
+    new_prm = cand.prm if cand.prm is not None else inherited_prm(given, cand.code)
+    return Fix(code=cand.code, prm=new_prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
+               category=category, exchanges=[ex], producer=ex.model_returned or ex.model)
 
 
-def fix_sync(client: LLMClient, code: str, error: ErrorInput, *, category: str | None = None) -> Fix:
+def fix_sync(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[str, Any] | None = None,
+             category: str | None = None) -> Fix:
     """`fix` for synchronous callers."""
-    return run_sync(fix(client, code, error, category=category), client)
+    return run_sync(fix(client, code, error, prm=prm, category=category), client)

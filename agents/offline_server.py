@@ -1,38 +1,42 @@
 """`nncaption llm offline`: an OpenAI-compatible endpoint that is NOT an LLM.
 
-It stands in for a model on machines without one, and it is the random-search
-baseline that LLM-guided runs must beat: designer requests are answered by
-composing a valid Net API model from the snippet library, a decoder family and
-seeded hyperparameters (`nncaption.agents.compose`), over the same search space
-the LLM is offered; reviewer requests get a JSON verdict from the static
-validator; fixer requests get a repaired composition. Replies look like a
-reasoning model's: a `<think>` block (or a separate `reasoning` field with
-`split_reasoning`), prose, one fenced python block and a `SUMMARY:` line.
+It stands in for a model on machines without one, and it serves the random-search
+baseline (`nncaption.agents.baseline`) over HTTP for compatibility and tests:
+designer requests are answered by `baseline_design` (a seeded composition from the
+snippet library, over the same search space the LLM is offered), reviewer requests
+get a JSON verdict from the static validator, fixer requests get the baseline's
+ORACLE fix (`baseline_fix`: it re-composes its own file, undoing its own planted
+defect). Every reply names the model `nncaption-offline-composer`, whatever model
+was asked for, and explains itself only in a labelled baseline trace, never as
+first-person reasoning.
 
-Roles come from the prompt's role marker (`nncaption.prompts.library.detect_role`);
-a request whose role cannot be told is a designer request, so any OpenAI client
-that asks it for a captioning model gets one. `fault_rate` plants realistic
-defects (syntax, shape, missing method, forbidden import, output contract) in
-designer replies so the fixer path is exercised; fixer replies are never
-faulted. `latency_ms` simulates a slow server; `max_context_tokens` makes it
-refuse long prompts the way vLLM does; a reply longer than the request's
-max_tokens is cut and marked finish_reason="length".
+The request is read from the ordinary prompt sections (`nncaption.prompts.parse`):
+the role from the system text, the decoder hint, the snippet headings, the parent's
+or candidate's code and hyperparameters, the error. Its seed is the request's
+standard `seed` parameter (what `design()` sends); a request without one is seeded
+by (server seed, request hash, how many times that request was seen). So a designer
+driven over HTTP gives the same candidates as `BaselineDesigner` in-process.
 
-Replies are deterministic: each is seeded by (server seed, request hash, how
-many times that same request was seen).
+`fault_rate` plants realistic defects (syntax, shape, missing method, forbidden
+import, output contract) in designer replies; fixer replies are never faulted.
+`latency_ms` simulates a slow server; `max_context_tokens` makes it refuse long
+prompts the way vLLM does; a reply longer than the request's max_tokens is cut and
+marked finish_reason="length"; `split_reasoning` puts the baseline trace in
+`message.reasoning` (like vLLM's reasoning parser) instead of the content.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from nncaption.agents import compose
-from nncaption.agents.extract import ExtractionError, extract_code
+from nncaption.agents.baseline import BASELINE_NAME, TRACE_LABEL, baseline_design, baseline_fix
+from nncaption.agents.hparams import prm_text
 from nncaption.agents.http_server import (
     OpenAICompatServer,
     Reply,
@@ -42,12 +46,13 @@ from nncaption.agents.http_server import (
     prompt_text,
 )
 from nncaption.agents.recording import request_key
+from nncaption.agents.reviewer import check_prm
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.validate import static_check
-from nncaption.prompts.library import detect_role, extract_request_code, parse_request_hints
+from nncaption.prompts.library import detect_role
+from nncaption.prompts.parse import parse_candidate, parse_designer
 
-MODEL_ID = "nncaption-offline-composer"
-_ERROR_SECTION = re.compile(r"## Error\s*```[a-z]*\n(.*?)\n```", re.DOTALL)
+MODEL_ID = BASELINE_NAME  # the model name of every reply, whatever was asked for
 
 
 class OfflineComposerServer(OpenAICompatServer):
@@ -109,112 +114,72 @@ class OfflineComposerServer(OpenAICompatServer):
                 f"{count_tokens(prompt)} tokens in the messages. Please reduce the length of the messages.",
                 "BadRequestError",
             )
-        seed = self._request_seed(body)
-        role = detect_role(messages) or "designer"
+        role = detect_role(messages) or ("reviewer" if body.get("response_format") else "designer")
         if role == "reviewer":
-            reasoning, content = self._review(prompt)
+            trace, content = self._review(prompt)
         elif role == "fixer":
-            reasoning, content = self._fix(prompt, seed)
+            trace, content = self._fix(prompt)
         else:
-            reasoning, content = self._design(prompt, seed)
-        return Reply(200, self._completion(body, prompt, reasoning, content))
+            trace, content = self._design(prompt, body)
+        return Reply(200, self._completion(body, prompt, trace, content))
 
-    def _completion(self, body: dict[str, Any], prompt: str, reasoning: str, content: str) -> dict[str, Any]:
-        model = str(body.get("model") or MODEL_ID)
+    def _completion(self, body: dict[str, Any], prompt: str, trace: str, content: str) -> dict[str, Any]:
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        reasoning = trace if self.split_reasoning else ""
+        if not self.split_reasoning:
+            content = f"{trace}\n\n{content}"
         finish = "stop"
         if isinstance(limit, int) and limit > 0:
             reasoning, content, cut = _truncate(reasoning, content, limit)
             finish = "length" if cut else "stop"
-            if cut and not content and not self.split_reasoning:
-                # Cut while thinking: the think block stays open, as in a real truncated reply.
-                data = completion_body(model, "<think>\n" + reasoning, prompt_text=prompt, finish_reason=finish)
-                data["usage"]["completion_tokens_details"]["reasoning_tokens"] = count_tokens(reasoning)
-                return data
-        return completion_body(model, content, reasoning=reasoning, prompt_text=prompt, finish_reason=finish,
+        return completion_body(MODEL_ID, content, reasoning=reasoning, prompt_text=prompt, finish_reason=finish,
                                split_reasoning=self.split_reasoning)
 
-    def _design(self, prompt: str, seed: int) -> tuple[str, str]:
-        hints = parse_request_hints(prompt)
-        parent = extract_request_code(prompt) if hints.get("mode") == "improve" else None
-        model = compose.improve(parent, seed=seed) if parent else compose.compose_for_request(hints, seed=seed)
-        code = model.code
-        rng = random.Random(seed)
-        fault = None
-        if rng.random() < self.fault_rate:
-            fault, code = self._inject(code, rng, seed)
-        offered = hints.get("backbones") or []
-        reasoning = (
-            f"The request asks for an image-captioning model that obeys the Net API"
-            f"{' and improves the parent candidate' if parent else ''}. "
-            f"{'Snippets offered: ' + ', '.join(offered) + '. ' if offered else ''}"
-            f"I take the feature extractor of the {model.backbone} snippet, drop its classifier head, and "
-            f"condition a {model.decoder} decoder on the feature map. Hyperparameters: "
-            + ", ".join(f"{k}={v}" for k, v in sorted(model.hparams.items()))
-            + ". Teacher forcing in learn(), greedy decoding from SOS in forward(images)."
+    def _design(self, prompt: str, body: dict[str, Any]) -> tuple[str, str]:
+        req = parse_designer(prompt)
+        seed = body.get("seed")
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            seed = self._request_seed(body)
+        choice = baseline_design(
+            server_seed=self.seed, seed=seed, mode=req.mode, decoder=req.decoder, snippets=req.snippets,
+            parent_code=req.parent_code, parent_prm=req.parent_prm,
+            fault_rate=self.fault_rate, fault_kinds=self.fault_kinds,
         )
-        content = (
-            f"Here is the complete candidate file ({model.backbone} encoder, {model.decoder} decoder).\n\n"
-            f"```python\n{code.rstrip()}\n```\n\n"
-            f"It trains with teacher forcing and decodes free-running from images alone.\n"
-            f"SUMMARY: {model.summary}\n"
-        )
-        return reasoning, content
-
-    def _inject(self, code: str, rng: random.Random, seed: int) -> tuple[str | None, str]:
-        kinds = list(self.fault_kinds)
-        rng.shuffle(kinds)
-        for kind in kinds:  # a kind that does not apply to this composition falls through to the next
-            try:
-                faulty = compose.inject_defect(code, kind, seed)
-            except ConfigError:
-                continue
+        if choice.fault:
             with self._lock:
-                self.faults.append(kind)
-            return kind, faulty
-        return None, code
+                self.faults.append(choice.fault)
+        return choice.trace, _answer(choice.code, choice.prm, choice.summary)
 
     def _review(self, prompt: str) -> tuple[str, str]:
-        code = _request_code(prompt)
-        if code is None:
-            verdict = {"ok": False, "category": "missing-symbol", "line": None,
-                       "message": "the review request holds no candidate code"}
+        cand = parse_candidate(prompt)
+        if cand.code is None:
+            verdict: dict[str, Any] = {"ok": False, "category": "missing-symbol", "line": None,
+                                       "message": "the review request holds no candidate code"}
         else:
-            v = static_check(code)
-            verdict = {"ok": v.ok, "category": v.category.value if v.category else None,
-                       "message": v.message, "line": v.line}
-        reasoning = "I check the candidate with the static Net API validator and report its verdict as JSON."
-        return reasoning, json.dumps(verdict)
+            v = static_check(cand.code)
+            bad_prm = check_prm(cand.code, cand.prm) if v.ok else None
+            if bad_prm is not None:
+                verdict = {"ok": False, "category": bad_prm.category, "message": bad_prm.message, "line": None}
+            else:
+                verdict = {"ok": v.ok, "category": v.category.value if v.category else None,
+                           "message": v.message, "line": v.line}
+        trace = f"{TRACE_LABEL}: verdict of the static Net API validator and the hyperparameter check."
+        return trace, json.dumps(verdict)
 
-    def _fix(self, prompt: str, seed: int) -> tuple[str, str]:
-        code = _request_code(prompt)
-        m = _ERROR_SECTION.search(prompt)
-        error = m.group(1) if m else str(parse_request_hints(prompt).get("category", ""))
-        if code:
-            fixed = compose.repair(code, error)
+    def _fix(self, prompt: str) -> tuple[str, str]:
+        cand = parse_candidate(prompt)
+        error = cand.error or (cand.category or "")
+        if cand.code:
+            choice = baseline_fix(cand.code, error, cand.prm)
         else:
-            fixed = compose.compose_for_request({}, seed=seed).code
-        info = compose.parse_marker(fixed) or {}
-        first_error = error.strip().splitlines()[0][:160] if error.strip() else "the reported error"
-        reasoning = (f"The error says: {first_error}. The file carries its composition marker "
-                     f"(backbone={info.get('backbone')}, decoder={info.get('decoder')}), so I rebuild the "
-                     "composition cleanly, which removes the defect.")
-        summary = (f"{info.get('backbone')} encoder + {info.get('decoder')} decoder, re-composed to fix: "
-                   f"{first_error}")
-        content = (f"The corrected file:\n\n```python\n{fixed.rstrip()}\n```\n\n"
-                   f"SUMMARY: {' '.join(summary.split())}\n")
-        return reasoning, content
+            choice = baseline_design(server_seed=self.seed, seed=0)
+        return choice.trace, _answer(choice.code, choice.prm, choice.summary)
 
 
-def _request_code(prompt: str) -> str | None:
-    """The candidate code in a reviewer/fixer request: between the code markers, else any fenced block."""
-    code = extract_request_code(prompt)
-    if code is not None:
-        return code
-    try:
-        return extract_code(prompt)
-    except ExtractionError:
-        return None
+def _answer(code: str, prm: dict[str, Any], summary: str) -> str:
+    """The reply body: the file in one python block, its hyperparameters in one json block, a SUMMARY line."""
+    return (f"```python\n{code.rstrip()}\n```\n\n```json\n{prm_text(prm)}\n```\n\n"
+            f"SUMMARY: {' '.join(summary.split())}\n")
 
 
 def _truncate(reasoning: str, content: str, limit: int) -> tuple[str, str, bool]:

@@ -27,7 +27,7 @@ class Usage:
     reasoning_estimated: bool = False
 
     @classmethod
-    def from_response(cls, usage: dict[str, Any] | None, reasoning: str, reply: str) -> "Usage":
+    def from_response(cls, usage: dict[str, Any] | None, reasoning: str, reply: str) -> Usage:
         usage = usage or {}
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
@@ -40,7 +40,7 @@ class Usage:
         estimate = round(completion * len(reasoning) / chars) if chars and reasoning else 0
         return cls(prompt, completion, estimate, total, bool(reasoning))
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
@@ -57,11 +57,13 @@ class LLMExchange:
     `reply` is the answer with reasoning removed; `reasoning` the thinking (split
     out by the server or stripped from `<think>` blocks). `error` is
     "category: message" when the call failed; `attempts` counts HTTP tries.
+    `model` is the name that was asked for, `model_returned` the one the server
+    put in its answer (the offline composer always answers `nncaption-offline-composer`).
     """
 
     role: str
     endpoint: str
-    model: str
+    model: str  # the model name requested
     messages: list[dict[str, Any]]
     params: dict[str, Any] = field(default_factory=dict)
     reply: str = ""
@@ -75,6 +77,7 @@ class LLMExchange:
     started_at: float = 0.0
     finished_at: float = 0.0
     response_id: str | None = None
+    model_returned: str | None = None  # the model name the server answered with (None: no answer)
 
     @property
     def ok(self) -> bool:
@@ -89,13 +92,14 @@ class LLMExchange:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LLMExchange":
+    def from_dict(cls, d: dict[str, Any]) -> LLMExchange:
         d = dict(d)
         d["usage"] = Usage(**(d.get("usage") or {}))
+        d.setdefault("model_returned", None)
         return cls(**d)
 
 
-def usage_by_role(exchanges: "list[LLMExchange]") -> dict[str, dict[str, Any]]:
+def usage_by_role(exchanges: list[LLMExchange]) -> dict[str, dict[str, Any]]:
     """Totals per role: calls, failures, attempts, tokens and seconds (for run reports)."""
     out: dict[str, dict[str, Any]] = {}
     for ex in exchanges:

@@ -3,17 +3,22 @@
 The static check (`nncaption.netapi.validate.static_check`) is free and exact, so
 it always runs; only a file it accepts is shown to the LLM, which is asked for a
 structured verdict (`response_format` with a JSON schema; a tolerant parse when
-the server rejects that). The result is a `Review` that says where it came from.
+the server rejects that). The hyperparameters the candidate will train with are
+checked statically too (`bad-hyperparameters`) and shown to the LLM. The result is
+a `Review` that says where it came from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nncaption.agents.client import LLMClient, run_sync
+from nncaption.agents.hparams import PRM_CATEGORY, PrmError, validate_prm
 from nncaption.agents.records import LLMExchange
 from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.safetext import safe_text
 from nncaption.netapi.validate import static_check
 from nncaption.prompts.library import reviewer_messages
 
@@ -72,19 +77,37 @@ def review_from_json(obj: dict[str, Any], exchanges: list[LLMExchange]) -> Revie
                   source="llm", exchanges=exchanges)
 
 
-async def review(code: str, client: LLMClient | None = None, *, use_llm: bool = False) -> Review:
-    """Static check; if it passes and `use_llm` (with a client), the LLM's structured review."""
+def check_prm(code: str, prm: Mapping[str, Any] | None) -> Review | None:
+    """A static rejection when `prm` is invalid for `code` (category bad-hyperparameters), else None."""
+    if not prm:
+        return None
+    try:
+        validate_prm(prm, code)
+    except PrmError as e:
+        return Review(ok=False, category=PRM_CATEGORY, message=e.message, line=None, source="static")
+    return None
+
+
+async def review(code: str, client: LLMClient | None = None, *, use_llm: bool = False,
+                 prm: Mapping[str, Any] | None = None) -> Review:
+    """Static check (code, then `prm`); if both pass and `use_llm` (with a client), the LLM's structured review."""
     verdict = static_check(code)
-    if not verdict.ok or not use_llm:
-        return Review(ok=verdict.ok, category=verdict.category.value if verdict.category else None,
+    if not verdict.ok:
+        return Review(ok=False, category=verdict.category.value if verdict.category else None,
                       message=verdict.message, line=verdict.line, source="static")
+    bad_prm = check_prm(code, prm)
+    if bad_prm is not None:
+        return bad_prm
+    if not use_llm:
+        return Review(ok=True, category=None, message=verdict.message, line=None, source="static")
     if client is None:
         raise ValueError("review(use_llm=True) needs an LLMClient")
-    obj, exchanges = await client.chat_json("reviewer", reviewer_messages(code, static_message=verdict.message),
-                                            schema=REVIEW_SCHEMA, schema_name="review")
+    messages = reviewer_messages(code, static_message=safe_text(verdict.message, 500, keep="head"), prm=prm or {})
+    obj, exchanges = await client.chat_json("reviewer", messages, schema=REVIEW_SCHEMA, schema_name="review")
     return review_from_json(obj, exchanges)
 
 
-def review_sync(code: str, client: LLMClient | None = None, *, use_llm: bool = False) -> Review:
+def review_sync(code: str, client: LLMClient | None = None, *, use_llm: bool = False,
+                prm: Mapping[str, Any] | None = None) -> Review:
     """`review` for synchronous callers."""
-    return run_sync(review(code, client, use_llm=use_llm), client)
+    return run_sync(review(code, client, use_llm=use_llm, prm=prm), client)

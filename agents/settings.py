@@ -33,17 +33,17 @@ class EndpointSettings(BaseModel):
     base_url: str = DEFAULT_BASE_URL
     model: str = DEFAULT_MODEL
     api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = Field(0.6, ge=0.0, le=2.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(16384, ge=1)
-    timeout_s: float = Field(600.0, gt=0.0)
+    temperature: float = Field(default=0.6, ge=0.0, le=2.0)
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=16384, ge=1)
+    timeout_s: float = Field(default=600.0, gt=0.0)
     extra_body: dict[str, Any] = Field(default_factory=dict)
-    max_retries: int = Field(4, ge=0)
+    max_retries: int = Field(default=4, ge=0)
     # Backoff: delay = min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U(0.5, 1.0)
-    backoff_base_s: float = Field(1.0, ge=0.0)
-    backoff_max_s: float = Field(30.0, ge=0.0)
+    backoff_base_s: float = Field(default=1.0, ge=0.0)
+    backoff_max_s: float = Field(default=30.0, ge=0.0)
     # A Retry-After header is honoured when it asks for at most this many seconds.
-    retry_after_max_s: float = Field(60.0, ge=0.0)
+    retry_after_max_s: float = Field(default=60.0, ge=0.0)
 
     def api_key(self) -> str:
         """The key from the named environment variable, or a placeholder local servers accept."""
@@ -58,12 +58,12 @@ class LLMSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    shared: EndpointSettings = Field(default_factory=EndpointSettings)
+    shared: EndpointSettings = Field(default_factory=lambda: EndpointSettings())
     designer: EndpointSettings | None = None
     reviewer: EndpointSettings | None = None
     fixer: EndpointSettings | None = None
     # Requests in flight at once, across all roles (the graph fans out; vLLM batches).
-    max_concurrency: int = Field(8, ge=1)
+    max_concurrency: int = Field(default=8, ge=1)
 
     def for_role(self, role: str) -> EndpointSettings:
         """Settings of `role`, falling back to the shared endpoint (unknown roles use it too)."""
@@ -71,14 +71,14 @@ class LLMSettings(BaseModel):
         return specific or self.shared
 
     @classmethod
-    def single(cls, base_url: str = DEFAULT_BASE_URL, model: str = DEFAULT_MODEL, **endpoint: Any) -> "LLMSettings":
+    def single(cls, base_url: str = DEFAULT_BASE_URL, model: str = DEFAULT_MODEL, **endpoint: Any) -> LLMSettings:
         """Every role on one endpoint; `endpoint` holds further EndpointSettings fields."""
         max_concurrency = endpoint.pop("max_concurrency", 8)
         return cls.from_dict({"shared": {"base_url": base_url, "model": model, **endpoint},
                               "max_concurrency": max_concurrency})
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LLMSettings":
+    def from_dict(cls, data: dict[str, Any]) -> LLMSettings:
         """Validate settings from a config file or CLI values; errors become ConfigError."""
         try:
             return cls.model_validate(data)

@@ -20,8 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nncaption.agents.errors import EndpointUnavailable, VLLMNotInstalled
 
@@ -86,7 +86,7 @@ class VLLMProcess:
         self.health = url
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "VLLMProcess":
+    def start(self) -> VLLMProcess:
         # Own session, so that stopping reaches vLLM's worker processes too.
         self.proc = subprocess.Popen(self.argv, start_new_session=True)
         return self
@@ -127,7 +127,7 @@ class VLLMProcess:
                 continue
         return self.proc.poll()
 
-    def __enter__(self) -> "VLLMProcess":
+    def __enter__(self) -> VLLMProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,10 +16,15 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from nncaption.netapi.errors import ConfigError
+
+if TYPE_CHECKING:
+    from nncaption.agents.client import LLMClient
+    from nncaption.agents.settings import LLMSettings
 
 DEFAULT_PORT = 8000
 
@@ -48,7 +53,7 @@ def add_llm_options(parser: argparse.ArgumentParser) -> None:
                    help="append every LLM request and reply to this file (serve it with `nncaption llm replay`)")
 
 
-def llm_settings_from_args(args: argparse.Namespace) -> "LLMSettings":  # noqa: F821
+def llm_settings_from_args(args: argparse.Namespace) -> LLMSettings:
     """LLMSettings from --llm-config plus the flag overrides."""
     from nncaption.agents.settings import LLMSettings
 
@@ -76,7 +81,7 @@ def llm_settings_from_args(args: argparse.Namespace) -> "LLMSettings":  # noqa: 
     return LLMSettings.from_dict(data)
 
 
-def llm_client_from_args(args: argparse.Namespace) -> "LLMClient":  # noqa: F821
+def llm_client_from_args(args: argparse.Namespace) -> LLMClient:
     """An LLMClient for the parsed endpoint flags (recording when --llm-record is given)."""
     from nncaption.agents.client import LLMClient
 
@@ -194,7 +199,7 @@ def cmd_design(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     llm = subparsers.add_parser("llm", help="LLM endpoints: offline composer, replay, vLLM, one design call",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = llm.add_subparsers(dest="llm_command", metavar="SUBCOMMAND")

@@ -17,33 +17,37 @@ model can reuse.
 
 Templates (`templates/*.md`) are jinja2 templates rendered with langchain-core's
 `PromptTemplate`; jinja2 is used because code blocks are full of braces.
-Every system template carries a role marker (`<!-- nncaption-role: designer -->`)
-and designer/fixer/reviewer requests carry a machine-readable hint line
-(`<!-- nncaption-request: decoder=gru backbones=resnet,vgg seed=3 -->`), so the
-offline composer server can answer without an LLM.
+Prompts carry no control markers: they are what a real LLM should read. For
+vLLM's prefix cache, each user message puts what is constant across a run first
+(the contract, the dataset facts, the rules and the answer format) and what
+varies last (the task, decoder, snippets, feedback, parent or candidate). The
+offline composer reads its requests from these ordinary sections
+(`nncaption.prompts.parse`) and its seed from the request's `seed` parameter.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import random
 import re
 import shlex
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.contract import contract_text
 from nncaption.netapi.errors import ConfigError, NNCaptionError
+from nncaption.netapi.safetext import safe_text
 
 __all__ = [
-    "ROLE_MARKER",
-    "REQUEST_MARKER",
     "ROLES",
     "DECODER_FAMILIES",
+    "DECODER_TEXT",
     "Snippet",
     "DatasetFacts",
     "CandidateFeedback",
@@ -59,16 +63,10 @@ __all__ = [
     "reviewer_messages",
     "fixer_messages",
     "detect_role",
-    "parse_request_hints",
-    "extract_request_code",
-    "format_request_hints",
+    "system_text",
     "contract_text",
 ]
 
-ROLE_MARKER = "nncaption-role:"
-REQUEST_MARKER = "nncaption-request:"
-CODE_BEGIN = "<!-- nncaption-code-begin -->"
-CODE_END = "<!-- nncaption-code-end -->"
 SNIPPET_MARKER = "nncaption-snippet:"
 CONVENTION_MARKER = "nncaption-convention:"
 ROLES: tuple[str, ...] = ("designer", "reviewer", "fixer")
@@ -76,7 +74,14 @@ DECODER_FAMILIES: tuple[str, ...] = ("lstm", "gru", "transformer")
 
 _SNIPPETS_PACKAGE = "nncaption.prompts.snippets"
 _TEMPLATES_PACKAGE = "nncaption.prompts"
-_LIST_HINT_KEYS = frozenset({"backbones"})
+DECODER_TEXT: dict[str | None, str] = {
+    "lstm": "Use an LSTM decoder: initialise (h, c) from the pooled image features or feed them at every step.",
+    "gru": "Use a GRU decoder whose initial hidden state is computed from the pooled image features.",
+    "transformer": "Use a Transformer decoder (nn.TransformerDecoder with a causal mask) cross-attending to the "
+                   "image feature map\nflattened into a sequence of memory tokens.",
+    None: "Choose the decoder family yourself: LSTM, GRU or Transformer.",
+}
+METADATA_PREFIX = "# nncaption-"
 
 # Classic img-classification models of LEMUR's nn-dataset (file stem -> family).
 LEMUR_BACKBONES: dict[str, str] = {
@@ -115,13 +120,15 @@ class Snippet:
     composable: bool = True  # follows the features/feature_dim convention
 
     def prompt_source(self, *, compact: bool = True) -> str:
-        """Source shown to the LLM; compact drops the classification training methods."""
+        """Source shown to the LLM, without the metadata comment lines; compact drops the classification
+        training methods."""
+        source = "".join(ln for ln in self.source.splitlines(keepends=True) if not ln.startswith(METADATA_PREFIX))
         if not compact:
-            return self.source
+            return source
         try:
-            return _drop_methods(self.source, "Net", ("train_setup", "learn")).rstrip() + "\n"
+            return _drop_methods(source, "Net", ("train_setup", "learn")).rstrip() + "\n"
         except SyntaxError:
-            return self.source
+            return source
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ class DatasetFacts:
     name: str = "synthetic"
 
     @classmethod
-    def from_meta(cls, meta: Any) -> "DatasetFacts":
+    def from_meta(cls, meta: Any) -> DatasetFacts:
         """Build from a `DatasetMeta`-like object (attributes vocab_size, image_size, max_len, n_caps, ...)."""
         return cls(
             vocab_size=int(meta.vocab_size),
@@ -437,66 +444,32 @@ def _tail(text: str, max_lines: int, max_chars: int) -> str:
     return out if len(out) <= max_chars else "..." + out[-(max_chars - 3) :]
 
 
-def format_request_hints(**hints: Any) -> str:
-    """The hint line for the offline composer: `nncaption-request: k=v ...` (lists joined by commas)."""
-    parts = []
-    for key, value in hints.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        parts.append(f"{key}={value}")
-    return f"{REQUEST_MARKER} " + " ".join(parts)
+def system_text(role: str) -> str:
+    """The system message of `role` (designer, reviewer or fixer): constant across a run."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown agent role {role!r}", f"Use one of: {', '.join(ROLES)}.")
+    return render(f"{role}.system")
 
 
-def parse_request_hints(text: str) -> dict[str, Any]:
-    """Hints from the first `nncaption-request:` line in `text` ({} when there is none).
-
-    Integers become int, `backbones` a list of names; other values stay strings.
-    """
-    match = re.search(re.escape(REQUEST_MARKER) + r"([^\n]*)", text)
-    if not match:
-        return {}
-    body = match.group(1).replace("-->", " ")
-    hints: dict[str, Any] = {}
-    for token in body.split():
-        key, sep, value = token.partition("=")
-        if not sep or not key:
-            continue
-        if key in _LIST_HINT_KEYS:
-            hints[key] = [v for v in value.split(",") if v]
-        elif re.fullmatch(r"-?\d+", value):
-            hints[key] = int(value)
-        else:
-            hints[key] = value
-    return hints
-
-
-def extract_request_code(text: str) -> str | None:
-    """The candidate code embedded in a reviewer/fixer/improve request (between the code markers), or None."""
-    start = text.find(CODE_BEGIN)
-    if start < 0:
-        return None
-    end = text.find(CODE_END, start)
-    block = text[start + len(CODE_BEGIN) : end if end >= 0 else len(text)].strip()
-    match = re.match(r"```[a-zA-Z0-9_-]*\n(.*?)\n?```\s*$", block, flags=re.DOTALL)
-    return (match.group(1) if match else block).rstrip() + "\n"
+def _content_text(content: Any) -> str:
+    if isinstance(content, list):  # OpenAI content parts
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return content if isinstance(content, str) else ""
 
 
 def detect_role(messages: Sequence[Mapping[str, Any]]) -> str | None:
-    """The role named by a `nncaption-role:` marker, system messages first; None when absent."""
-    ordered = sorted(messages, key=lambda m: 0 if m.get("role") == "system" else 1)
-    pattern = re.compile(re.escape(ROLE_MARKER) + r"\s*([a-z]+)")
-    for message in ordered:
-        content = message.get("content")
-        if isinstance(content, list):  # OpenAI content parts
-            content = " ".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
-        if not isinstance(content, str):
-            continue
-        for match in pattern.finditer(content):
-            if match.group(1) in ROLES:
-                return match.group(1)
+    """The role whose system text opens the conversation (as our templates write it); None otherwise."""
+    systems = [_content_text(m.get("content")).strip() for m in messages if m.get("role") == "system"]
+    if not systems:
+        return None
+    for role in ROLES:
+        if systems[0] == system_text(role).strip():
+            return role
     return None
+
+
+def _prm_json(prm: Mapping[str, Any] | None) -> str:
+    return json.dumps({str(k): prm[k] for k in sorted(prm)}) if prm else "{}"
 
 
 def designer_messages(
@@ -508,7 +481,6 @@ def designer_messages(
     parent: ParentCandidate | None = None,
     top: Sequence[CandidateFeedback] = (),
     failures: Sequence[FailureFeedback] = (),
-    seed: int = 0,
     max_top: int = 5,
     max_failures: int = 5,
     traceback_lines: int = 8,
@@ -523,44 +495,42 @@ def designer_messages(
     if decoder is not None and decoder not in DECODER_FAMILIES:
         raise ConfigError(f"unknown decoder family {decoder!r}", f"Use one of: {', '.join(DECODER_FAMILIES)}.")
     fails = [
-        FailureFeedback(f.category, _tail(f.traceback_tail, traceback_lines, traceback_chars), f.summary)
+        FailureFeedback(safe_text(f.category, 60, keep="head"),
+                        safe_text(_tail(f.traceback_tail, traceback_lines, traceback_chars), traceback_chars),
+                        safe_text(f.summary, 300, keep="head"))
         for f in list(failures)[-max_failures:]
     ]
     shown = [
         {"name": s.name, "family": s.family, "summary": s.summary, "code": s.prompt_source(compact=compact_snippets)}
         for s in snippets
     ]
-    hints = format_request_hints(
-        mode=mode, decoder=decoder, backbones=[s.name for s in snippets], seed=seed
-    )
-    system = render("designer.system", role_marker=f"<!-- {ROLE_MARKER} designer -->")
     user = render(
         "designer",
         contract=contract_text().strip(),
         facts=facts,
         snippets=shown,
-        decoder=decoder,
+        decoder_text=DECODER_TEXT[decoder],
         mode=mode,
         parent=parent,
+        parent_prm=_prm_json(parent.hparams) if parent is not None else "{}",
         top=list(top)[:max_top],
         failures=fails,
-        request_hints=f"<!-- {hints} -->",
     )
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system_text("designer")}, {"role": "user", "content": user}]
 
 
-def reviewer_messages(code: str, *, static_message: str = "accepted") -> list[dict[str, str]]:
-    """System + user messages asking for an API-compliance review as JSON."""
-    system = render("reviewer.system", role_marker=f"<!-- {ROLE_MARKER} reviewer -->")
+def reviewer_messages(code: str, *, static_message: str = "accepted",
+                      prm: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+    """System + user messages asking for an API-compliance review of `code` (trained with `prm`) as JSON."""
     user = render(
         "reviewer",
         contract=contract_text().strip(),
         code=code,
-        static_message=static_message,
+        prm=_prm_json(prm),
+        static_message=safe_text(static_message, 500, keep="head"),
         categories=[c.value for c in Category],
-        request_hints=f"<!-- {format_request_hints(role='reviewer')} -->",
     )
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system_text("reviewer")}, {"role": "user", "content": user}]
 
 
 def fixer_messages(
@@ -568,17 +538,21 @@ def fixer_messages(
     error: str,
     *,
     category: str | None = None,
+    prm: Mapping[str, Any] | None = None,
     error_lines: int = 30,
     error_chars: int = 3000,
 ) -> list[dict[str, str]]:
-    """System + user messages asking for a corrected whole file."""
-    system = render("fixer.system", role_marker=f"<!-- {ROLE_MARKER} fixer -->")
+    """System + user messages asking for a corrected whole file (and its hyperparameters).
+
+    `error` is candidate-derived (a verdict message or a traceback): its tail is kept
+    and control characters are escaped (`safe_text`) before it enters the prompt.
+    """
     user = render(
         "fixer",
         contract=contract_text().strip(),
         code=code,
-        error=_tail(error, error_lines, error_chars),
-        category=category,
-        request_hints=f"<!-- {format_request_hints(role='fixer', category=category)} -->",
+        prm=_prm_json(prm),
+        error=safe_text(_tail(error, error_lines, error_chars), error_chars),
+        category=safe_text(category, 60, keep="head") if category else None,
     )
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system_text("fixer")}, {"role": "user", "content": user}]
