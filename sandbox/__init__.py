@@ -11,6 +11,7 @@ from typing import Any
 from nncaption.netapi.errors import ConfigError
 
 from .base import (
+    CANCELLED,
     CRASHED,
     FAILED,
     KILLED,
@@ -24,8 +25,10 @@ from .base import (
     Job,
     Limits,
     RunResult,
+    RunStatus,
     Sandbox,
 )
+from .gpus import GpuAllocator, parse_gpus
 
 BACKENDS: tuple[str, ...] = ("local", "docker", "ray")
 
@@ -33,14 +36,16 @@ BACKENDS: tuple[str, ...] = ("local", "docker", "ray")
 def get_sandbox(name: str = "local", **options: Any) -> Sandbox:
     """The sandbox backend `name` ("local", "docker" or "ray"), built with `options`.
 
-    local:  isolation="auto"|"bwrap"|"unshare"|"none", drop_privileges=True, use_cgroups=True, prewarm=False
-    docker: image="nncaption-sandbox:offline", runtime=None|"runsc", base_url=None, shm_size="1g", cpus=None,
-            prewarm=False
+    local:  isolation="auto"|"bwrap"|"unshare"|"none", drop_privileges=True, use_cgroups=True, use_seccomp=True
+    docker: image="nncaption-sandbox:offline", runtime=None|"runsc", base_url=None, shm_size="1g", cpus=None
+    both:   prewarm=True, max_warm=None, cpu_allocation=True, gpu_allocator=None (a GpuAllocator),
+            disk_quota=True (sandbox.skeleton.BaseSandbox)
     ray:    address=None (else local ray.init), backend="local"|"docker", backend_options={}, max_retries=1,
-            num_cpus=1; also `run_many(jobs)`
+            num_cpus=1
 
-    `prewarm=True` starts the next job's sandbox (torch imported) after each job: use it for loops of
-    jobs with the same data and limits; call `close()` when done.
+    Every backend has run / arun / run_many / arun_many / close and works as a (async) context manager.
+    Warm (pre-started) processes are kept after each job for the next one with the same settings: close
+    the sandbox (or use `with`) when done.
     """
     if name == "local":
         from .local import LocalSandbox
@@ -59,6 +64,7 @@ def get_sandbox(name: str = "local", **options: Any) -> Sandbox:
 
 __all__ = [
     "BACKENDS",
+    "CANCELLED",
     "CRASHED",
     "FAILED",
     "KILLED",
@@ -71,7 +77,10 @@ __all__ = [
     "EventCallback",
     "Job",
     "Limits",
+    "GpuAllocator",
     "RunResult",
+    "RunStatus",
     "Sandbox",
     "get_sandbox",
+    "parse_gpus",
 ]

@@ -1,26 +1,46 @@
-"""The one small sandbox interface: `Sandbox.run(job) -> RunResult`.
+"""The one small sandbox interface: `Sandbox.run(job) -> RunResult` (and `arun`, `run_many`, `arun_many`, `close`).
 
 A sandbox runs `python -m nncaption.netapi.run JOB_DIR` in isolation and reports
 what happened in a typed result. It never scores: validation references are not
-part of a job and never enter the sandbox.
+part of a job and never enter the sandbox. The shared run skeleton of the local
+and docker backends is `sandbox.skeleton.BaseSandbox`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from nncaption.netapi.job import EpochPredictions, JobSpec, RunnerResult
 
-# RunResult.status values
-OK = "ok"
-FAILED = "failed"
-TIMEOUT = "timeout"
-OUT_OF_MEMORY = "out-of-memory"
-KILLED = "killed"
-CRASHED = "crashed"
-STATUSES: tuple[str, ...] = (OK, FAILED, TIMEOUT, OUT_OF_MEMORY, KILLED, CRASHED)
+
+class RunStatus(str, Enum):
+    """How a job ended, whatever the backend."""
+
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    OUT_OF_MEMORY = "out-of-memory"
+    KILLED = "killed"
+    CRASHED = "crashed"
+    CANCELLED = "cancelled"  # the caller cancelled the run (async task cancelled, or cancel event set)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The old module constants, kept as aliases of the enum members.
+OK = RunStatus.OK
+FAILED = RunStatus.FAILED
+TIMEOUT = RunStatus.TIMEOUT
+OUT_OF_MEMORY = RunStatus.OUT_OF_MEMORY
+KILLED = RunStatus.KILLED
+CRASHED = RunStatus.CRASHED
+CANCELLED = RunStatus.CANCELLED
+STATUSES: tuple[str, ...] = tuple(s.value for s in RunStatus)
 
 RUNNER_ENTRY = "nncaption.netapi.run"
 SMOKE_ENTRY = "nncaption.netapi.smoke"
@@ -39,18 +59,22 @@ class Limits:
     file_size_mb: int = 512
     max_pids: int = 256
     output_tail_bytes: int = 16_384  # kept of stdout/stderr each
+    disk_mb: int = 1024  # the job directory's quota (a sized tmpfs where the host allows mounting)
+    tmp_mb: int = 256  # the job's private /tmp (a sized tmpfs)
 
 
 @dataclass
 class Job:
-    """One candidate run. `job_dir` holds job.json and candidate.py (see netapi.job)."""
+    """One candidate run. `job_dir` holds candidate.py; the sandbox writes job.json from `spec` (one truth)."""
 
     job_dir: Path
     spec: JobSpec
     limits: Limits = field(default_factory=Limits)
-    gpus: list[int] = field(default_factory=list)  # GPU ids for this job; empty = CPU
+    gpus: list[int] = field(default_factory=list)  # GPU ids for this job; empty = CPU (or allocated: num_gpus)
     # Module run as `python -m ENTRY JOB_DIR`: the runner, or e.g. "nncaption.netapi.smoke" for a smoke check.
     entry: str = RUNNER_ENTRY
+    num_gpus: int = 0  # with a sandbox's GpuAllocator and no explicit `gpus`: how many devices to allocate
+    cpus: int | None = None  # cores for this job; None = the sandbox's CpuAllocator decides (free / running)
 
     @property
     def data_dir(self) -> Path:
@@ -61,7 +85,7 @@ class Job:
 class RunResult:
     """What happened to one job, whatever the backend."""
 
-    status: str  # one of STATUSES
+    status: RunStatus
     category: str | None = None  # a netapi.categories.Category value when not ok
     message: str = ""
     stdout_tail: str = ""
@@ -76,24 +100,40 @@ class RunResult:
     backend: str = ""
     verdict: dict[str, Any] | None = None  # the smoke entry's verdict.json, when the job ran one
 
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)
+
     @property
     def ok(self) -> bool:
-        return self.status == OK
+        return self.status == RunStatus.OK
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
 
 
 @runtime_checkable
 class Sandbox(Protocol):
-    """Runs one job in isolation. Implementations: local, docker, ray."""
+    """Runs jobs in isolation. Implementations: local, docker (both `BaseSandbox`), ray."""
 
     name: str
 
     def run(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
         """Run the job to the end (or its limits) and return a typed result.
 
-        `on_event` receives the runner's progress events (progress.jsonl lines)
-        as they appear, for progress display.
+        `on_event` receives the runner's progress events (progress.jsonl lines) as they appear.
         """
         ...
+
+    async def arun(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
+        """`run` for asyncio; cancelling the awaiting task kills the job, reclaims it, re-raises CancelledError."""
+        ...
+
+    def run_many(self, jobs: list[Job], on_event: EventCallback | None = None) -> list[RunResult]:
+        """Run jobs concurrently; results in the order of `jobs`; events carry "job": index."""
+        ...
+
+    async def arun_many(self, jobs: list[Job], on_event: EventCallback | None = None) -> list[RunResult]: ...
+
+    def close(self) -> None: ...

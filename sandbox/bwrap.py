@@ -49,8 +49,14 @@ def bwrap_argv(
     as_root: bool,
     gpus: bool,
     bwrap: str = "bwrap",
+    tmp_mb: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
-    """bubblewrap's arguments up to and including `--` (the command follows)."""
+    """bubblewrap's arguments up to and including `--` (the command follows).
+
+    `tmp_mb`: the size of the private, world-writable (sticky) /tmp; `seccomp_fd`: a readable fd holding
+    a BPF program (sandbox/seccomp.py) that bwrap installs before it executes the command.
+    """
     argv = [
         bwrap,
         "--die-with-parent",
@@ -76,7 +82,10 @@ def bwrap_argv(
     argv += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/etc/ssl"]
     for f in ETC_FILES:
         argv += ["--ro-bind-try", f, f]
-    argv += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    argv += ["--dev", "/dev", "--proc", "/proc", "--perms", "1777"]
+    if tmp_mb:
+        argv += ["--size", str(int(tmp_mb) * 2**20)]
+    argv += ["--tmpfs", "/tmp"]
     mounted: list[Path] = [Path("/usr"), Path("/dev"), Path("/proc")]
     if gpus:
         argv += ["--ro-bind", "/sys", "/sys"]
@@ -101,6 +110,8 @@ def bwrap_argv(
     argv += ["--chdir", str(chdir)]
     if as_root:  # only to let setpriv drop to the unprivileged uid; setpriv then clears every capability
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     argv.append("--")
     return argv
 

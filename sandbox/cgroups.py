@@ -11,6 +11,7 @@ crashed parent can be found and removed on the next start (`reap_orphans`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nncaption.netapi.procs import pid_alive
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PREFIX = "nncaption-"
@@ -88,7 +91,7 @@ class JobCgroup:
     applied: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, name: str, *, memory_mb: int, max_pids: int) -> "JobCgroup | None":
+    def create(cls, name: str, *, memory_mb: int, max_pids: int) -> JobCgroup | None:
         """Create and configure the job's leaves; None when this host does not allow it."""
         own = _own_paths(_read(Path("/proc/self/cgroup")) or "")
         limit = int(memory_mb) * 1024 * 1024
@@ -102,7 +105,7 @@ class JobCgroup:
         return None
 
     @classmethod
-    def _create_v2(cls, own: dict[str, str], name: str, limit: int, max_pids: int) -> "JobCgroup | None":
+    def _create_v2(cls, own: dict[str, str], name: str, limit: int, max_pids: int) -> JobCgroup | None:
         root = _unified_root()
         if root is None or "" not in own:
             return None
@@ -127,7 +130,7 @@ class JobCgroup:
         return cls(2, [leaf], leaf, leaf, limit, ["cgroup-v2-memory", "cgroup-v2-pids"])
 
     @classmethod
-    def _create_v1(cls, own: dict[str, str], name: str, limit: int, max_pids: int) -> "JobCgroup | None":
+    def _create_v1(cls, own: dict[str, str], name: str, limit: int, max_pids: int) -> JobCgroup | None:
         mem_root, pids_root = CGROUP_ROOT / "memory", CGROUP_ROOT / "pids"
         if not (mem_root / "memory.limit_in_bytes").exists() or not (pids_root / "cgroup.procs").exists():
             return None
@@ -144,8 +147,8 @@ class JobCgroup:
             if (mem / "memory.memsw.limit_in_bytes").exists():  # no swapping past the limit
                 try:
                     (mem / "memory.memsw.limit_in_bytes").write_text(str(limit))
-                except OSError:
-                    pass
+                except OSError as e:
+                    log.info("no swap limit for the job cgroup (%s): swap accounting is off", e)
             (pids / "pids.max").write_text(str(max_pids))
         except OSError:
             _rmdir(mem)
@@ -183,8 +186,8 @@ class JobCgroup:
         if self.version == 2 and kill_file.exists():
             try:
                 kill_file.write_text("1")
-            except OSError:
-                pass
+            except OSError as e:
+                log.debug("cgroup.kill failed (%s); killing pid by pid", e)
         deadline = time.monotonic() + timeout_s
         while True:
             pids = self.pids()
@@ -194,9 +197,9 @@ class JobCgroup:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
-                    pass
-                except PermissionError:
-                    pass
+                    continue  # exited meanwhile
+                except PermissionError as e:
+                    log.warning("cannot kill pid %s of a job cgroup: %s", pid, e)
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
@@ -244,8 +247,8 @@ def reap_orphans() -> list[Path]:
             for tok in (_read(d / "cgroup.procs") or "").split():
                 try:
                     os.kill(int(tok), signal.SIGKILL)
-                except (ValueError, OSError):
-                    pass
+                except (ValueError, OSError) as e:
+                    log.debug("orphan cgroup %s: kill %s: %s", d, tok, e)
             for _ in range(50):
                 if _rmdir(d):
                     reaped.append(d)

@@ -4,7 +4,9 @@ Per job: no network, memory (no swap) and CPU limits, a pids limit, a
 read-only root with a private tmpfs /tmp, every capability dropped,
 no-new-privileges, uid/gid 65534, an init process (so the candidate is not
 pid 1 and daemons are reaped), bounded json-file logs, optional gVisor
-(`runtime="runsc"`), GPUs through `device_requests`. The job directory is
+(`runtime="runsc"`), GPUs through `device_requests`, the job's CPU share as a
+cpuset and a CPU quota. The job's stage (a sized tmpfs on the host, sandbox/quota.py: a docker
+tmpfs mount is discarded when the container stops, before its outputs could be copied back) is
 bind-mounted read-write, the data read-only, and the host's Python
 environment read-only at the same paths, so the same interpreter runs inside
 the minimal offline image. Containers carry labels so that those of a crashed
@@ -13,28 +15,28 @@ parent are found and removed on the next start (`reap_orphans`).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import shutil
 import socket
 import threading
-import time
 import uuid
-import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nncaption.netapi.errors import ConfigError, NNCaptionError
-from nncaption.netapi.job import JOB_FILE, PROGRESS_FILE
+from nncaption.netapi.errors import NNCaptionError
 from nncaption.netapi.procs import pid_alive
 
 from . import hostenv, ownership
-from .base import EventCallback, Job, RunResult
+from .base import Job
 from .image_build import OFFLINE_IMAGE
-from .local import STALE_OUTPUTS, STDERR_FILE, STDOUT_FILE, LocalSandbox, cpu_limit_s
-from .outcome import Observed, interpret
-from .streams import ProgressTail, TailBuffer
+from .outcome import Observed
+from .quota import Stage
+from .skeleton import BaseSandbox, cpu_limit_s
+from .streams import TailBuffer
+
+log = logging.getLogger(__name__)
 
 LABEL_JOB = "nncaption.job"
 LABEL_OWNER = "nncaption.owner"  # "<hostname>:<pid>" of the parent that started the container
@@ -50,7 +52,7 @@ def owner_label() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class DockerSandbox:
+class DockerSandbox(BaseSandbox["_Started"]):
     """Runs `python -m <job.entry> JOB_DIR` in a fresh container per job."""
 
     name = "docker"
@@ -63,14 +65,14 @@ class DockerSandbox:
         base_url: str | None = None,
         shm_size: str = "1g",
         cpus: float | None = None,
-        tmpfs_size: str = "512m",
-        poll_interval_s: float = 0.1,
         extra_env: dict[str, str] | None = None,
         host_python: bool | None = None,
         image_python: str = "python",
-        prewarm: bool = False,
         client: Any = None,
+        **base: Any,
     ) -> None:
+        base.setdefault("poll_interval_s", 0.1)
+        super().__init__(**base)
         self.image = image
         # The offline image has no Python of its own: the host's environment is mounted read-only.
         self.host_python = image.endswith(":offline") if host_python is None else host_python
@@ -78,33 +80,36 @@ class DockerSandbox:
         self.runtime = runtime
         self.base_url = base_url
         self.shm_size = shm_size
-        self.cpus = cpus
-        self.tmpfs_size = tmpfs_size
-        self.poll_interval_s = poll_interval_s
+        self.fixed_cpus = cpus  # a fixed CPU quota per job; None = the job's allocated share
         self.extra_env = dict(extra_env or {})
         self._client = client
-        self._reaped = False
-        # prewarm: after each job, start the next job's container (torch imported) ahead of time
-        self.prewarm = prewarm
-        self._warm: dict[Any, _WarmContainer] = {}
-        weakref.finalize(self, _close_slots, self._warm)
+        self._client_lock = threading.Lock()
 
     # -- engine ------------------------------------------------------------------------------------
     @property
     def client(self) -> Any:
-        if self._client is None:
-            try:
-                import docker
+        with self._client_lock:
+            if self._client is None:
+                try:
+                    import docker
 
-                self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
-                self._client.ping()
-            except Exception as e:  # noqa: BLE001 - any failure to reach the engine
-                self._client = None
-                raise DockerUnavailable(
-                    f"cannot reach the docker engine: {e}",
-                    "start dockerd (bash .ci/services.sh), or use --sandbox local.",
-                ) from e
-        return self._client
+                    self._client = docker.DockerClient(base_url=self.base_url) if self.base_url else docker.from_env()
+                    self._client.ping()
+                except Exception as e:  # noqa: BLE001 - any failure to reach the engine
+                    self._client = None
+                    raise DockerUnavailable(
+                        f"cannot reach the docker engine: {e}",
+                        "start dockerd (bash .ci/services.sh), or use --sandbox local.",
+                    ) from e
+            return self._client
+
+    def _ready(self) -> None:
+        self.client  # noqa: B018 - fail early, with a hint, when the engine is unreachable
+
+    def _reap(self) -> None:
+        removed = self.reap_orphans()
+        if removed:
+            log.info("removed %d containers left by dead parents: %s", len(removed), ", ".join(removed))
 
     def reap_orphans(self) -> list[str]:
         """Remove nn-caption containers whose parent process (on this host) is gone.
@@ -117,10 +122,13 @@ class DockerSandbox:
         import docker
 
         try:
-            short = docker.DockerClient(base_url=self.base_url, timeout=10) if self.base_url else docker.from_env(timeout=10)
+            short = (
+                docker.DockerClient(base_url=self.base_url, timeout=10) if self.base_url else docker.from_env(timeout=10)
+            )
             api = short.api
             rows = api.containers(all=True, filters={"label": LABEL_OWNER})
-        except Exception:  # noqa: BLE001 - the engine is slow or gone: nothing to reap now
+        except Exception as e:  # noqa: BLE001 - the engine is slow or gone: nothing to reap now
+            log.warning("cannot list containers to reap orphans: %s", e)
             return removed
         for row in rows:
             owner = (row.get("Labels") or {}).get(LABEL_OWNER, "")
@@ -130,14 +138,16 @@ class DockerSandbox:
             try:
                 api.remove_container(row["Id"], force=True)
                 removed.append(row["Id"][:12])
-            except Exception:  # noqa: BLE001 - already gone, or wedged: tried again next start
-                pass
+            except Exception as e:  # noqa: BLE001 - already gone, or wedged: tried again next start
+                log.warning("cannot remove orphan container %s: %s", row["Id"][:12], e)
         return removed
 
     # -- one job -------------------------------------------------------------------------------------
-    def container_kwargs(self, job: Job, job_dir: Path, data_dir: Path, job_id: str) -> dict[str, Any]:
+    def container_kwargs(
+        self, job: Job, job_dir: Path, data_dir: Path, job_id: str, cores: list[int] | None = None
+    ) -> dict[str, Any]:
         """Every argument of `containers.create` for this job (pure: unit-tested without an engine)."""
-        from docker.types import DeviceRequest, LogConfig, Ulimit
+        from docker.types import LogConfig, Ulimit
 
         limits = job.limits
         volumes: dict[str, dict[str, str]] = {}
@@ -151,7 +161,7 @@ class DockerSandbox:
         )
         if job.gpus:
             env.pop("CUDA_VISIBLE_DEVICES")  # the container sees only its GPUs, renumbered from 0
-        cpu = cpu_limit_s(limits)
+        cpu = cpu_limit_s(limits, len(cores) if cores else None)
         kwargs: dict[str, Any] = {
             "image": self.image,
             "command": [python, "-I", "-u", "-B", "-m", job.entry, str(job_dir)],
@@ -165,7 +175,7 @@ class DockerSandbox:
             "memswap_limit": f"{limits.memory_mb}m",
             "pids_limit": limits.max_pids,
             "read_only": True,
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmpfs_size}"},
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
             "shm_size": self.shm_size,
@@ -182,12 +192,13 @@ class DockerSandbox:
             # (the "none" driver is missing from some engine builds, e.g. Debian's docker.io 20.10).
             "log_config": LogConfig(type="local", config={"max-size": "1m", "max-file": "1", "compress": "false"}),
         }
-        if self.cpus:
-            kwargs["nano_cpus"] = int(self.cpus * 1e9)
+        if self.fixed_cpus:
+            kwargs["nano_cpus"] = int(self.fixed_cpus * 1e9)
+        elif cores:
+            kwargs["nano_cpus"] = int(len(cores) * 1e9)
+            kwargs["cpuset_cpus"] = ",".join(map(str, cores))
         if job.gpus:
-            kwargs["device_requests"] = [
-                DeviceRequest(device_ids=[str(g) for g in job.gpus], capabilities=[["gpu"]])
-            ]
+            kwargs["device_requests"] = gpu_device_requests(job.gpus)
         if self.runtime:
             kwargs["runtime"] = self.runtime
         return kwargs
@@ -201,7 +212,7 @@ class DockerSandbox:
             "caps-dropped",
             "no-new-privs",
             "read-only-root",
-            "private-tmp",
+            f"private-tmp:{job.limits.tmp_mb}m",
             "data-ro:bind",
             "cgroup-memory",
             "cgroup-pids",
@@ -210,6 +221,7 @@ class DockerSandbox:
             "env-allowlist",
             "wall-timeout",
             "bounded-logs",
+            "seccomp:docker-default",
         ]
         if self.runtime:
             out.append(f"runtime:{self.runtime}")
@@ -219,63 +231,24 @@ class DockerSandbox:
             out.append("gpus:" + ",".join(map(str, job.gpus)))
         return out
 
-    def run(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
-        job_dir = Path(job.job_dir).resolve()
-        data_dir = Path(job.data_dir).resolve()
-        if not (job_dir / JOB_FILE).is_file():
-            raise ConfigError(f"{job_dir} has no {JOB_FILE}", "create it with nncaption.netapi.evaluate.make_job_dir.")
-        if not data_dir.is_dir():
-            raise ConfigError(f"data directory {data_dir} does not exist", "prepare the dataset first.")
-        self.client  # noqa: B018 - fail early, with a hint, when the engine is unreachable
-        if not self._reaped:  # once per sandbox: containers left by a crashed earlier parent
-            self._reaped = True
-            self.reap_orphans()
-        for name in STALE_OUTPUTS:
-            (job_dir / name).unlink(missing_ok=True)
-        slot = self._warm.pop(self._warm_key(job, data_dir), None) if self.prewarm else None
-        started: _Started | None = None
-        work_dir = job_dir
-        if slot is not None:
-            ownership.move_entries(job_dir, slot.stage)
-            ownership.give_to(slot.stage)
-            if slot.started.reader.send_go():
-                started, work_dir = slot.started, slot.stage
-                started.isolation.append("prewarmed")
-            else:
-                ownership.move_entries(slot.stage, job_dir)
-                _remove(slot.started.container)
-                shutil.rmtree(slot.stage, ignore_errors=True)
-                slot = None
-        if started is None:
-            started = self._start(job, job_dir, data_dir, warm=False)
-        try:
-            obs = self._supervise(job, started, work_dir, on_event)
-        finally:
-            _remove(started.container)
-            if slot is not None:
-                ownership.move_entries(slot.stage, job_dir)
-                shutil.rmtree(slot.stage, ignore_errors=True)
-        if ownership.reclaim(job_dir):
-            obs.notes.append("Links or special files the job left in its directory were removed.")
-        LocalSandbox._write_tail(job_dir / STDOUT_FILE, obs.stdout_tail)
-        LocalSandbox._write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
-        if self.prewarm:
-            self._spawn_warm(job, job_dir, data_dir)
-        return interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name)
+    def _prepare_stage(self, stage: Stage) -> None:
+        (stage.path / "home").mkdir(exist_ok=True)
+        ownership.give_to(stage.path)
 
-    def _start(self, job: Job, work_dir: Path, data_dir: Path, *, warm: bool) -> "_Started":
+    def _start(self, job: Job, stage: Stage, data_dir: Path, *, warm: bool, cores: list[int] | None) -> _Started:
         """Create, attach and start the job's container (warm: its entry waits for "go" on stdin)."""
         import docker
 
-        (work_dir / "home").mkdir(exist_ok=True)
-        ownership.give_to(work_dir)
+        work_dir = stage.path
         isolation = self.isolation(job)
         if ownership.make_world_readable(data_dir):
             isolation.append("data-made-world-readable")
-        kwargs = self.container_kwargs(job, work_dir, data_dir, uuid.uuid4().hex[:12])
+        kwargs = self.container_kwargs(job, work_dir, data_dir, uuid.uuid4().hex[:12], cores)
         if warm:
             kwargs["command"][5:6] = ["nncaption.sandbox.warm", job.entry]
             kwargs["stdin_open"] = True
+        elif cores:
+            isolation.append("cpuset")
         try:
             container = self.client.containers.create(**kwargs)
         except docker.errors.ImageNotFound as e:
@@ -284,140 +257,114 @@ class DockerSandbox:
                 "build it: nncaption sandbox build-image --offline (or docker build sandbox/image).",
             ) from e
         except docker.errors.APIError as e:
-            raise DockerUnavailable(f"docker could not create the job container: {e}", _runtime_hint(self.runtime)) from e
+            hint = _runtime_hint(self.runtime)
+            raise DockerUnavailable(f"docker could not create the job container: {e}", hint) from e
         out, err = TailBuffer(job.limits.output_tail_bytes), TailBuffer(job.limits.output_tail_bytes)
         try:
             reader = _AttachReader(container, out, err, stdin=warm)
             container.start()
         except docker.errors.APIError as e:
             _remove(container)
-            raise DockerUnavailable(f"docker could not start the job container: {e}", _runtime_hint(self.runtime)) from e
+            hint = _runtime_hint(self.runtime)
+            raise DockerUnavailable(f"docker could not start the job container: {e}", hint) from e
         return _Started(container, reader, out, err, isolation)
 
-    def _supervise(self, job: Job, started: "_Started", work_dir: Path, on_event: EventCallback | None) -> Observed:
-        container = started.container
-        progress = ProgressTail(work_dir / PROGRESS_FILE)
-        t0_wall, t0 = time.time(), time.monotonic()
-        deadline = t0 + job.limits.timeout_s
-        timed_out = False
-        peak: int | None = None
-        container.reload()
-        pid = int(container.attrs["State"].get("Pid") or 0)
-        while True:
-            container.reload()
-            peak = _max(peak, _cgroup_peak(pid))
-            if container.status in ("exited", "dead"):
-                break
-            progress.drain(on_event)
-            if time.monotonic() >= deadline:
-                timed_out = True
-                try:
-                    container.kill()
-                    container.wait(timeout=60)
-                except Exception:  # noqa: BLE001 - removal forces it
-                    pass
-                break
-            time.sleep(self.poll_interval_s)
-        elapsed = time.monotonic() - t0
+    def _go(self, handle: _Started, job: Job, stage: Stage, cores: list[int] | None) -> bool:
+        if self._exited(handle):
+            return False
+        if cores and not self.fixed_cpus:
+            try:
+                handle.container.update(cpuset_cpus=",".join(map(str, cores)),
+                                        cpu_period=100_000, cpu_quota=100_000 * len(cores))
+                handle.isolation.append("cpuset")
+            except Exception as e:  # noqa: BLE001 - the engine refused: the job runs without its cpuset
+                log.warning("could not give a warm container its CPU share %s: %s", cores, e)
+        return handle.reader.send_go()
+
+    def _state(self, handle: _Started) -> dict[str, Any]:
         try:
-            container.reload()
-            state = container.attrs["State"]
-        except Exception:  # noqa: BLE001 - the engine lost it: treat as killed
-            state = {"ExitCode": 128 + signal.SIGKILL}
-        progress.drain(on_event)
-        started.reader.join(10.0)
+            handle.container.reload()
+            handle.state = dict(handle.container.attrs["State"])
+        except Exception as e:  # noqa: BLE001 - the engine lost it: treat as killed
+            log.warning("cannot inspect container %s: %s", getattr(handle.container, "id", "?")[:12], e)
+            handle.state = {"Status": "dead", "ExitCode": 128 + signal.SIGKILL}
+        if handle.pid is None:
+            handle.pid = int(handle.state.get("Pid") or 0)
+        handle.peak = _max(handle.peak, _cgroup_peak(handle.pid))
+        return handle.state
+
+    def _exited(self, handle: _Started) -> bool:
+        return self._state(handle).get("Status") in ("exited", "dead")
+
+    def _kill(self, handle: _Started) -> None:
+        try:
+            handle.container.kill()
+            handle.container.wait(timeout=60)
+        except Exception as e:  # noqa: BLE001 - already stopped, or removal forces it
+            log.debug("kill of container %s: %s", getattr(handle.container, "id", "?")[:12], e)
+
+    @staticmethod
+    def _dispose_static(handle: Any) -> None:
+        _remove(handle.container)
+        handle.reader.join(1.0)
+
+    def _dispose(self, handle: _Started) -> None:
+        self._dispose_static(handle)
+
+    def _observe(self, handle: _Started, job: Job, *, timed_out: bool) -> Observed:
+        state = self._state(handle)
+        handle.reader.join(10.0)
         rc = int(state.get("ExitCode", -1))
         sig = rc - 128 if 128 < rc < 128 + 65 else None
         if state.get("OOMKilled") and sig is None:
             sig = signal.SIGKILL
-        timings = {"total_s": round(elapsed, 3)}
-        for event, key in (("start", "start_to_runner_start_s"), ("first_batch", "start_to_first_batch_s")):
-            t = progress.first_time(event)
-            if t is not None:
-                timings[key] = round(t - t0_wall, 3)
         return Observed(
             exit_code=None if sig is not None else rc,
             signal=sig,
             timed_out=timed_out,
             oom_killed=bool(state.get("OOMKilled")),
-            peak_memory_bytes=peak,
+            peak_memory_bytes=handle.peak,
             memory_limit_bytes=job.limits.memory_mb * 2**20,
-            stdout_tail=started.out.text(),
-            stderr_tail=started.err.text(),
-            timings=timings,
-            isolation=started.isolation,
+            stdout_tail=handle.out.text(),
+            stderr_tail=handle.err.text(),
+            isolation=list(handle.isolation),
         )
-
-    # -- prewarm ------------------------------------------------------------------------------------
-    @staticmethod
-    def _warm_key(job: Job, data_dir: Path) -> tuple[Any, ...]:
-        lim = job.limits
-        fixed = (lim.memory_mb, lim.max_pids, lim.file_size_mb, lim.output_tail_bytes, int(cpu_limit_s(lim)))
-        return (str(data_dir), job.entry, tuple(job.gpus), job.spec.threads, fixed)
-
-    def _spawn_warm(self, job: Job, job_dir: Path, data_dir: Path) -> None:
-        """Start the container of the next job with the same settings; it waits for "go"."""
-        key = self._warm_key(job, data_dir)
-        if key in self._warm:
-            return
-        _close_slots(self._warm)
-        stage = job_dir.parent / f".nncaption-warm-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        try:
-            stage.mkdir(mode=0o700)
-            self._warm[key] = _WarmContainer(stage, self._start(job, stage, data_dir, warm=True))
-        except (OSError, DockerUnavailable):
-            shutil.rmtree(stage, ignore_errors=True)
 
     def warm_pids(self) -> set[int]:
         """Host pids of the pre-started containers' processes."""
         pids: set[int] = set()
-        for slot in self._warm.values():
-            try:
-                slot.started.container.reload()
-                pids.update(_container_pids(int(slot.started.container.attrs["State"].get("Pid") or 0)))
-            except Exception:  # noqa: BLE001 - gone
-                continue
+        with self._lock:
+            slots = [s for ss in self._warm.values() for s in ss]
+        for slot in slots:
+            pids.update(_container_pids(int(self._state(slot.handle).get("Pid") or 0)))
         return pids
 
-    def close(self) -> None:
-        """Remove pre-started containers (prewarm) and their stage directories."""
-        _close_slots(self._warm)
 
-    def __enter__(self) -> "DockerSandbox":
-        return self
+def gpu_device_requests(gpus: list[int]) -> list[Any]:
+    """The docker device request for exactly these GPU ids (never `count=-1`, which would mean all)."""
+    from docker.types import DeviceRequest
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    return [DeviceRequest(device_ids=[str(g) for g in gpus], capabilities=[["gpu"]])]
 
 
 @dataclass
 class _Started:
     container: Any
-    reader: "_AttachReader"
+    reader: _AttachReader
     out: TailBuffer
     err: TailBuffer
     isolation: list[str]
-
-
-@dataclass
-class _WarmContainer:
-    stage: Path
-    started: _Started
+    state: dict[str, Any] = field(default_factory=dict)
+    pid: int | None = None
+    peak: int | None = None
 
 
 def _remove(container: Any) -> None:
     try:
         container.remove(force=True)
-    except Exception:  # noqa: BLE001 - already gone; a wedged one is reaped later
-        pass
-
-
-def _close_slots(slots: dict[Any, _WarmContainer]) -> None:
-    while slots:
-        _, slot = slots.popitem()
-        _remove(slot.started.container)
-        slot.started.reader.join(1.0)
-        shutil.rmtree(slot.stage, ignore_errors=True)
+    except Exception as e:  # noqa: BLE001 - already gone; a wedged one is reaped later
+        if "No such container" not in str(e) and "is already in progress" not in str(e):
+            log.warning("cannot remove container %s: %s", getattr(container, "id", "?")[:12], e)
 
 
 class _AttachReader:
@@ -446,7 +393,7 @@ class _AttachReader:
         while True:
             try:
                 data = self._sock.recv(1 << 16)
-            except socket.timeout:
+            except TimeoutError:
                 idle += 1
                 if self._finishing.is_set() and idle >= 3:
                     break
@@ -479,8 +426,8 @@ class _AttachReader:
         self._thread.join(timeout)
         try:
             self._keep.close()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as e:  # noqa: BLE001 - closing a dead socket
+            log.debug("closing an attach socket: %s", e)
 
 
 def _runtime_hint(runtime: str | None) -> str:

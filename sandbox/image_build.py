@@ -14,8 +14,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from nncaption.netapi.errors import NNCaptionError
 
@@ -76,7 +76,7 @@ def host_suite() -> str:
     return m.group(1) if m else "bookworm"
 
 
-def image_exists(client: "object", tag: str) -> bool:
+def image_exists(client: object, tag: str) -> bool:
     import docker
 
     try:
@@ -107,7 +107,7 @@ def build_offline_image(
         ) from e
     if not force and image_exists(client, tag):
         log(f"{tag} already exists (use --force to rebuild)")
-        return client.images.get(tag).id
+        return str(client.images.get(tag).id)
     if shutil.which("debootstrap") is None:
         raise ImageBuildError("debootstrap is not installed", "apt-get install -y debootstrap")
     if os.geteuid() != 0:
@@ -140,7 +140,7 @@ def build_offline_image(
         client.api.import_image_from_file(
             str(tar), repository=repo, tag=version or "latest", changes=['CMD ["/bin/sh"]']
         )
-        return client.images.get(tag).id
+        return str(client.images.get(tag).id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -5,27 +5,45 @@ This is how jobs scale past one machine: Ray schedules (`num_cpus`, `num_gpus`
 task whose worker died (`max_retries`), and the isolation itself is done by a
 real sandbox on the worker. A worker or node that dies for good maps to
 status `killed`; Ray's own memory monitor killing it maps to `out-of-memory`.
+Cancelling `arun` cancels the task with force (the worker process dies, and
+with it the sandbox's job: the local sandbox's bwrap dies with its parent, the
+cgroup and container are reaped by the next sandbox on that node).
 
-Job directories must be visible to the workers at the same path (a shared
-file system on a real cluster; trivially true on local Ray). Predictions
-come back inside the RunResult.
+An unreachable `address` fails within seconds with one RayUnreachable error
+(a TCP check before `ray.init`, which would otherwise retry for minutes and
+print Ray's own log lines). Job directories must be visible to the workers at
+the same path (a shared file system on a real cluster; trivially true on local Ray).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.job import PROGRESS_FILE
 
-from .base import FAILED, KILLED, OUT_OF_MEMORY, EventCallback, Job, RunResult
+from .base import CANCELLED, FAILED, KILLED, OUT_OF_MEMORY, EventCallback, Job, RunResult
 from .streams import ProgressTail
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 3.0
+DEFAULT_RAY_PORT = 6379
+DEFAULT_CLIENT_PORT = 10001
+
+
+class RayUnreachable(ConfigError):
+    """`--ray-address` names a cluster that cannot be reached."""
 
 
 def _run_on_worker(job: Job, backend: str, options: dict[str, Any]) -> RunResult:
@@ -36,7 +54,11 @@ def _run_on_worker(job: Job, backend: str, options: dict[str, Any]) -> RunResult
 
     if job.gpus:
         job = replace(job, gpus=[int(g) for g in ray.get_gpu_ids()])  # the GPUs Ray reserved for this task
-    result = get_sandbox(backend, **options).run(job)
+    sandbox = get_sandbox(backend, **{"prewarm": False, **options})
+    try:
+        result = sandbox.run(job)
+    finally:
+        sandbox.close()
     result.backend = f"ray/{result.backend}"
     result.isolation = [*result.isolation, f"ray-node:{ray.get_runtime_context().get_node_id()[:12]}"]
     return result
@@ -50,7 +72,9 @@ def result_for_ray_error(exc: BaseException) -> RunResult:
     if isinstance(exc, rex.OutOfMemoryError):
         return RunResult(status=OUT_OF_MEMORY, category=Category.OUT_OF_MEMORY.value, backend="ray",
                          message=f"Ray's memory monitor killed the worker running the job ({name})")
-    if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.TaskCancelledError, rex.ActorDiedError)):
+    if isinstance(exc, rex.TaskCancelledError):
+        return RunResult(status=CANCELLED, backend="ray", message="the Ray task was cancelled")
+    if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ActorDiedError)):
         return RunResult(status=KILLED, category=Category.CRASHED.value, backend="ray",
                          message=f"the Ray worker running the job died and retries were exhausted ({name}: {exc})")
     if isinstance(exc, rex.RayTaskError):
@@ -60,8 +84,34 @@ def result_for_ray_error(exc: BaseException) -> RunResult:
                      message=f"Ray could not run the job ({name}: {exc})")
 
 
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise RayUnreachable unless a TCP connection to the address's host:port opens within `timeout_s`.
+
+    "auto" / "local" are left to Ray (they look for a running instance on this machine and fail fast)."""
+    if address in ("auto", "local"):
+        return
+    url = urlsplit(address if "://" in address else f"ray-gcs://{address}")
+    default = DEFAULT_CLIENT_PORT if url.scheme == "ray" else DEFAULT_RAY_PORT
+    try:
+        host, port = url.hostname, url.port or default
+    except ValueError as e:
+        raise RayUnreachable(f"--ray-address {address!r} is not an address: {e}",
+                             "use ray://HOST:10001 (Ray client) or HOST:6379, or omit it for a local Ray.") from e
+    if not host:
+        raise RayUnreachable(f"--ray-address {address!r} names no host",
+                             "use ray://HOST:10001 (Ray client) or HOST:6379, or omit it for a local Ray.")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as e:
+        raise RayUnreachable(
+            f"cannot reach the Ray cluster at {address} ({host}:{port}): {e.strerror or e}",
+            "start the cluster (ray start --head) or fix --ray-address; omit it to run a local Ray.",
+        ) from e
+
+
 class RaySandbox:
-    """Runs jobs as Ray tasks; `run_many` runs a batch concurrently."""
+    """Runs jobs as Ray tasks: `run`, `arun`, `run_many`, `arun_many`, `close`, `with` / `async with`."""
 
     name = "ray"
 
@@ -89,28 +139,53 @@ class RaySandbox:
         self.init_options = dict(init_options or {})
         self.poll_interval_s = poll_interval_s
         self._owned_temp: str | None = None  # the session dir of a local Ray this sandbox started
+        self._init_lock = threading.Lock()
 
     def _ensure_ray(self) -> Any:
+        if self.address:
+            check_reachable(self.address)  # before importing Ray: fail in seconds, with one message
         try:
             import ray
         except ImportError as e:
             raise ConfigError("Ray is not installed", "pip install 'nn-caption[ray]'.") from e
-        if not ray.is_initialized():
-            opts: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, **self.init_options}
-            try:
-                if self.address:
-                    ray.init(address=self.address, **opts)
-                else:
-                    opts.setdefault("include_dashboard", False)
-                    if "_temp_dir" not in opts:
-                        self._owned_temp = tempfile.mkdtemp(prefix="nncaption-ray-")
-                        opts["_temp_dir"] = self._owned_temp
-                    ray.init(num_cpus=self.local_num_cpus, **opts)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                where = self.address or "a local instance"
-                raise ConfigError(f"cannot start or reach Ray at {where}: {e}",
-                                  "check --ray-address (e.g. ray://head:10001 or auto), or omit it for local Ray.") from e
+        with self._init_lock:
+            if not ray.is_initialized():
+                self._init(ray)
         return ray
+
+    def _init(self, ray: Any) -> None:
+        opts: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False, "logging_level": logging.ERROR,
+                                **self.init_options}
+        try:
+            if self.address:
+                ray.init(address=self.address, **opts)
+            else:
+                opts.setdefault("include_dashboard", False)
+                if "_temp_dir" not in opts:
+                    self._owned_temp = tempfile.mkdtemp(prefix="nncaption-ray-")
+                    opts["_temp_dir"] = self._owned_temp
+                ray.init(num_cpus=self.local_num_cpus, **opts)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            where = self.address or "a local instance"
+            raise RayUnreachable(f"cannot start or reach Ray at {where}: {str(e).splitlines()[0][:300]}",
+                                 "check --ray-address (e.g. ray://head:10001), or omit it for a local Ray.") from e
+
+    def _submit(self, ray: Any, job: Job) -> Any:
+        task = ray.remote(_run_on_worker).options(
+            num_cpus=self.num_cpus, num_gpus=len(job.gpus), max_retries=self.max_retries, retry_exceptions=False
+        )
+        return task.remote(job, self.backend, self.backend_options)
+
+    def _result(self, ray: Any, ref: Any) -> RunResult:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, NNCaptionError):
+                raise cause from None  # a set-up problem (e.g. docker missing), not the candidate's fault
+            return result_for_ray_error(e)
+        except ray.exceptions.RayError as e:
+            return result_for_ray_error(e)
 
     def run(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
         return self.run_many([job], on_event=on_event)[0]
@@ -122,16 +197,7 @@ class RaySandbox:
         the job directories are visible from here.
         """
         ray = self._ensure_ray()
-        remote = ray.remote(_run_on_worker)
-        refs = []
-        for job in jobs:
-            task = remote.options(
-                num_cpus=self.num_cpus,
-                num_gpus=len(job.gpus),
-                max_retries=self.max_retries,
-                retry_exceptions=False,
-            )
-            refs.append(task.remote(job, self.backend, self.backend_options))
+        refs = [self._submit(ray, job) for job in jobs]
         tails = {i: ProgressTail(Path(job.job_dir) / PROGRESS_FILE) for i, job in enumerate(jobs)}
         index = {ref: i for i, ref in enumerate(refs)}
         pending = list(refs)
@@ -141,27 +207,65 @@ class RaySandbox:
             if on_event is not None:
                 for i, tail in tails.items():
                     if i not in results:
-                        tail.drain(lambda e, i=i: on_event({**e, "job": i}))
+                        _drain_tagged(tail, on_event, i)
             for ref in done:
-                i = index[ref]
-                try:
-                    results[i] = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    if isinstance(cause, NNCaptionError):
-                        raise cause from None  # a set-up problem (e.g. docker missing), not the candidate's fault
-                    results[i] = result_for_ray_error(e)
-                except ray.exceptions.RayError as e:
-                    results[i] = result_for_ray_error(e)
+                results[index[ref]] = self._result(ray, ref)
         return [results[i] for i in range(len(jobs))]
 
-    def shutdown(self) -> None:
-        """Stop the Ray instance this process started or joined (and remove a local one's session files)."""
-        import ray
+    async def arun(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
+        """Run one job as a Ray task; cancelling the awaiting task force-cancels the Ray task."""
+        ray = await asyncio.to_thread(self._ensure_ray)
+        ref = self._submit(ray, job)
+        tail = ProgressTail(Path(job.job_dir) / PROGRESS_FILE)
+        try:
+            while True:
+                done, _ = await asyncio.to_thread(ray.wait, [ref], num_returns=1, timeout=self.poll_interval_s)
+                if on_event is not None:
+                    tail.drain(on_event)
+                if done:
+                    return await asyncio.to_thread(self._result, ray, ref)
+        except asyncio.CancelledError:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as e:  # noqa: BLE001 - already finished or its worker is gone
+                log.warning("cancelling a Ray task: %s", e)
+            raise
 
+    async def arun_many(self, jobs: list[Job], on_event: EventCallback | None = None) -> list[RunResult]:
+        return list(await asyncio.gather(
+            *(self.arun(j, None if on_event is None else _tag(on_event, i)) for i, j in enumerate(jobs))
+        ))
+
+    def close(self) -> None:
+        """Stop the Ray instance this process started or joined (and remove a local one's session files)."""
+        try:
+            import ray
+        except ImportError:
+            return
         if ray.is_initialized():
             ray.shutdown()
         if self._owned_temp:
             shutil.rmtree(self._owned_temp, ignore_errors=True)
             self._owned_temp = None
 
+    shutdown = close  # the old name
+
+    def __enter__(self) -> RaySandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> RaySandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _tag(on_event: EventCallback, i: int) -> EventCallback:
+    return lambda e: on_event({**e, "job": i})
+
+
+def _drain_tagged(tail: ProgressTail, on_event: EventCallback, i: int) -> None:
+    tail.drain(_tag(on_event, i))

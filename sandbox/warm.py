@@ -35,8 +35,8 @@ def main(argv: list[str]) -> int:
     for name in PRELOAD:
         try:
             importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - a missing optional module only costs speed
-            pass
+        except Exception as e:  # noqa: BLE001 - a missing optional module only costs speed
+            print(f"nncaption.sandbox.warm: preloading {name} failed: {e!r}", file=sys.stderr)
     line = sys.stdin.readline()
     if line.strip() != GO:
         return 3  # the parent went away or cancelled this slot

@@ -80,8 +80,10 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert select.select([srv], [], [], 0.1)[0] == []
     f = facts(result)
     assert secret not in json.dumps(f["env"])
-    assert f["env"]["OMP_NUM_THREADS"] == "1" and f["env"]["CUDA_VISIBLE_DEVICES"] == ""
-    assert f["env"]["HOME"] == str(job.job_dir / "home")
+    # the job's CPU share decides its threads, and the job.json it read says so (one source of truth)
+    threads = JobSpec.read(job.job_dir).threads
+    assert threads and f["env"]["OMP_NUM_THREADS"] == str(threads) and f["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert f["env"]["HOME"] == f["cwd"] + "/home" and f["cwd"] != str(job.job_dir)  # a per-job stage
     assert not f["connect"][f"127.0.0.1:{port}"].startswith("connected")
     assert f["write"][str(tmp_path / "data" / "x")].startswith("refused")
     assert not (tmp_path / "data" / "x").exists()
