@@ -1,0 +1,183 @@
+"""Small adapters between the graph's nodes and the agents / candidate service.
+
+Each adapter makes one call (design, fix, review, static check, smoke, train)
+and returns a plain outcome value: failures are values with a category, never
+exceptions, so the graph can checkpoint them. The only exception that leaves an
+adapter is cancellation (and, from the node, `TransientEndpointError`, raised on
+purpose so that LangGraph's RetryPolicy tries the node again).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from nncaption.agents.errors import LLMError
+from nncaption.agents.extract import ExtractionError
+from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.safetext import safe_text
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_CATEGORIES: frozenset[str] = frozenset({"endpoint-unavailable", "endpoint-timeout", "rate-limited"})
+CATEGORY_VALUES: frozenset[str] = frozenset(c.value for c in Category)
+
+
+class TransientEndpointError(Exception):
+    """Raised by a node on a transient endpoint failure while tries remain (RetryPolicy retries the node)."""
+
+
+@dataclass
+class Produced:
+    """What a designer or fixer call produced: code and hyperparameters, or a failure."""
+
+    ok: bool
+    code: str = ""
+    prm: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    snippets: list[str] = field(default_factory=list)
+    category: str | None = None
+    message: str = ""
+    exchanges: list[Any] = field(default_factory=list)
+    producer: str = ""
+
+    @property
+    def transient(self) -> bool:
+        return not self.ok and (self.category or "") in TRANSIENT_CATEGORIES
+
+
+@dataclass
+class Checked:
+    """A check's verdict (static, review or smoke), with the sandbox job when there was one."""
+
+    ok: bool
+    stage: str
+    category: str | None = None
+    message: str = ""
+    line: int | None = None
+    tail: str = ""
+    exchanges: list[Any] = field(default_factory=list)
+    job_id: str | None = None
+    job_dir: str | None = None
+    reused: bool = False
+    seconds: float = 0.0
+
+    @property
+    def transient(self) -> bool:
+        return not self.ok and (self.category or "") in TRANSIENT_CATEGORIES
+
+
+@dataclass
+class Trained:
+    """Training and scoring of one candidate in the sandbox."""
+
+    ok: bool
+    category: str | None = None
+    message: str = ""
+    stage: str = "train"
+    tail: str = ""
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    bleu4: float | None = None
+    lemur_bleu4: float | None = None
+    params: int | None = None
+    job_id: str | None = None
+    job_dir: str | None = None
+    reused: bool = False
+    seconds: float = 0.0
+
+
+def llm_failure(e: Exception) -> tuple[str, str, list[Any]]:
+    """(category, message, exchanges) of an agent call that raised an LLMError or ExtractionError."""
+    exchanges: list[Any] = []
+    ex = getattr(e, "exchange", None)
+    if ex is not None:
+        exchanges.append(ex)
+    category = str(getattr(e, "category", "internal") or "internal")
+    return category, safe_text(str(e), 1000, keep="head"), exchanges
+
+
+def as_verdict(failure: Mapping[str, Any]) -> Verdict:
+    """A stored failure as the validator-style verdict the fixer understands (traceback tail included)."""
+    category = failure.get("category")
+    message = str(failure.get("message") or "")
+    tail = str(failure.get("tail") or "")
+    if tail and tail not in message:
+        message = f"{message}\n{tail}" if message else tail
+    return Verdict(ok=False, stage=str(failure.get("stage") or "train"),
+                   category=Category(category) if category in CATEGORY_VALUES else None,
+                   message=safe_text(message, 3000), line=failure.get("line"))
+
+
+class Pipeline:
+    """The calls the graph makes: agents (Designer/Reviewer/Fixer protocols) and the CandidateService."""
+
+    def __init__(self, designer: Any, reviewer: Any, fixer: Any, service: Any) -> None:
+        self.designer = designer
+        self.reviewer = reviewer
+        self.fixer = fixer
+        self.service = service
+
+    async def design(self, request: Any) -> Produced:
+        try:
+            d = await self.designer.design(request)
+        except (LLMError, ExtractionError) as e:
+            category, message, exchanges = llm_failure(e)
+            return Produced(ok=False, category=category, message=message, exchanges=exchanges,
+                            producer=getattr(self.designer, "name", ""))
+        return Produced(ok=True, code=d.code, prm=dict(getattr(d, "prm", {}) or {}), summary=d.summary,
+                        snippets=list(d.snippets), exchanges=list(d.exchanges),
+                        producer=str(getattr(d, "producer", "") or getattr(self.designer, "name", "")))
+
+    async def fix(self, code: str, prm: Mapping[str, Any], failure: Mapping[str, Any]) -> Produced:
+        try:
+            f = await self.fixer.fix(code, dict(prm), as_verdict(failure))
+        except (LLMError, ExtractionError) as e:
+            category, message, exchanges = llm_failure(e)
+            return Produced(ok=False, category=category, message=message, exchanges=exchanges,
+                            producer=getattr(self.fixer, "name", ""))
+        return Produced(ok=True, code=f.code, prm=dict(getattr(f, "prm", None) or prm), summary=f.summary,
+                        exchanges=list(f.exchanges),
+                        producer=str(getattr(f, "producer", "") or getattr(self.fixer, "name", "")))
+
+    def static(self, code: str) -> Checked:
+        from nncaption.netapi.validate import static_check
+
+        v = static_check(code)
+        return Checked(ok=v.ok, stage="static", category=v.category.value if v.category else None,
+                       message=v.message, line=v.line)
+
+    async def review(self, code: str, prm: Mapping[str, Any]) -> Checked:
+        try:
+            r = await self.reviewer.review(code, dict(prm))
+        except (LLMError, ExtractionError) as e:
+            category, message, exchanges = llm_failure(e)
+            return Checked(ok=False, stage="review", category=category, message=message, exchanges=exchanges)
+        return Checked(ok=bool(r.ok), stage="review", category=None if r.ok else (r.category or "rejected"),
+                       message=r.message, line=r.line, exchanges=list(r.exchanges))
+
+    async def smoke(self, code: str, prm: Mapping[str, Any]) -> Checked:
+        t0 = time.monotonic()
+        c = await self.service.check(code, dict(prm))
+        category = getattr(c, "category", None)
+        return Checked(ok=bool(c.ok), stage=str(getattr(c, "stage", "smoke")),
+                       category=str(category.value if hasattr(category, "value") else category) if category else None,
+                       message=safe_text(c.message, 3000), line=getattr(c, "line", None),
+                       job_id=getattr(c, "job_id", None), seconds=time.monotonic() - t0)
+
+    async def train(self, code: str, prm: Mapping[str, Any]) -> Trained:
+        t0 = time.monotonic()
+        r = await self.service.evaluate(code, dict(prm))
+        status = getattr(r.status, "value", r.status)
+        category = getattr(r.category, "value", r.category)
+        epochs = [e.to_dict() if hasattr(e, "to_dict") else dict(vars(e)) for e in (r.epochs or [])]
+        ok = status == "ok" and r.bleu4 is not None
+        return Trained(ok=ok, category=None if ok else str(category or "crashed"), message=safe_text(r.message, 3000),
+                       stage=str(getattr(r, "stage", None) or "train"),
+                       tail=safe_text(getattr(r, "traceback_tail", "") or "", 1500), epochs=epochs,
+                       bleu4=r.bleu4, lemur_bleu4=getattr(r, "lemur_bleu4", None), params=getattr(r, "params", None),
+                       job_id=getattr(r, "job_id", None),
+                       job_dir=str(r.job_dir) if getattr(r, "job_dir", None) else None,
+                       reused=bool(getattr(r, "reused", False)), seconds=time.monotonic() - t0)

@@ -1,0 +1,236 @@
+"""One search run: build the parts from the settings, run the graph with its checkpointer, summarise.
+
+    outcome = asyncio.run(SearchRun(settings, run_dir, emit=print).run())
+
+`resume=True` continues the run directory's checkpoint (the settings are read
+back from RUN_DIR/config.json); finished candidates are kept, in-flight ones are
+redone, and training jobs are content-addressed, so nothing trains twice.
+Cancelling the task that awaits `run()` (SIGINT in the CLI) cancels the running
+nodes, which kills their sandbox jobs; the steps left running are recorded as
+interrupted and the last superstep's checkpoint stays for `--resume`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nncaption.graph.build import THREAD_ID, build_graph
+from nncaption.graph.nodes import EventSink, Nodes
+from nncaption.graph.pipeline import Pipeline
+from nncaption.graph.settings import RunSettings
+from nncaption.graph.state import initial_state
+from nncaption.graph.store import RunStore
+from nncaption.netapi.errors import ConfigError, NNCaptionError
+
+log = logging.getLogger(__name__)
+
+BEST_MODEL_FILE = "best_model.py"
+RECORD_FILE = "llm-record.jsonl"
+
+
+class EndpointsDown(NNCaptionError):
+    """Every LLM endpoint of the run is unreachable."""
+
+    category = "endpoint-unavailable"
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended, for the summary and the exit code."""
+
+    run_dir: Path
+    status: str  # finished | interrupted | failed
+    stop_reason: str | None
+    best: dict[str, Any] | None
+    best_file: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+PipelineFactory = Callable[[RunSettings, RunStore], "contextlib.AbstractAsyncContextManager[tuple[Pipeline, Any]]"]
+
+
+@contextlib.asynccontextmanager
+async def default_pipeline(settings: RunSettings, store: RunStore) -> AsyncIterator[tuple[Pipeline, Any]]:
+    """Dataset, sandbox, candidate service and agents from the settings; closes what it opened."""
+    from nncaption.netapi.data.resolve import resolve_dataset
+    from nncaption.sandbox import get_sandbox
+    from nncaption.sandbox.service import CandidateService, EvalSettings
+
+    d, t, s = settings.data, settings.train, settings.sandbox
+    data = await asyncio.to_thread(
+        resolve_dataset, d.dataset, coco_root=Path(d.coco_root) if d.coco_root else None,
+        prepared=Path(d.prepared) if d.prepared else None, size=d.size, seed=d.data_seed, val_limit=d.val_limit)
+    options: dict[str, Any] = {}
+    if s.kind == "ray" and s.ray_address:
+        options["address"] = s.ray_address
+    if s.kind == "docker" and s.docker_runtime:
+        options["runtime"] = s.docker_runtime
+    sandbox = get_sandbox(s.kind, **options)
+    evals = EvalSettings(epochs=t.epochs, batch_size=t.batch_size, seed=settings.seed, device=t.device,
+                         epoch_time_limit_s=t.epoch_time_limit_s, max_params=t.max_params,
+                         max_train_batches=t.max_train_batches, max_val_images=t.max_val_images, threads=t.threads,
+                         smoke_time_limit_s=t.smoke_time_limit_s)
+    service = CandidateService(data, sandbox, jobs_root=store.jobs_root, settings=evals)
+    await asyncio.to_thread(service.preflight)
+    client: Any = None
+    try:
+        designer, reviewer, fixer, client, servers = await _agents(settings, store, data)
+        try:
+            yield Pipeline(designer, reviewer, fixer, service), client
+        finally:
+            for server in servers:
+                server.stop()
+    finally:
+        if client is not None:
+            await client.aclose()
+        close = getattr(sandbox, "close", None) or getattr(sandbox, "shutdown", None)
+        if close is not None:
+            await asyncio.to_thread(close)
+
+
+async def _agents(settings: RunSettings, store: RunStore, data: Any) -> tuple[Any, Any, Any, Any, list[Any]]:
+    a = settings.agents
+    if a.kind == "baseline":
+        from nncaption.agents.baseline import BaselineDesigner, BaselineFixer, BaselineReviewer
+
+        return BaselineDesigner(seed=settings.seed, fault_rate=a.fault_rate), BaselineReviewer(), BaselineFixer(), \
+            None, []
+    from nncaption.agents.client import LLMClient
+    from nncaption.agents.llm_agents import LLMDesigner, LLMFixer, LLMReviewer
+    from nncaption.netapi.data.loader import PreparedData
+    from nncaption.prompts.library import DatasetFacts
+
+    llm = a.llm
+    servers: list[Any] = []
+    if a.replay:
+        from nncaption.agents.replay_server import ReplayServer
+
+        record = Path(a.replay) / RECORD_FILE
+        if not record.is_file():
+            raise ConfigError(f"--replay {a.replay}: no recorded LLM exchanges ({record.name} is missing)",
+                              "pass the directory of a run made with LLM endpoints (not the baseline)")
+        server = ReplayServer(record).start()
+        servers.append(server)
+        roles = {r: getattr(llm, r) for r in ("designer", "reviewer", "fixer") if getattr(llm, r) is not None}
+        llm = llm.model_copy(update={"shared": llm.shared.model_copy(update={"base_url": server.base_url}),
+                                     **{r: ep.model_copy(update={"base_url": server.base_url})
+                                        for r, ep in roles.items()}})
+    await _probe_endpoints(llm)
+    client = LLMClient(llm, record_path=store.run_dir / RECORD_FILE, seed=settings.seed)
+    facts = DatasetFacts.from_meta(PreparedData.open(data.public_dir).meta)
+    return (LLMDesigner(client, facts, from_lemur=a.from_lemur), LLMReviewer(client, facts, use_llm=a.llm_review),
+            LLMFixer(client, facts), client, servers)
+
+
+async def _probe_endpoints(llm: Any) -> None:
+    """Fail fast with one clear error when no endpoint of the run answers at all."""
+    import httpx
+
+    urls = sorted({llm.for_role(r).base_url.rstrip("/") for r in ("designer", "reviewer", "fixer")})
+    problems = []
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        for url in urls:
+            try:
+                await http.get(f"{url}/models")
+                return
+            except (httpx.HTTPError, OSError) as e:
+                problems.append(f"{url}: {type(e).__name__}: {e}")
+    raise EndpointsDown(f"no LLM endpoint answers ({'; '.join(problems)})",
+                        "start the server (e.g. `nncaption llm offline` or vLLM) or fix --llm-base-url; "
+                        "or run the random-search baseline without --llm-base-url")
+
+
+class SearchRun:
+    """A run directory plus the graph that fills it."""
+
+    def __init__(self, settings: RunSettings, run_dir: Path, *, emit: EventSink | None = None, resume: bool = False,
+                 pipeline_factory: PipelineFactory | None = None, masked_config: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.emit: EventSink = emit or (lambda event: None)
+        self.resume = resume
+        self.pipeline_factory = pipeline_factory or default_pipeline
+        self.masked_config = masked_config or settings.model_dump(mode="json")
+        self.state: dict[str, Any] = {}
+
+    def _agent_names(self) -> dict[str, str]:
+        a = self.settings.agents
+        if a.kind == "baseline":
+            return {r: "baseline:random-search" for r in ("designer", "reviewer", "fixer")}
+        return {r: f"llm:{a.llm.for_role(r).model}" for r in ("designer", "reviewer", "fixer")}
+
+    async def run(self) -> RunOutcome:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        store = RunStore(self.run_dir)
+        if not self.resume:
+            store.write_config(self.masked_config)
+        store.start_run(self.run_dir.name, seed=self.settings.seed, config=self.masked_config,
+                        agents=self._agent_names(), dataset=self.settings.data.dataset)
+        elapsed_before = store.elapsed_before()
+        t0 = time.monotonic()
+        status, reason = "failed", None
+        try:
+            async with self.pipeline_factory(self.settings, store) as (pipeline, _client):
+                nodes = Nodes(self.settings, store, pipeline, self.emit, started_at=t0,
+                              elapsed_before=elapsed_before)
+                async with AsyncSqliteSaver.from_conn_string(str(store.checkpoint_path)) as saver:
+                    app = build_graph(nodes, retries=self.settings.node_retries).compile(checkpointer=saver)
+                    config: Any = {"configurable": {"thread_id": THREAD_ID},
+                                   "recursion_limit": self.settings.recursion_limit,
+                                   "max_concurrency": self.settings.concurrency + 1}
+                    snapshot = await app.aget_state(config)
+                    started = bool(snapshot.values)
+                    if started and not snapshot.next:
+                        final = snapshot.values  # already finished: nothing to do
+                    else:
+                        final = await app.ainvoke(None if started else initial_state(), config,
+                                                  durability="sync")
+                    self.state = dict(final)
+            reason = self.state.get("stop_reason")
+            status = "failed" if reason == "endpoints-down" else "finished"
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            status = "interrupted"
+            raise
+        finally:
+            store.mark_interrupted()
+            elapsed = time.monotonic() - t0
+            store.finish_run(self.run_dir.name, status=status, stop_reason=reason, elapsed_s=elapsed)
+            outcome = self._outcome(store, status, reason, elapsed_before + elapsed)
+            store.close()
+            self.emit({"event": "run_finished", "status": status, "stop_reason": reason,
+                       "run_dir": str(self.run_dir), "best": outcome.best,
+                       "best_file": str(outcome.best_file) if outcome.best_file else None,
+                       "elapsed_s": round(outcome.elapsed_s, 3)})
+            self.outcome = outcome
+        if reason == "endpoints-down":
+            raise EndpointsDown(f"stopped after {self.settings.endpoint_down_after} candidates in a row lost their "
+                                "LLM endpoint", f"check the endpoints, then continue with "
+                                f"`nncaption run --resume {self.run_dir}`")
+        return outcome
+
+    def _outcome(self, store: RunStore, status: str, reason: str | None, elapsed: float) -> RunOutcome:
+        best = store.best(1)
+        best_file = None
+        if best and best[0].get("code_ref"):
+            best_file = self.run_dir / BEST_MODEL_FILE
+            try:
+                best_file.write_text(store.blob(best[0]["code_ref"]), encoding="utf-8")
+            except (KeyError, OSError) as e:
+                log.warning("cannot write %s: %s", best_file, e)
+                best_file = None
+        rows = store.candidate_rows()
+        counts = {"candidates": len(rows)}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        return RunOutcome(self.run_dir, status, reason, best[0] if best else None, best_file, counts, elapsed,
+                          store.failures_by_category())
