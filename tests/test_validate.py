@@ -62,18 +62,18 @@ def test_good_candidates_pass(name: str) -> None:
 @pytest.mark.parametrize(
     "top, setup",
     [
-        ("import os\nimport threading\nimport math\nimport numpy as np", "p = os.path.join('a', 'b')\n"
-         "x = os.environ.get('HOME')\nlock = threading.Lock()"),
+        ("import os\nimport math\nimport numpy as np", "p = os.path.join('a', 'b')\n"
+         "x = os.environ.get('HOME')\nn = os.cpu_count()"),
         ("", "act = getattr(nn, 'ReLU')()\nname = 'GELU'\nact2 = getattr(nn, name)()"),
         ("", "with open('train_log.txt', 'w') as f:\n    f.write('x')\nopen('/etc/hostname').read()"),
         ("import re", "pattern = re.compile('[a-z]+')\nself.eval()\nself.train()"),
         ("import torchvision", "backbone = torchvision.models.resnet18(weights=None)"),
-        ("import pickle", "blob = pickle.dumps({'a': 1})"),
+        ("import json", "blob = json.dumps({'a': 1})"),
         ("", "torch.save(self.state_dict(), 'checkpoint.pt')"),
         ("from torch.nn import Module", ""),
     ],
     ids=["os-path-env-threading", "getattr-on-nn", "relative-writes-and-reads", "re-compile-and-eval-method",
-         "torchvision-no-weights", "pickle-dumps", "torch-save-relative", "import-module"],
+         "torchvision-no-weights", "json-dumps", "torch-save-relative", "import-module"],
 )
 def test_harmless_code_is_not_flagged(top: str, setup: str) -> None:
     v = static_check(patched(top=top, setup=setup))
@@ -237,7 +237,7 @@ FORBIDDEN = [
     ("import signal", "", "import signal", "signal"),
     ("import multiprocessing", "", "import multiprocessing", "spawns processes"),
     ("import torch.multiprocessing as tmp", "", "import torch.multiprocessing", "spawns processes"),
-    ("import shutil", "shutil.rmtree('runs')", "shutil.rmtree", "deletes directory trees"),
+    ("import shutil", "shutil.rmtree('runs')", "import shutil", "deletes files and trees"),
     ("", "exit()", "exit()", "exits the process"),
     ("", "quit()", "quit()", "exits the process"),
     ("import sys", "sys.exit(0)", "sys.exit", "exits the process"),
@@ -248,7 +248,7 @@ FORBIDDEN = [
     ("", "open(f'/tmp/{1}.txt', 'wb')", "open(f'/tmp", "outside the working directory"),
     ("from pathlib import Path", "Path('/etc/x').write_text('x')", "Path('/etc/x')", "outside the working"),
     ("", "torch.save(self.state_dict(), '/tmp/model.pt')", "torch.save", "outside the working directory"),
-    ("import pickle", "pickle.loads(b'')", "pickle.loads", "unpickles"),
+    ("import pickle", "pickle.loads(b'')", "import pickle", "unpickles"),
     ("import marshal", "", "import marshal", "code objects"),
 ]
 
