@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ast
+import json
 
 import pytest
 
 from nncaption.agents.extract import (
     EXTRACTION_CATEGORIES,
     ExtractionError,
+    extract_candidate,
     extract_code,
     extract_summary,
     fenced_blocks,
     module_docstring_line,
 )
+from nncaption.agents.hparams import PrmError, supported_keys, validate_prm
+from nncaption.netapi.categories import Category
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -195,3 +199,76 @@ def test_summary_variants_and_docstring_fallback() -> None:
 def test_fenced_blocks_reports_closed_state() -> None:
     blocks = fenced_blocks(f"{fence(HELPER)}\n```python\nx = 1\n")
     assert [b.closed for b in blocks] == [True, False]
+
+
+# ------------------------------------------------------------------ JSON mode and the hyperparameter channel
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+def test_json_mode_reply_with_code_and_prm(fenced: bool) -> None:
+    """A reply that is one JSON object (bare or in a ```json fence) holding the file: formerly `no-code`."""
+    obj = {"code": NET, "prm": {"lr": 0.002, "momentum": 0.9, "batch": 16}, "summary": "GRU over a tiny CNN"}
+    text = json.dumps(obj)
+    if fenced:
+        text = f"Here is my answer.\n```json\n{json.dumps(obj, indent=2)}\n```\n"
+    assert extract_code(text) == NET
+    cand = extract_candidate(text)
+    assert cand.code == NET and cand.prm == {"lr": 0.002, "momentum": 0.9, "batch": 16}
+    assert cand.summary == "GRU over a tiny CNN"
+
+
+def test_json_mode_reply_whose_code_field_holds_a_fence() -> None:
+    text = json.dumps({"python": f"```python\n{NET}```", "hyperparameters": {"dropout": 0.1}})
+    cand = extract_candidate(text)
+    assert cand.code == NET and cand.prm == {"dropout": 0.1}
+
+
+def test_prm_from_a_json_block_beside_the_python_block() -> None:
+    text = f"```python\n{NET}```\n\n```json\n{{\"lr\": 0.01, \"dropout\": 0.25}}\n```\nSUMMARY: gru\n"
+    cand = extract_candidate(text)
+    assert cand.code == NET and cand.prm == {"lr": 0.01, "dropout": 0.25} and cand.summary == "gru"
+
+
+def test_prm_from_a_literal_in_the_file_never_executed() -> None:
+    code = NET.replace("class Net", "PRM = {'lr': 0.004, 'momentum': 0.8}\n\n\nclass Net")
+    assert extract_candidate(f"```python\n{code}```").prm == {"lr": 0.004, "momentum": 0.8}
+    computed = NET.replace("class Net", "PRM = {'lr': __import__('os').getpid()}\n\n\nclass Net")
+    with pytest.raises(ExtractionError) as ei:
+        extract_candidate(f"```python\n{computed}```")
+    assert ei.value.category == "bad-hyperparameters" and ei.value.candidate == computed
+
+
+def test_no_prm_given_is_none() -> None:
+    assert extract_candidate(f"```python\n{NET}```").prm is None
+
+
+@pytest.mark.parametrize("prm,needle", [
+    ({"lr": 0.0}, "'lr' = 0.0 is outside (0, 1]"),
+    ({"lr": 1.5}, "outside (0, 1]"),
+    ({"momentum": 1.0}, "outside [0, 1)"),
+    ({"dropout": -0.1}, "outside [0, 1)"),
+    ({"batch": 0}, "outside 1..512"),
+    ({"batch": 1024}, "outside 1..512"),
+    ({"batch": 2.5}, "must be an integer"),
+    ({"lr": "fast"}, "must be a number"),
+    ({"lr": True}, "must be a number"),
+    ({"weight_decay": 0.01}, "not in supported_hyperparameters()"),
+])
+def test_invalid_prm_is_a_clear_category(prm: dict, needle: str) -> None:
+    text = f"```python\n{NET}```\n```json\n{json.dumps(prm)}\n```"
+    with pytest.raises(ExtractionError) as ei:
+        extract_candidate(text)
+    err = ei.value
+    assert err.category == "bad-hyperparameters" == Category.BAD_HYPERPARAMETERS.value
+    assert needle in err.message and err.candidate == NET and "supported_hyperparameters" in err.hint
+
+
+def test_validate_prm_ranges_and_keys() -> None:
+    assert validate_prm({"lr": 1, "momentum": 0, "dropout": 0.5, "batch": 32.0}, NET) == \
+        {"lr": 1.0, "momentum": 0.0, "dropout": 0.5, "batch": 32}
+    assert validate_prm({"embed": 64}) == {"embed": 64}  # without code only ranges are checked
+    assert supported_keys(NET) == {"lr", "momentum", "dropout"}
+    assert supported_keys("def supported_hyperparameters():\n    return set(['lr'])\n") == {"lr"}
+    assert supported_keys("def supported_hyperparameters():\n    return KEYS\n") is None
+    with pytest.raises(PrmError, match="must be finite"):
+        validate_prm({"lr": float("nan")})

@@ -110,7 +110,9 @@ def test_compact_prompt_source_is_shorter_and_still_parses() -> None:
     assert "def learn" not in compact and "def train_setup" not in compact and "def forward" in compact
     assert len(compact) < len(s.source)
     ast.parse(compact)
-    assert s.prompt_source(compact=False) == s.source
+    full = s.prompt_source(compact=False)
+    assert "nncaption-" not in full and "nncaption-" not in compact  # metadata lines are not for the LLM
+    assert full == "".join(ln for ln in s.source.splitlines(keepends=True) if not ln.startswith("# nncaption-"))
 
 
 def test_get_snippet_unknown_name() -> None:
