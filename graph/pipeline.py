@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nncaption.agents.errors import LLMError
-from nncaption.agents.extract import ExtractionError
 from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.errors import NNCaptionError
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
@@ -90,13 +89,18 @@ class Trained:
 
 
 def llm_failure(e: Exception) -> tuple[str, str, list[Any]]:
-    """(category, message, exchanges) of an agent call that raised an LLMError or ExtractionError."""
+    """(category, message, exchanges) of an agent call that raised (LLMError, ExtractionError, anything else)."""
     exchanges: list[Any] = []
     ex = getattr(e, "exchange", None)
     if ex is not None:
         exchanges.append(ex)
-    category = str(getattr(e, "category", "internal") or "internal")
+    category = str(e.category if isinstance(e, NNCaptionError) else "internal")
     return category, safe_text(str(e), 1000, keep="head"), exchanges
+
+
+def _log_unexpected(e: Exception) -> None:
+    if not isinstance(e, NNCaptionError):
+        log.error("agent call raised %s", type(e).__name__, exc_info=e)
 
 
 def as_verdict(failure: Mapping[str, Any]) -> Verdict:
@@ -123,7 +127,8 @@ class Pipeline:
     async def design(self, request: Any) -> Produced:
         try:
             d = await self.designer.design(request)
-        except (LLMError, ExtractionError) as e:
+        except Exception as e:  # agents' failures become values
+            _log_unexpected(e)
             category, message, exchanges = llm_failure(e)
             return Produced(ok=False, category=category, message=message, exchanges=exchanges,
                             producer=getattr(self.designer, "name", ""))
@@ -134,7 +139,8 @@ class Pipeline:
     async def fix(self, code: str, prm: Mapping[str, Any], failure: Mapping[str, Any]) -> Produced:
         try:
             f = await self.fixer.fix(code, dict(prm), as_verdict(failure))
-        except (LLMError, ExtractionError) as e:
+        except Exception as e:  # agents' failures become values
+            _log_unexpected(e)
             category, message, exchanges = llm_failure(e)
             return Produced(ok=False, category=category, message=message, exchanges=exchanges,
                             producer=getattr(self.fixer, "name", ""))
@@ -152,7 +158,8 @@ class Pipeline:
     async def review(self, code: str, prm: Mapping[str, Any]) -> Checked:
         try:
             r = await self.reviewer.review(code, dict(prm))
-        except (LLMError, ExtractionError) as e:
+        except Exception as e:  # agents' failures become values
+            _log_unexpected(e)
             category, message, exchanges = llm_failure(e)
             return Checked(ok=False, stage="review", category=category, message=message, exchanges=exchanges)
         return Checked(ok=bool(r.ok), stage="review", category=None if r.ok else (r.category or "rejected"),
@@ -160,7 +167,14 @@ class Pipeline:
 
     async def smoke(self, code: str, prm: Mapping[str, Any]) -> Checked:
         t0 = time.monotonic()
-        c = await self.service.check(code, dict(prm))
+        try:
+            c = await self.service.check(code, dict(prm))
+        except NNCaptionError as e:  # the service's own problem (dataset, settings): a value, logged
+            log.error("smoke check could not run: %s", e)
+            return Checked(ok=False, stage="smoke", category="internal", message=f"{e.category}: {e.message}")
+        except Exception as e:
+            log.exception("smoke check raised")
+            return Checked(ok=False, stage="smoke", category="internal", message=f"{type(e).__name__}: {e}")
         category = getattr(c, "category", None)
         return Checked(ok=bool(c.ok), stage=str(getattr(c, "stage", "smoke")),
                        category=str(category.value if hasattr(category, "value") else category) if category else None,
@@ -169,7 +183,14 @@ class Pipeline:
 
     async def train(self, code: str, prm: Mapping[str, Any]) -> Trained:
         t0 = time.monotonic()
-        r = await self.service.evaluate(code, dict(prm))
+        try:
+            r = await self.service.evaluate(code, dict(prm))
+        except NNCaptionError as e:
+            log.error("training could not run: %s", e)
+            return Trained(ok=False, category="internal", message=f"{e.category}: {e.message}")
+        except Exception as e:
+            log.exception("training raised")
+            return Trained(ok=False, category="internal", message=f"{type(e).__name__}: {e}")
         status = getattr(r.status, "value", r.status)
         category = getattr(r.category, "value", r.category)
         epochs = [e.to_dict() if hasattr(e, "to_dict") else dict(vars(e)) for e in (r.epochs or [])]

@@ -1,0 +1,130 @@
+"""The search run's configuration: a TOML file, overridden by flags, validated into `RunSettings`.
+
+    seed = 0
+    concurrency = 4
+    [budget]            candidates = 50, wall_time_s = 3600, max_tokens = 2_000_000
+    [agents]            kind = "llm", snippets = 10, llm_review = true
+    [agents.llm.shared] base_url = "http://HOST:8000/v1", model = "...", api_key_env = "MY_KEY_VAR"
+    [agents.llm.fixer]  base_url = ..., model = ..., temperature = 0.2, max_tokens = 8192
+    [train]             epochs = 5, max_train_batches = 200
+    [data]              dataset = "coco", coco_root = "/data/coco"
+    [sandbox]           kind = "docker", gpus = [0, 1, 2, 3]
+    [policy]            p_debug = 0.3, p_improve = 0.6, max_debug_depth = 2
+
+Secrets never live in the file or in the run directory: an endpoint names the
+*environment variable* that holds its key (`api_key_env`). `masked()` is what is
+printed and stored (anything secret-looking replaced by "***"). An invalid value
+gives one `ConfigError` naming the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from nncaption.graph.settings import RunSettings
+from nncaption.netapi.errors import ConfigError
+
+SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)(?!_env)", re.IGNORECASE)
+URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override` merged in (nested tables merged key by key)."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """The TOML file as a dict; ConfigError when missing or not TOML."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "pass the path of a TOML file to --config") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}", "check the path and its permissions") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}", "fix the syntax at the reported line") from None
+
+
+def _field_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the field at `loc` (for listing the allowed keys)."""
+    current: Any = model
+    for part in loc[:-1]:
+        fields = getattr(current, "model_fields", {})
+        if part not in fields:
+            return None
+        ann = fields[part].annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def explain(e: ValidationError, model: type[BaseModel] = RunSettings) -> ConfigError:
+    """One clear message for the first problem: the key, what is wrong, the allowed values or keys."""
+    errors = e.errors()
+    err = errors[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        holder = _field_model(model, loc)
+        allowed = ", ".join(sorted(holder.model_fields)) if holder else "see `nncaption config show`"
+        msg = f"unknown key (allowed here: {allowed})"
+    elif "input" in err and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    more = f" ({len(errors) - 1} more problem{'s' if len(errors) > 2 else ''} after this one)" if len(errors) > 1 \
+        else ""
+    return ConfigError(f"invalid config: {key}: {msg}{more}",
+                       "fix that key in the --config file or the matching flag; `nncaption config show` prints "
+                       "the resolved configuration")
+
+
+def resolve(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> RunSettings:
+    """Defaults <- the config file <- flag overrides, validated."""
+    data = deep_merge(file_data or {}, overrides or {})
+    try:
+        return RunSettings.model_validate(data)
+    except ValidationError as e:
+        raise explain(e) from None
+
+
+def _mask(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key) for v in value]
+    if isinstance(value, str):
+        if SECRET_KEY.search(key) and value:
+            return "***"
+        return URL_USERINFO.sub("***@", value)
+    return value
+
+
+def masked(settings: RunSettings) -> dict[str, Any]:
+    """The settings as JSON-able data with secret-looking values masked (what is printed and stored)."""
+    return dict(_mask(settings.model_dump(mode="json")))
+
+
+def show(settings: RunSettings) -> str:
+    """`nncaption config show`: the resolved config as pretty JSON, secrets masked, key variables marked set/unset."""
+    import os
+
+    data = masked(settings)
+    roles = {}
+    for role in ("designer", "reviewer", "fixer"):
+        ep = settings.agents.llm.for_role(role)
+        roles[role] = {"base_url": URL_USERINFO.sub("***@", ep.base_url), "model": ep.model,
+                       "api_key_env": ep.api_key_env,
+                       "api_key": "set (***)" if os.environ.get(ep.api_key_env) else "unset"}
+    data["effective_endpoints"] = roles
+    return json.dumps(data, indent=2, sort_keys=True)
