@@ -1,0 +1,189 @@
+"""The graph's pure parts: search policy, AST dedup, journal feedback, state reducers, run store, run config."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from nncaption.graph import journal as jr
+from nncaption.graph.dedup import dedup_key
+from nncaption.graph.policy import Mode, PolicySettings, choose
+from nncaption.graph.state import add_counts, merge_inflight, merge_leaderboard
+from nncaption.graph.store import RunStore
+from nncaption.netapi.errors import ConfigError
+
+# ------------------------------------------------------------------ policy
+
+
+def _entry(i: int, origin: jr.Origin = jr.Origin.COMPOSE, status: jr.Status = jr.Status.SCORED,
+           bleu4: float | None = 0.1, **kw: object) -> jr.Entry:
+    return jr.Entry(cid=f"c{i:04d}", index=i, origin=origin, status=status, bleu4=bleu4, code_ref="ab" * 32,
+                    **kw)  # type: ignore[arg-type]
+
+
+def test_policy_drafts_first() -> None:
+    s = PolicySettings(num_drafts=2, p_debug=1.0, p_improve=1.0)
+    assert choose([], s, random.Random(0)).mode is Mode.DRAFT
+    assert choose([_entry(0)], s, random.Random(0)).mode is Mode.DRAFT
+
+
+def test_policy_debugs_a_failed_candidate_then_respects_max_depth() -> None:
+    s = PolicySettings(num_drafts=1, p_debug=1.0, p_improve=0.0, max_debug_depth=1)
+    failed = _entry(0, status=jr.Status.FAILED, bleu4=None, category="shape-error")
+    plan = choose([failed], s, random.Random(0))
+    assert plan.mode is Mode.DEBUG and plan.parent == "c0000"
+    # already debugged -> not again; its fix child at depth 1 == max -> not debugged either
+    child = _entry(1, origin=jr.Origin.FIX, status=jr.Status.FAILED, bleu4=None, category="shape-error",
+                   parent="c0000", debug_depth=1)
+    assert choose([failed, child], s, random.Random(0)).mode is Mode.DRAFT
+
+
+def test_policy_never_debugs_endpoint_failures() -> None:
+    s = PolicySettings(num_drafts=1, p_debug=1.0, p_improve=0.0)
+    down = _entry(0, status=jr.Status.FAILED, bleu4=None, category="endpoint-unavailable")
+    assert choose([down], s, random.Random(0)).mode is Mode.DRAFT
+
+
+def test_policy_improves_one_of_the_best() -> None:
+    s = PolicySettings(num_drafts=1, p_debug=0.0, p_improve=1.0, improve_top_k=1)
+    entries = [_entry(0, bleu4=0.1), _entry(1, bleu4=0.3), _entry(2, bleu4=0.2)]
+    plan = choose(entries, s, random.Random(5))
+    assert plan == type(plan)(Mode.IMPROVE, "c0001")
+
+
+def test_policy_is_deterministic_for_a_seed() -> None:
+    s = PolicySettings(num_drafts=1, p_debug=0.5, p_improve=0.5)
+    entries = [_entry(0, bleu4=0.1), _entry(1, status=jr.Status.FAILED, bleu4=None, category="nan"),
+               _entry(2, bleu4=0.2)]
+    plans = [choose(entries, s, random.Random(f"7:plan:{i}")) for i in range(20)]
+    assert plans == [choose(entries, s, random.Random(f"7:plan:{i}")) for i in range(20)]
+    assert {p.mode for p in plans} == {Mode.DRAFT, Mode.DEBUG, Mode.IMPROVE}
+
+
+# ------------------------------------------------------------------ dedup
+
+CODE = '''"""A model."""
+import torch
+
+def supported_hyperparameters():
+    return {"lr"}
+
+class Net(torch.nn.Module):
+    """Doc."""
+    def __init__(self, in_shape, out_shape, prm, device):
+        super().__init__()
+        hidden = 32  # width
+        self.fc = torch.nn.Linear(in_shape[1], hidden)
+'''
+
+SAME = '''import torch
+def supported_hyperparameters():
+    return {'lr'}
+class Net(torch.nn.Module):
+    def __init__(self, a, b, c, d):
+        super().__init__()
+        width = 32
+        self.fc = torch.nn.Linear(a[1],   width)
+'''
+
+
+def test_dedup_ignores_formatting_comments_docstrings_and_local_names() -> None:
+    assert dedup_key(CODE, {"lr": 0.01}) == dedup_key(SAME, {"lr": 0.01})
+
+
+def test_dedup_sees_real_changes() -> None:
+    assert dedup_key(CODE, {"lr": 0.01}) != dedup_key(CODE, {"lr": 0.02})
+    assert dedup_key(CODE) != dedup_key(CODE.replace("hidden = 32", "hidden = 64"))
+    assert dedup_key(CODE) != dedup_key(CODE.replace("self.fc", "self.head"))
+    assert dedup_key("def (:") == dedup_key("def   (:")
+
+
+# ------------------------------------------------------------------ journal and feedback
+
+
+def test_feedback_has_best_curves_and_recent_failure_tails() -> None:
+    entries = [
+        _entry(0, bleu4=0.12, bleu4_per_epoch=(0.05, 0.12), summary="gru small", prm={"lr": 0.001}),
+        _entry(1, status=jr.Status.FAILED, bleu4=None, category="shape-error",
+               traceback_tail="RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+        _entry(2, bleu4=0.2, bleu4_per_epoch=(0.2,), summary="lstm"),
+    ]
+    fb = jr.feedback_from(entries)
+    assert [c.summary for c in fb.top] == ["lstm", "gru small"]
+    assert fb.top[1].bleu4_per_epoch == (0.05, 0.12) and fb.top[1].hparams == {"lr": 0.001}
+    assert fb.failures[0].category == "shape-error" and "mat1 and mat2" in fb.failures[0].traceback_tail
+    assert jr.leaderboard(entries, 1)[0]["cid"] == "c0002"
+
+
+def test_funnel_counts_how_far_candidates_got() -> None:
+    entries = [_entry(0), _entry(1, status=jr.Status.FAILED, bleu4=None, stage="smoke", category="nan"),
+               _entry(2, status=jr.Status.DUPLICATE, bleu4=None)]
+    f = jr.funnel(entries)
+    assert f["designed"] == 3 and f["smoke_ok"] == 2 and f["scored"] == 1 and f["duplicate"] == 1
+
+
+# ------------------------------------------------------------------ reducers
+
+
+def test_reducers_keep_state_bounded() -> None:
+    assert merge_inflight({"a": "design", "b": "train"}, {"a": None, "c": "design"}) == {"b": "train", "c": "design"}
+    assert add_counts({"scored": 1}, {"scored": 2, "failed": 1}) == {"scored": 3, "failed": 1}
+    board: list[dict[str, object]] = []
+    for i in range(30):
+        board = merge_leaderboard(board, [{"cid": f"c{i}", "index": i, "bleu4": (i % 7) / 10}])
+    assert len(board) == 10 and board[0]["bleu4"] == 0.6 and board[0]["cid"] == "c6"
+
+
+# ------------------------------------------------------------------ store
+
+
+def test_store_journal_sees_only_earlier_supersteps(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    e = jr.Entry(cid="c0001", index=0, origin=jr.Origin.COMPOSE)
+    store.plan_candidate(e, mode="draft", snippets=[], superstep=1)
+    ref = store.add_attempt("c0001", 1, made_by="design", code="x = 1\n", prm={"lr": 0.1}, summary="s", step=1)
+    assert store.blob(ref) == "x = 1\n"
+    assert (tmp_path / "run" / "candidates" / "c0001" / "attempt-1.py").read_text() == "x = 1\n"
+    store.add_epochs("c0001", [{"epoch": 1, "bleu4": 0.05}, {"epoch": 2, "bleu4": 0.07}])
+    store.record_candidate("c0001", superstep=5, status="scored", bleu4=0.07, stage="score")
+    assert store.journal(1) == []
+    assert store.journal(5)[0].status is jr.Status.PLANNED  # recorded at 5: not visible to step 5 itself
+    done = store.journal(6)[0]
+    assert done.status is jr.Status.SCORED and done.bleu4_per_epoch == (0.05, 0.07) and done.prm == {"lr": 0.1}
+    assert store.best(1)[0]["cid"] == "c0001"
+    # a node redone after a crash reuses its steps row
+    s1 = store.step_begin(3, "design", "c0001", 1)
+    assert store.step_begin(3, "design", "c0001", 1) == s1
+    assert store.claim_dedup("k", "c0002", 1) == "c0002"
+    assert store.claim_dedup("k", "c0001", 0) == "c0001"
+    store.close()
+
+
+# ------------------------------------------------------------------ run config
+
+
+def test_runconfig_file_flags_and_errors(tmp_path: Path) -> None:
+    from nncaption import runconfig
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('concurrency = 3\n[budget]\ncandidates = 9\n[agents.llm.fixer]\nbase_url = "http://f/v1"\n'
+                    'model = "fixer-model"\napi_key_env = "FIXER_KEY"\ntemperature = 0.2\nmax_tokens = 512\n'
+                    '[agents.llm.shared.extra_body]\napi_key = "sk-secret"\n')
+    s = runconfig.resolve(runconfig.load_toml(toml), {"budget": {"candidates": 5}})
+    assert s.concurrency == 3 and s.budget.candidates == 5
+    assert s.agents.llm.for_role("fixer").model == "fixer-model"
+    assert s.agents.llm.for_role("designer").model != "fixer-model"
+    shown = runconfig.show(s)
+    assert "sk-secret" not in shown and "FIXER_KEY" in shown
+    with pytest.raises(ConfigError, match=r"sandbox\.kind: .*'local', 'docker' or 'ray'"):
+        runconfig.resolve({"sandbox": {"kind": "k8s"}})
+    with pytest.raises(ConfigError, match=r"budget\.candidate: unknown key \(allowed here: candidates, "):
+        runconfig.resolve({"budget": {"candidate": 3}})
+    with pytest.raises(ConfigError, match="coco_root"):
+        runconfig.resolve({"data": {"dataset": "coco"}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("concurrency = = 2\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        runconfig.load_toml(bad)
