@@ -1,0 +1,445 @@
+"""The candidate service: check a candidate, train and score it, below the CLI and the graph.
+
+    service = CandidateService(resolve_dataset("synthetic"), get_sandbox("local"),
+                               jobs_root=home / "jobs", settings=EvalSettings(epochs=3))
+    service.preflight()                       # dataset and device problems: ConfigError/DatasetError, up front
+    check = await service.check(code, prm)    # static, then smoke in the sandbox -> CheckResult
+    report = await service.evaluate(code, prm, on_event=print)   # smoke first (fail fast), train, score
+
+A candidate's failure is a value (CheckResult / EvalReport with a category,
+message and traceback tail), never an exception: the graph checkpoints it as
+JSON. Only the caller's own mistakes raise (`NNCaptionError`: bad settings,
+missing dataset, CUDA requested without CUDA), and `preflight()` finds those
+before any job starts.
+
+Jobs are content-addressed (sandbox.jobstore): an identical job (same code,
+normalised spec and dataset version) returns its recorded result with
+`reused=True` instead of running again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.errors import ConfigError
+from nncaption.netapi.job import DEFAULT_PRM, JobSpec
+from nncaption.netapi.safetext import safe_text
+
+from .base import RUNNER_ENTRY, SMOKE_ENTRY, Job, Limits, RunResult, Sandbox
+from .jobstore import CHECK_FILE, REFERENCE_DIR, REPORT_FILE, JobStore, job_key, safe_name
+from .report import (
+    CheckResult,
+    EvalReport,
+    Example,
+    ReportStatus,
+    Stage,
+    failed_report,
+    reusable,
+)
+from .scoring import DatasetFacts, PredictionError, score_predictions, suspicion
+
+if TYPE_CHECKING:
+    from nncaption.netapi.data.prepare import PreparedPaths
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[dict[str, Any]], None]
+Prm = dict[str, float | int]
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+PRM_RANGES: dict[str, tuple[float, float, bool, bool]] = {  # key: (low, high, low inclusive, high inclusive)
+    "lr": (0.0, 1.0, False, True),
+    "momentum": (0.0, 1.0, True, False),
+    "dropout": (0.0, 1.0, True, False),
+}
+BATCH_RANGE = (1, 512)
+MAX_PRM_KEYS = 32
+
+
+@dataclass
+class EvalSettings:
+    """How candidates are checked and trained (the same for every candidate of one service)."""
+
+    epochs: int = 3
+    batch_size: int = 32  # a prm "batch" overrides it per candidate
+    seed: int = 0
+    device: str = "cpu"
+    epoch_time_limit_s: float = 600.0  # per epoch of training
+    decode_time_limit_s: float | None = None  # per decode pass; None = epoch_time_limit_s
+    setup_time_limit_s: float = 120.0  # import, Net(...) and train_setup in a training job
+    max_params: int = 50_000_000
+    max_train_batches: int | None = None
+    max_val_images: int | None = None
+    threads: int | None = None  # torch threads in the sandbox
+    smoke_time_limit_s: float = 120.0
+    startup_slack_s: float = 120.0  # importing torch in a cold sandbox, writing files
+    memory_mb: int | None = None  # None = the sandbox's default limit
+    baseline: bool = True  # score the constant-caption baseline beside the candidate
+    reuse: bool = True  # return the recorded result of an identical finished job
+    suspect_bleu4: float | None = None  # None = derived from the dataset's references
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting that makes no sense."""
+        for name in ("epochs", "batch_size", "max_params"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
+        for name in ("max_train_batches", "max_val_images", "threads", "memory_mb"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}", f"leave {name} unset or give 1 or more")
+        for name in ("epoch_time_limit_s", "decode_time_limit_s", "setup_time_limit_s", "smoke_time_limit_s",
+                     "startup_slack_s"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive number of seconds, got {value}", "e.g. 600")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}", f"use one of: {', '.join(DEVICES)}")
+        if self.suspect_bleu4 is not None and not 0 < self.suspect_bleu4 <= 1:
+            raise ConfigError("suspect_bleu4 must be in (0, 1]", "leave it unset to derive it from the dataset")
+
+
+def validate_prm(prm: Mapping[str, Any] | None) -> tuple[Prm, str | None]:
+    """(checked copy of `prm`, None), or ({}, what is wrong): numbers only, lr/momentum/dropout/batch in range."""
+    if prm is None:
+        return {}, None
+    if not isinstance(prm, Mapping):
+        return {}, f"the hyperparameters must be a mapping of names to numbers, got {type(prm).__name__}"
+    if len(prm) > MAX_PRM_KEYS:
+        return {}, f"too many hyperparameters ({len(prm)}; at most {MAX_PRM_KEYS})"
+    out: Prm = {}
+    for key, value in prm.items():
+        if not isinstance(key, str) or not key.isidentifier() or len(key) > 64:
+            return {}, f"hyperparameter name {safe_text(key, 40)!r} is not an identifier"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return {}, f"hyperparameter {key!r} must be a finite number, got {safe_text(repr(value), 40)}"
+        if key in PRM_RANGES:
+            low, high, low_in, high_in = PRM_RANGES[key]
+            if not ((value >= low if low_in else value > low) and (value <= high if high_in else value < high)):
+                interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                return {}, f"hyperparameter {key!r} = {value!r} is outside {interval}"
+            out[key] = float(value)
+        elif key == "batch":
+            if isinstance(value, float) and not value.is_integer():
+                return {}, f"hyperparameter 'batch' must be an integer, got {value!r}"
+            if not BATCH_RANGE[0] <= int(value) <= BATCH_RANGE[1]:
+                return {}, f"hyperparameter 'batch' = {value!r} is outside {BATCH_RANGE[0]}..{BATCH_RANGE[1]}"
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out, None
+
+
+def _spec(**values: Any) -> JobSpec:
+    """A JobSpec from `values`, leaving out fields this version of JobSpec does not have."""
+    known = {f.name for f in fields(JobSpec)}
+    return JobSpec(**{k: v for k, v in values.items() if k in known})
+
+
+def _has_modes() -> bool:
+    return any(f.name == "mode" for f in fields(JobSpec))
+
+
+class CandidateService:
+    """Check, train and score candidates on one prepared dataset, in one sandbox backend."""
+
+    def __init__(self, data: PreparedPaths, sandbox: Sandbox, *, jobs_root: Path,
+                 settings: EvalSettings | None = None) -> None:
+        self.data = data
+        self.sandbox = sandbox
+        self.settings = settings or EvalSettings()
+        self.store = JobStore(jobs_root)
+        self._facts: DatasetFacts | None = None
+
+    # ------------------------------------------------------------ set-up
+
+    def preflight(self) -> DatasetFacts:
+        """The caller's problems, before any job starts: settings, device, dataset (NNCaptionError when wrong)."""
+        self.settings.validate()
+        if self.settings.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("device cuda was requested but no CUDA device is visible",
+                                  "use --device cpu, or run on a machine with a GPU")
+        if self._facts is None:
+            self._facts = DatasetFacts.load(self.data, self.settings.max_val_images)
+        return self._facts
+
+    def effective_prm(self, prm: Mapping[str, Any] | None) -> tuple[Prm, int]:
+        """(the prm training gets, batch size): defaults, then the candidate's, then batch and epoch from the job."""
+        checked, problem = validate_prm(prm)
+        if problem:
+            raise ValueError(problem)
+        batch = int(checked.get("batch", self.settings.batch_size))
+        out: Prm = {k: v for k, v in DEFAULT_PRM.items() if k not in ("batch", "epoch")}
+        out.update(checked)
+        out["batch"], out["epoch"] = batch, self.settings.epochs
+        return out, batch
+
+    def train_spec(self, prm: Prm, batch: int) -> JobSpec:
+        s = self.settings
+        return _spec(data_dir=str(self.data.public_dir), epochs=s.epochs, batch_size=batch, prm=dict(prm), seed=s.seed,
+                     device=s.device, epoch_time_limit_s=float(s.epoch_time_limit_s),
+                     decode_time_limit_s=s.decode_time_limit_s, setup_time_limit_s=float(s.setup_time_limit_s),
+                     max_params=s.max_params, max_train_batches=s.max_train_batches, max_val_images=s.max_val_images,
+                     threads=s.threads, mode="train")
+
+    def smoke_spec(self, prm: Prm) -> JobSpec:
+        s = self.settings
+        return _spec(data_dir=str(self.data.public_dir), epochs=1, batch_size=4, prm=dict(prm), seed=s.seed,
+                     device=s.device, smoke_time_limit_s=float(s.smoke_time_limit_s), max_params=s.max_params,
+                     threads=s.threads, mode="smoke")
+
+    def train_backstop_s(self) -> float:
+        """The wall-clock limit of a training job: set-up, then each epoch's learn and decode, plus start-up."""
+        s = self.settings
+        decode = s.decode_time_limit_s if s.decode_time_limit_s is not None else s.epoch_time_limit_s
+        return s.setup_time_limit_s + s.epochs * (s.epoch_time_limit_s + decode) + s.startup_slack_s
+
+    # ------------------------------------------------------------ check
+
+    async def check(self, code: str, prm: Mapping[str, Any] | None = None, *,
+                    on_event: EventCallback | None = None) -> CheckResult:
+        """Static check, then the smoke job in the sandbox (content-addressed: an identical check is reused)."""
+        emit = on_event or (lambda event: None)
+        t0 = time.monotonic()
+        try:
+            eff, _ = self.effective_prm(prm)
+        except ValueError as e:
+            return CheckResult(False, Stage.HYPERPARAMETERS, Category.BAD_HYPERPARAMETERS, str(e))
+        from nncaption.netapi.validate import static_check
+
+        verdict = await asyncio.to_thread(static_check, code)
+        timings = {"static_s": round(time.monotonic() - t0, 3)}
+        if not verdict.ok:
+            return CheckResult(False, Stage.STATIC, verdict.category, safe_text(verdict.message, 4000, keep="head"),
+                               verdict.line, timings=timings)
+        self.preflight()
+        spec = self.smoke_spec(eff)
+        job_id = job_key(code, spec, self.data.key)
+        emit({"event": "stage", "stage": Stage.SMOKE.value, "job_id": job_id})
+        async with self.store.lock(job_id):
+            if self.settings.reuse and (old := self._recorded_check(job_id)) is not None:
+                emit({"event": "reused", "stage": Stage.SMOKE.value, "job_id": job_id})
+                return old
+            t1 = time.monotonic()
+            run_dir = self.store.fresh_run_dir(job_id)
+            job = self._smoke_job(run_dir, code, spec)
+            result = await self._run(job, emit)
+            timings["smoke_s"] = round(time.monotonic() - t1, 3)
+            check = self._check_from_result(result, job_id, timings)
+            if reusable(ReportStatus.OK if check.ok else ReportStatus(_status(result)), check.category):
+                self.store.write_record(job_id, CHECK_FILE, check.to_dict())
+            return check
+
+    def _recorded_check(self, job_id: str) -> CheckResult | None:
+        raw = self.store.read_record(job_id, CHECK_FILE)
+        if raw is None:
+            return None
+        try:
+            old = CheckResult.from_dict(raw)
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("job %s: check.json is not a CheckResult (%s); checking again", job_id, e)
+            return None
+        old.reused = True
+        return old
+
+    def _smoke_job(self, run_dir: Path, code: str, spec: JobSpec) -> Job:
+        limits = self._limits(self.settings.smoke_time_limit_s + self.settings.startup_slack_s)
+        gpus = [0] if spec.device.startswith("cuda") else []
+        if _has_modes():
+            from nncaption.netapi.evaluate import make_job_dir
+
+            make_job_dir(run_dir, code, spec)
+            return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, entry=RUNNER_ENTRY)
+        from nncaption.netapi.smoke import write_smoke_job  # the separate smoke entry, until lifecycle merges it
+
+        write_smoke_job(run_dir, code, Path(spec.data_dir), max_params=spec.max_params,
+                        time_limit_s=self.settings.smoke_time_limit_s, device=spec.device, seed=spec.seed,
+                        threads=spec.threads)
+        return Job(job_dir=run_dir, spec=JobSpec.read(run_dir), limits=limits, gpus=gpus, entry=SMOKE_ENTRY)
+
+    @staticmethod
+    def _check_from_result(result: RunResult, job_id: str, timings: dict[str, float]) -> CheckResult:
+        timings = {**timings, **{f"sandbox_{k}": v for k, v in result.timings.items()}}
+        raw = result.verdict
+        verdict: Verdict | None = None
+        try:
+            if isinstance(raw, Verdict):
+                verdict = raw
+            elif isinstance(raw, dict):
+                verdict = Verdict.from_dict(raw)
+        except (KeyError, ValueError, TypeError) as e:
+            log.warning("job %s: malformed smoke verdict (%s)", job_id, e)
+        if verdict is not None and (_status(result) == ReportStatus.OK.value) == verdict.ok:
+            return CheckResult(verdict.ok, Stage.SMOKE, verdict.category,
+                               safe_text(verdict.message, 4000, keep="head"), verdict.line, job_id, timings)
+        # no (or contradictory) verdict: a candidate failure, never the caller's; no job text becomes a hint
+        category = _category(result.category) if not result.ok else Category.CRASHED
+        tail = safe_text((result.traceback_tail or result.stderr_tail or "").strip(), 1500)
+        message = f"the smoke check ended without a verdict ({_status(result)}): {safe_text(result.message, 800)}"
+        if tail:
+            message += f"\nstderr tail:\n{tail}"
+        return CheckResult(False, Stage.SMOKE, category, message, None, job_id, timings)
+
+    # ------------------------------------------------------------ evaluate
+
+    async def evaluate(self, code: str, prm: Mapping[str, Any] | None = None, *,
+                       on_event: EventCallback | None = None) -> EvalReport:
+        """Smoke first (fail fast with its verdict), then train in the sandbox and score here; report.json kept."""
+        emit = on_event or (lambda event: None)
+        t0 = time.monotonic()
+        try:
+            eff, batch = self.effective_prm(prm)
+        except ValueError as e:
+            return failed_report(Stage.HYPERPARAMETERS, Category.BAD_HYPERPARAMETERS, str(e))
+        facts = self.preflight()
+        spec = self.train_spec(eff, batch)
+        job_id = job_key(code, spec, self.data.key)
+        common: dict[str, Any] = {"job_id": job_id, "job_dir": str(self.store.job_dir(job_id)), "prm": dict(eff),
+                                  "dataset_key": facts.key, "dataset_name": facts.name,
+                                  "sandbox": getattr(self.sandbox, "name", "")}
+        async with self.store.lock(job_id):
+            if self.settings.reuse and (old := self._recorded_report(job_id)) is not None:
+                emit({"event": "reused", "stage": Stage.TRAIN.value, "job_id": job_id})
+                return old
+            check = await self.check(code, eff, on_event=on_event)
+            if not check.ok:  # the same verdict `check` gives, before any epoch is trained
+                report = failed_report(check.stage, check.category, check.message, line=check.line,
+                                       timings=dict(check.timings), **common)
+                if check.stage in (Stage.STATIC, Stage.HYPERPARAMETERS):
+                    report.job_id = report.job_dir = None  # nothing ran: no job to point at
+                    return report
+                self._record(job_id, report)
+                return report
+            emit({"event": "stage", "stage": Stage.TRAIN.value, "job_id": job_id})
+            t1 = time.monotonic()
+            run_dir = self.store.fresh_run_dir(job_id)
+            from nncaption.netapi.evaluate import make_job_dir
+
+            make_job_dir(run_dir, code, spec)
+            job = Job(job_dir=run_dir, spec=spec, limits=self._limits(self.train_backstop_s()),
+                      gpus=[0] if spec.device.startswith("cuda") else [])
+            result = await self._run(job, emit)
+            timings = {**check.timings, "train_s": round(time.monotonic() - t1, 3),
+                       **{f"sandbox_{k}": v for k, v in result.timings.items()}}
+            emit({"event": "stage", "stage": Stage.SCORE.value, "job_id": job_id})
+            report = await asyncio.to_thread(self._report, result, facts, timings, common)
+            report.timings["total_s"] = round(time.monotonic() - t0, 3)
+            self._record(job_id, report)
+            self._note_reference(code, report)
+            return report
+
+    def _recorded_report(self, job_id: str) -> EvalReport | None:
+        raw = self.store.read_record(job_id, REPORT_FILE)
+        if raw is None:
+            return None
+        try:
+            old = EvalReport.from_dict(raw)
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("job %s: report.json is not an EvalReport (%s); training again", job_id, e)
+            return None
+        if old.job_id != job_id or not reusable(old.status, old.category):
+            return None
+        old.reused = True
+        return old
+
+    def _record(self, job_id: str, report: EvalReport) -> None:
+        self.store.write_record(job_id, REPORT_FILE, report.to_dict())
+
+    def _report(self, result: RunResult, facts: DatasetFacts, timings: dict[str, float],
+                common: dict[str, Any]) -> EvalReport:
+        runner = result.runner
+        params = runner.params if runner is not None and isinstance(runner.params, int) else None
+        optimizer_lr = getattr(runner, "optimizer_lr", None)
+        extra = {**common, "params": params, "timings": timings, "isolation": list(result.isolation),
+                 "optimizer_lr": optimizer_lr if isinstance(optimizer_lr, float) and math.isfinite(optimizer_lr)
+                 else None}
+        if not result.ok:
+            return failed_report(Stage.TRAIN, _category(result.category), result.message,
+                                 status=ReportStatus(_status(result)), traceback_tail=result.traceback_tail,
+                                 **extra)
+        try:
+            scored = score_predictions(result.predictions, facts, epochs=self.settings.epochs, params=params)
+        except PredictionError as e:
+            return failed_report(Stage.SCORE, Category.EVAL_CONTRACT, f"{e}", **extra)
+        report = EvalReport(status=ReportStatus.OK, stage=Stage.SCORE, message=safe_text(result.message, 800),
+                            epochs=scored.epochs, bleu4=scored.bleu4, lemur_bleu4=scored.lemur_bleu4,
+                            examples=[Example(str(e["image_id"]), safe_text(e["caption"], 300),
+                                              safe_text(e["reference"], 300)) for e in scored.examples], **extra)
+        if self.settings.baseline:
+            report.baseline_bleu4, report.baseline_caption = facts.baseline()
+        if report.bleu4 is not None:
+            report.suspect, report.suspect_reason = suspicion(report.bleu4, facts, self.settings.suspect_bleu4,
+                                                              self._reference_best())
+        return report
+
+    # ------------------------------------------------------------ what the reference models reach here
+
+    def _reference_best(self) -> float | None:
+        raw = self.store.read_record_at(self._reference_file())
+        best = raw.get("best_bleu4") if raw else None
+        return float(best) if isinstance(best, (int, float)) and math.isfinite(best) and 0 <= best <= 1 else None
+
+    def _reference_file(self) -> Path:
+        return self.store.root / REFERENCE_DIR / f"{safe_name(self.data.key)}.json"
+
+    def _note_reference(self, code: str, report: EvalReport) -> None:
+        """When `code` is a reference model that ended ok, keep the best BLEU-4 a reference reached on this dataset."""
+        from nncaption.netapi import reference
+
+        names = [n for n in reference.NAMES if reference.source(n) == code]
+        if not names or not report.ok or report.bleu4 is None or report.suspect:
+            return
+        best = self._reference_best()
+        if best is None or report.bleu4 > best:
+            self.store.write_record_at(self._reference_file(), {"best_bleu4": report.bleu4, "model": names[0],
+                                                                "job_id": report.job_id, "epochs": len(report.epochs)})
+
+    # ------------------------------------------------------------ running
+
+    def _limits(self, timeout_s: float) -> Limits:
+        limits = Limits(timeout_s=timeout_s)
+        if self.settings.memory_mb is not None:
+            limits.memory_mb = self.settings.memory_mb
+        return limits
+
+    async def _run(self, job: Job, emit: EventCallback) -> RunResult:
+        arun = getattr(self.sandbox, "arun", None)
+        if arun is not None:
+            result: RunResult = await arun(job, on_event=emit)
+        else:  # a backend without async support: run it in a worker thread
+            result = await asyncio.to_thread(self.sandbox.run, job, emit)
+        return result
+
+    # ------------------------------------------------------------ sync wrappers (the CLI)
+
+    def check_sync(self, code: str, prm: Mapping[str, Any] | None = None, *,
+                   on_event: EventCallback | None = None) -> CheckResult:
+        return asyncio.run(self.check(code, prm, on_event=on_event))
+
+    def evaluate_sync(self, code: str, prm: Mapping[str, Any] | None = None, *,
+                      on_event: EventCallback | None = None) -> EvalReport:
+        return asyncio.run(self.evaluate(code, prm, on_event=on_event))
+
+
+def _status(result: RunResult) -> str:
+    """The RunResult status as its string value (an enum member or, from older backends, a plain string)."""
+    status: Any = result.status
+    return str(getattr(status, "value", status))
+
+
+def _category(value: Any) -> Category:
+    """A Category from a job's category string; anything unknown is `crashed`."""
+    try:
+        return Category(value)
+    except ValueError:
+        return Category.CRASHED
