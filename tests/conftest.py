@@ -36,7 +36,8 @@ def tiny_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nncaption.netapi.data.synthetic import generate_synthetic
 
     out = tmp_path_factory.mktemp("tiny-synthetic")
-    return generate_synthetic(out, n_train=TINY_N_TRAIN, n_val=TINY_N_VAL, size=TINY_SIZE, seed=TINY_SEED)
+    return generate_synthetic(out, n_train=TINY_N_TRAIN, n_val=TINY_N_VAL, size=TINY_SIZE, seed=TINY_SEED,
+                              secret=b"nncaption-tests: tiny synthetic")  # fixed: the same data every session
 
 
 @pytest.fixture(scope="session")

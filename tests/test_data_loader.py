@@ -27,7 +27,8 @@ def test_train_batch_shapes_and_dtypes(tiny_data: PreparedData) -> None:
 
 def test_meta_describes_the_dataset(tiny_data: PreparedData) -> None:
     m = tiny_data.meta
-    assert (m.image_size, m.n_train, m.n_val, m.n_caps, m.max_len, m.seed) == (32, 96, 24, 5, 20, 0)
+    assert (m.image_size, m.n_train, m.n_val, m.n_caps, m.max_len) == (32, 96, 24, 5, 20)
+    assert "seed" not in m.to_dict()  # public meta.json carries no seed (issue 8)
     assert m.vocab_size == len(tiny_data.vocab) and len(m.mean) == len(m.std) == 3
     assert DatasetMeta.from_dict({**m.to_dict(), "future_field": 1}) == m
 
@@ -48,7 +49,7 @@ def test_images_and_captions_stay_paired(tiny_data: PreparedData) -> None:
     by_image = {tiny_data.normalise(tiny_data.train_images[i:i + 1])[0].numpy().tobytes():
                 torch.from_numpy(tiny_data.train_captions[i].astype(np.int64)) for i in range(96)}
     for images, captions in tiny_data.train_batches(16, seed=3, epoch=2):
-        for img, cap in zip(images, captions):
+        for img, cap in zip(images, captions, strict=True):
             assert torch.equal(by_image[img.numpy().tobytes()], cap)
 
 
@@ -81,7 +82,7 @@ def test_images_are_memory_mapped(tiny_data: PreparedData) -> None:
 def test_decoding_twin_gives_identical_batches(tiny_dataset: PreparedPaths, tiny_data: PreparedData) -> None:
     decoding = DecodingData.open_decoding(tiny_dataset.public_dir, tiny_dataset.private_dir)
     for (a, ca), (b, cb) in zip(tiny_data.train_batches(16, seed=0, epoch=0, limit=2),
-                                decoding.train_batches(16, seed=0, epoch=0, limit=2)):
+                                decoding.train_batches(16, seed=0, epoch=0, limit=2), strict=True):
         assert torch.equal(a, b) and torch.equal(ca, cb)
 
 

@@ -14,10 +14,12 @@ from PIL import Image
 
 from nncaption.netapi.data.synthetic import (
     MAX_CAPTION_WORDS,
+    SECRET_FILE,
     VAL_ID_OFFSET,
     Scene,
     describe,
     generate_synthetic,
+    read_secret,
 )
 from nncaption.netapi.data.tokenizer import tokenize
 
@@ -27,20 +29,39 @@ def _digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
-    a = generate_synthetic(tmp_path / "a", n_train=6, n_val=3, size=32, seed=7)
-    b = generate_synthetic(tmp_path / "b", n_train=6, n_val=3, size=32, seed=7)
-    c = generate_synthetic(tmp_path / "c", n_train=6, n_val=3, size=32, seed=8)
+def test_same_seed_and_secret_same_bytes_other_seed_differs(tmp_path: Path) -> None:
+    key = b"0123456789abcdef-test-secret"
+    a = generate_synthetic(tmp_path / "a", n_train=6, n_val=3, size=32, seed=7, secret=key)
+    b = generate_synthetic(tmp_path / "b", n_train=6, n_val=3, size=32, seed=7, secret=key)
+    c = generate_synthetic(tmp_path / "c", n_train=6, n_val=3, size=32, seed=8, secret=key)
     da, db, dc = _digest(a), _digest(b), _digest(c)
     assert da == db
-    assert len(da) == 6 + 3 + 2
+    assert len(da) == 6 + 3 + 2 + 1  # images, two annotation files, the secret
     assert da.keys() == dc.keys()
     assert sum(da[k] != dc[k] for k in da) >= 6  # images and annotations change with the seed
 
 
+def test_a_fresh_secret_changes_everything_and_is_kept_with_the_raw_data(tmp_path: Path) -> None:
+    a = generate_synthetic(tmp_path / "a", n_train=6, n_val=4, size=32, seed=7)
+    b = generate_synthetic(tmp_path / "b", n_train=6, n_val=4, size=32, seed=7)
+    key_a, key_b = read_secret(a), read_secret(b)
+    assert key_a and key_b and key_a != key_b and len(key_a) == 32
+    assert (a / SECRET_FILE).stat().st_mode & 0o077 == 0  # owner-only
+    caps = lambda root: [x["caption"] for x in json.loads((root / "annotations/captions_val.json").read_text())[  # noqa: E731
+        "annotations"]]
+    assert caps(a) != caps(b)
+    first = f"val/{VAL_ID_OFFSET:012d}.jpg"
+    assert (a / first).read_bytes() != (b / first).read_bytes()
+    before = _digest(a)
+    again = generate_synthetic(a, n_train=6, n_val=4, size=32, seed=7)  # regenerating reuses the stored secret
+    assert _digest(again) == before
+    with pytest.raises(ValueError, match="secret"):
+        generate_synthetic(tmp_path / "d", n_train=1, n_val=1, size=32, secret=b"short")
+
+
 def test_image_i_does_not_depend_on_split_size(tmp_path: Path) -> None:
-    small = generate_synthetic(tmp_path / "s", n_train=3, n_val=2, size=32, seed=1)
-    large = generate_synthetic(tmp_path / "l", n_train=9, n_val=4, size=32, seed=1)
+    small = generate_synthetic(tmp_path / "s", n_train=3, n_val=2, size=32, seed=1, secret=b"k" * 32)
+    large = generate_synthetic(tmp_path / "l", n_train=9, n_val=4, size=32, seed=1, secret=b"k" * 32)
     for name in ("train/000000000001.jpg", "train/000000000003.jpg", f"val/{VAL_ID_OFFSET + 1:012d}.jpg"):
         assert (small / name).read_bytes() == (large / name).read_bytes()
 

@@ -20,9 +20,12 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from nncaption.netapi.errors import DatasetError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 Layout = Literal["coco", "synthetic"]
 Split = Literal["train", "val"]
@@ -112,7 +115,8 @@ def load_split(ann_file: Path, image_dir: Path) -> list[CaptionRecord]:
     records: list[CaptionRecord] = []
     try:
         for image_id in sorted(coco.imgs):
-            anns = sorted(coco.imgToAnns.get(image_id, []), key=lambda a: a["id"])
+            anns = [cast(dict[str, Any], a) for a in coco.imgToAnns.get(image_id, [])]
+            anns.sort(key=lambda a: a["id"])
             captions = [str(a["caption"]).strip() for a in anns if str(a.get("caption", "")).strip()]
             if not captions:
                 continue
@@ -180,7 +184,7 @@ def load_records(root: Path, layout: Layout, karpathy_split: Path | None = None)
     return by_split
 
 
-def decode_image(path: str | Path, size: int) -> "np.ndarray":  # noqa: F821
+def decode_image(path: str | Path, size: int) -> np.ndarray:
     """Decode an image file to uint8 RGB [size, size, 3] (squashed to a square, antialiased).
 
     JPEG draft mode lets libjpeg decode at a reduced scale first, which makes
@@ -190,9 +194,9 @@ def decode_image(path: str | Path, size: int) -> "np.ndarray":  # noqa: F821
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))
-            im = im.convert("RGB")
+        with Image.open(path) as src:
+            src.draft("RGB", (size, size))
+            im = src.convert("RGB")
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)

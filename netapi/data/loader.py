@@ -12,9 +12,10 @@ every batch; it exists only so that the benchmark can show what the cache saves.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ import torch
 from nncaption.netapi.data.vocab import Vocab
 from nncaption.netapi.errors import DatasetError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json no longer carries the seed (it lives in private/split.json)
 PUBLIC_FILES: tuple[str, ...] = (
     "meta.json", "vocab.json", "train_images.npy", "train_captions.npy", "val_images.npy", "val_ids.json",
 )
@@ -32,7 +33,10 @@ REPREPARE_HINT = "delete the folder and prepare again: nncaption data prepare (-
 
 @dataclass
 class DatasetMeta:
-    """Facts about a prepared dataset (public_dir/meta.json)."""
+    """Facts about a prepared dataset (public_dir/meta.json), all of which a candidate may see.
+
+    It deliberately holds no seed: the synthetic generator's seed (and secret) stay out of public/.
+    """
 
     name: str
     image_size: int
@@ -43,7 +47,6 @@ class DatasetMeta:
     n_caps: int  # Ncap: captions per training image
     mean: list[float]  # per RGB channel, 0..1 scale, training images
     std: list[float]
-    seed: int
     key: str
     source: str = "synthetic"
     val_limit: int | None = None
@@ -55,7 +58,7 @@ class DatasetMeta:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DatasetMeta":
+    def from_dict(cls, d: dict[str, Any]) -> DatasetMeta:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -79,7 +82,7 @@ class PreparedData:
         self._shift = -mean / std
 
     @classmethod
-    def open(cls, public_dir: Path) -> "PreparedData":
+    def open(cls, public_dir: Path) -> PreparedData:
         """Open `public_dir`; DatasetError when it is missing, partial or inconsistent."""
         public_dir = Path(public_dir)
         missing = [f for f in PUBLIC_FILES if not (public_dir / f).is_file()]
@@ -169,7 +172,7 @@ class DecodingData(PreparedData):
     train_files: list[str]
 
     @classmethod
-    def open_decoding(cls, public_dir: Path, private_dir: Path) -> "DecodingData":
+    def open_decoding(cls, public_dir: Path, private_dir: Path) -> DecodingData:
         base = PreparedData.open(public_dir)
         path = Path(private_dir) / "train_files.json"
         try:

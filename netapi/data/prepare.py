@@ -5,8 +5,9 @@
         private/  val_refs.json split.json train_files.json
 
 `public/` is everything a candidate may see (it is mounted read-only into
-sandboxes); it holds no validation captions. `private/` stays with the parent
-that scores. The folder name carries a hash of the dataset identity
+sandboxes); it holds no validation captions and no seed (the synthetic
+generator's seed and secret would let a candidate re-derive the references).
+`private/` stays with the parent that scores. The folder name carries a hash of the dataset identity
 (annotation file contents, root, Karpathy split) and of every option, so a
 changed option never reuses a stale cache. A cache is built in a temporary
 folder and renamed into place when complete: a crash leaves no partial cache
@@ -20,10 +21,11 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -206,7 +208,7 @@ def _build(tmp: Path, source: Source, root: Path, key: str, *, size: int, seed: 
     })
     meta = DatasetMeta(
         name=f"{source}-{size}px", image_size=size, n_train=len(train), n_val=len(val), vocab_size=len(vocab),
-        max_len=max_len, n_caps=n_caps, mean=mean, std=std, seed=seed, key=key, source=source,
+        max_len=max_len, n_caps=n_caps, mean=mean, std=std, key=key, source=source,
         val_limit=val_limit, min_freq=min_freq,
         extra={"n_val_available": len(records["val"]), "karpathy": karpathy_split is not None},
     )

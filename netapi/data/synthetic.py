@@ -20,20 +20,39 @@ through the same pycocotools path as real COCO:
 With `layout="coco"` the names are those of COCO 2017 (train2017/, val2017/,
 captions_train2017.json, captions_val2017.json); tests use it to exercise the
 COCO code path without the real dataset.
+
+A secret drawn when the set is generated (32 random bytes, `out_dir/generator-secret`,
+mode 0600) is mixed into every image's random stream with HMAC-SHA256(secret,
+seed/split/index): the scene, its rendering and the caption wording all depend
+on it. The secret stays with the raw data, which is never mounted into a
+sandbox, and the prepared `public/` folder carries neither it nor the seed, so
+a candidate holding the generator's code and every public file still cannot
+re-derive the validation captions (nor the scenes: knowing a scene exactly
+would give its canonical description, which scores far above honest training).
+Generating into a folder that already holds a secret reuses it, so regenerating
+the same raw data gives the same files; the same (seed, secret) always gives
+byte-identical files.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import os
 import random
+import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from PIL import Image, ImageDraw
 
 from nncaption.netapi.data.tokenizer import tokenize
+
+log = logging.getLogger(__name__)
 
 Layout = Literal["synthetic", "coco"]
 ProgressFn = Callable[[int, int], None]
@@ -42,6 +61,8 @@ VAL_ID_OFFSET = 1_000_000  # val image ids do not depend on n_train
 MAX_CAPTION_WORDS = 16  # fits max_len=20 with SOS/EOS and margin
 CAPTIONS_PER_IMAGE = 5
 SUPERSAMPLE = 2  # draw at 2x and downsample: smooth edges
+SECRET_FILE = "generator-secret"  # beside the raw data; never copied into a prepared public/ folder
+SECRET_BYTES = 32
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -51,7 +72,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 60, 200),
     "orange": (250, 140, 30),
 }
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (15, 15, 15), "gray": (128, 128, 128), "white": (240, 240, 240)}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (15, 15, 15), "gray": (128, 128, 128), "white": (240, 240, 240),
+}
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: dict[str, float] = {"small": 0.06, "large": 0.09}  # radius as a fraction of the image side
 REGIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "middle")
@@ -101,13 +124,42 @@ class Scene:
         return {"background": self.background, "groups": [asdict(g) for g in self.groups]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scene":
+    def from_dict(cls, d: dict) -> Scene:
         return cls(d["background"], tuple(Group(**g) for g in d["groups"]))
 
 
-def _rng(seed: int, split: str, index: int) -> random.Random:
-    # String seeds are hashed with SHA-512: stable across runs and platforms.
-    return random.Random(f"nncaption-synthetic/{seed}/{split}/{index}")
+def _rng(seed: int, split: str, index: int, secret: bytes) -> random.Random:
+    """The random stream of one image: keyed by the secret, so the public seed alone reproduces nothing."""
+    key = hmac.new(secret, f"nncaption-synthetic/{seed}/{split}/{index}".encode(), hashlib.sha256).digest()
+    return random.Random(key)  # bytes seeds are hashed with SHA-512: stable across runs and platforms
+
+
+def read_secret(out_dir: Path) -> bytes | None:
+    """The generator secret stored with the raw data at `out_dir`, or None when there is none (or it is malformed)."""
+    path = Path(out_dir) / SECRET_FILE
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("cannot read the generator secret %s (%s); drawing a new one", path, e)
+        return None
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        log.warning("malformed generator secret %s; drawing a new one", path)
+        return None
+    return value if len(value) >= 16 else None
+
+
+def _write_secret(out_dir: Path, secret: bytes) -> None:
+    """Store the secret beside the raw data, readable by the owner only, never through a symlink."""
+    path = out_dir / SECRET_FILE
+    tmp = out_dir / f".{SECRET_FILE}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret.hex() + "\n")
+    os.replace(tmp, path)
 
 
 def sample_scene(rng: random.Random) -> Scene:
@@ -217,14 +269,15 @@ def _caption(scene: Scene, template: int, rng: random.Random) -> str:
         return [_noun_phrase(g, rng, with_size=with_size) for g in gs]
 
     if template == 0:  # two red circles on the left and a blue square on the right
-        return " and ".join(f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs))
+        return " and ".join(f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs, strict=True))
     if template == 1:  # a blue square on the right and two red circles on the left (other order)
-        return " and ".join(f"{n} {_where(g, rng)}" for n, g in reversed(list(zip(nps(), gs))))
+        return " and ".join(f"{n} {_where(g, rng)}" for n, g in reversed(list(zip(nps(), gs, strict=True))))
     if template == 2:  # there are two red circles on the left and ...
         verb = "is" if gs[0].count == 1 else "are"
-        return f"there {verb} " + " and ".join(f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs))
+        return f"there {verb} " + " and ".join(f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs, strict=True))
     if template == 3:  # on the left there are two red circles and on the right there is ...
-        return " and ".join(f"{_where(g, rng)} there {'is' if g.count == 1 else 'are'} {n}" for n, g in zip(nps(), gs))
+        return " and ".join(f"{_where(g, rng)} there {'is' if g.count == 1 else 'are'} {n}"
+                            for n, g in zip(nps(), gs, strict=True))
     if template == 4:  # a picture of two red circles and a blue square
         return f"{rng.choice(SCENE_WORDS)} " + " and ".join(nps())
     if template == 5:  # two red circles and a blue square against a black background
@@ -236,7 +289,7 @@ def _caption(scene: Scene, template: int, rng: random.Random) -> str:
         return rng.choice(("{c} {n}", "{c} colored {n}", "a picture with {c} {n}", "an image showing {c} {n}")).format(
             c=count, n=noun)
     if template == 7:  # two red circles on the left with a blue square on the right
-        parts = [f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs)]
+        parts = [f"{n} {_where(g, rng)}" for n, g in zip(nps(), gs, strict=True)]
         if len(parts) == 1:
             return f"{parts[0]} of the {rng.choice(('image', 'picture'))}"
         return f"{parts[0]} with {parts[1]}"
@@ -291,10 +344,14 @@ def generate_synthetic(
     seed: int = 0,
     progress: ProgressFn | None = None,
     layout: Layout = "synthetic",
+    secret: bytes | None = None,
 ) -> Path:
     """Write the dataset under `out_dir` and return `out_dir`.
 
-    Deterministic: the same (seed, size) gives byte-identical files, and image
+    `secret` keys every image's random stream; when None, the secret already
+    stored in `out_dir` is reused, else a new one is drawn from os.urandom.
+    It is written to `out_dir/generator-secret`. Deterministic given the
+    secret: the same (seed, secret, size) gives byte-identical files, and image
     i of a split does not depend on how many images are generated. The
     annotation files are written last, so their presence means the images
     are all there.
@@ -303,9 +360,14 @@ def generate_synthetic(
         raise ValueError("n_train and n_val must be >= 1")
     if size < 16:
         raise ValueError("size must be >= 16 pixels")
+    if secret is not None and len(secret) < 16:
+        raise ValueError("the generator secret must have at least 16 bytes")
     out_dir = Path(out_dir)
     names = split_names(layout)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    if secret is None:
+        secret = read_secret(out_dir) or secrets.token_bytes(SECRET_BYTES)
+    _write_secret(out_dir, secret)
     total, done = n_train + n_val, 0
     payloads: dict[str, dict] = {}
     for split, count, offset in (("train", n_train, 1), ("val", n_val, VAL_ID_OFFSET)):
@@ -314,7 +376,7 @@ def generate_synthetic(
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
-            rng = _rng(seed, split, i)
+            rng = _rng(seed, split, i, secret)
             scene = sample_scene(rng)
             image_id = offset + i
             file_name = f"{image_id:012d}.jpg"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from nncaption.netapi.contract import EOS, PAD, SOS, SPECIALS, UNK
 from nncaption.netapi.errors import DatasetError
@@ -38,7 +38,7 @@ class Vocab:
         return f"Vocab({len(self)} words)"
 
     @classmethod
-    def build(cls, tokenised_captions: Iterable[Sequence[str]], min_freq: int = 2) -> "Vocab":
+    def build(cls, tokenised_captions: Iterable[Sequence[str]], min_freq: int = 2) -> Vocab:
         """Words seen at least `min_freq` times, most frequent first, ties alphabetical (deterministic)."""
         counts: Counter[str] = Counter()
         for tokens in tokenised_captions:
@@ -70,7 +70,7 @@ class Vocab:
         Path(path).write_text(json.dumps({"itos": self.itos}, indent=0), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "Vocab":
+    def load(cls, path: Path) -> Vocab:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
             return cls(data["itos"])
