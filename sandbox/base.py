@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 from nncaption.netapi.job import EpochPredictions, JobSpec, RunnerResult
 
@@ -137,3 +137,11 @@ class Sandbox(Protocol):
     async def arun_many(self, jobs: list[Job], on_event: EventCallback | None = None) -> list[RunResult]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...

@@ -122,9 +122,10 @@ class DockerSandbox(BaseSandbox["_Started"]):
         import docker
 
         try:
-            short = (
-                docker.DockerClient(base_url=self.base_url, timeout=10) if self.base_url else docker.from_env(timeout=10)
-            )
+            if self.base_url:
+                short = docker.DockerClient(base_url=self.base_url, timeout=10)
+            else:
+                short = docker.from_env(timeout=10)
             api = short.api
             rows = api.containers(all=True, filters={"label": LABEL_OWNER})
         except Exception as e:  # noqa: BLE001 - the engine is slow or gone: nothing to reap now

@@ -26,7 +26,7 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from nncaption.netapi.categories import Category
@@ -38,6 +38,7 @@ from .streams import ProgressTail
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.0
+ADDRESS_HINT = "fix --ray-address: ray://HOST:10001 (Ray client) or HOST:6379, or omit it for a local Ray."
 DEFAULT_RAY_PORT = 6379
 DEFAULT_CLIENT_PORT = 10001
 
@@ -96,10 +97,10 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         host, port = url.hostname, url.port or default
     except ValueError as e:
         raise RayUnreachable(f"--ray-address {address!r} is not an address: {e}",
-                             "use ray://HOST:10001 (Ray client) or HOST:6379, or omit it for a local Ray.") from e
+                             ADDRESS_HINT) from e
     if not host:
         raise RayUnreachable(f"--ray-address {address!r} names no host",
-                             "use ray://HOST:10001 (Ray client) or HOST:6379, or omit it for a local Ray.")
+                             ADDRESS_HINT)
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return
@@ -250,13 +251,13 @@ class RaySandbox:
 
     shutdown = close  # the old name
 
-    def __enter__(self) -> RaySandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> RaySandbox:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

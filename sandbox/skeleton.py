@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import ConfigError
@@ -368,13 +368,13 @@ class BaseSandbox(ABC, Generic[H]):
         if self._executor is not None:
             self._executor.shutdown(wait=False)
 
-    def __enter__(self) -> BaseSandbox[H]:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> BaseSandbox[H]:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -15,6 +15,7 @@ from test_sandbox_support import docker_engine_or_skip, ensure_offline_image, le
 
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import CANCELLED, OK, Job, Limits, RunStatus, cgroups, get_sandbox
+from nncaption.sandbox.local import LocalSandbox
 from nncaption.sandbox.quota import STAGE_PREFIX
 
 PROBE = "nncaption.sandbox.probe"
@@ -79,7 +80,7 @@ def test_cancel_event_returns_cancelled(tmp_path: Path) -> None:
 
     cancel = threading.Event()
     threading.Timer(1.0, cancel.set).start()
-    with get_sandbox("local", prewarm=False) as sb:
+    with LocalSandbox(prewarm=False) as sb:
         r = sb.run(probe_job(tmp_path, "job", {"sleep": 600}), cancel=cancel)
     assert r.status is RunStatus.CANCELLED and r.status == CANCELLED == "cancelled"
     assert r.timings["total_s"] < 5
@@ -88,7 +89,7 @@ def test_cancel_event_returns_cancelled(tmp_path: Path) -> None:
 
 def test_run_many_and_concurrent_warm_runs(tmp_path: Path) -> None:
     events: list[dict] = []
-    with get_sandbox("local") as sb:
+    with LocalSandbox() as sb:
         first = sb.run_many([probe_job(tmp_path, f"a{i}") for i in range(3)], on_event=events.append)
         assert [r.status for r in first] == [OK] * 3
         cores = [next(m for m in r.isolation if m.startswith("cpus:")) for r in first]
@@ -101,8 +102,8 @@ def test_run_many_and_concurrent_warm_runs(tmp_path: Path) -> None:
         second = asyncio.run(batch())
         assert [r.status for r in second] == [OK] * 3
         assert sum("prewarmed" in r.isolation for r in second) >= 2
-        pids = {r.verdict["facts"]["cwd"] for r in second}
-        assert len(pids) == 3  # each job its own stage
+        stages = {(r.verdict or {})["facts"]["cwd"] for r in second}
+        assert len(stages) == 3  # each job its own stage
     assert_reclaimed(tmp_path)
 
 
@@ -115,7 +116,7 @@ def test_gpu_allocator_gives_the_job_its_own_devices(tmp_path: Path) -> None:
         j.num_gpus = 1
     with get_sandbox("local", prewarm=False, gpu_allocator=alloc) as sb:
         results = sb.run_many(jobs)
-    seen = sorted(r.verdict["facts"]["env"]["CUDA_VISIBLE_DEVICES"] for r in results)
+    seen = sorted((r.verdict or {})["facts"]["env"]["CUDA_VISIBLE_DEVICES"] for r in results)
     assert seen == ["3", "5"] and alloc.usage() == {3: 0, 5: 0}
 
 

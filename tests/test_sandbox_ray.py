@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from test_sandbox_support import make_job
@@ -23,8 +24,8 @@ def ray_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RaySandbox
     temp = tmp_path_factory.mktemp("ray")
     sb = get_sandbox("ray", local_num_cpus=2, init_options={"_temp_dir": str(temp)})
     assert isinstance(sb, RaySandbox)
-    yield sb
-    sb.shutdown()
+    with sb:
+        yield sb
 
 
 def test_four_jobs_on_local_ray(ray_sandbox: RaySandbox, tmp_path: Path, tiny_dataset: Any) -> None:
@@ -61,3 +62,24 @@ def test_ray_backend_refuses_unknown_inner_backend() -> None:
     with pytest.raises(ConfigError):
         RaySandbox(backend="ray")
     assert Limits().timeout_s > 0
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1", "ray://:10001"])
+def test_unreachable_ray_address_fails_fast_with_one_clear_error(
+    tmp_path: Path, address: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from nncaption.netapi.errors import ConfigError
+    from nncaption.netapi.job import JobSpec
+    from nncaption.sandbox.ray_backend import RayUnreachable
+
+    job = Job(tmp_path, JobSpec(data_dir=str(tmp_path)), Limits())
+    t0 = time.monotonic()
+    with get_sandbox("ray", address=address) as sb:
+        with pytest.raises(RayUnreachable) as err:
+            sb.run(job)
+    assert time.monotonic() - t0 < 10
+    assert isinstance(err.value, ConfigError) and err.value.category and "ray-address" in str(err.value.hint)
+    out, errout = capfd.readouterr()
+    assert "raylet" not in (out + errout).lower() and "gcs" not in (out + errout).lower()
