@@ -2,7 +2,9 @@
 
 Each error has a `category` (a short stable word), a `message` (what went
 wrong) and a `hint` (what the user should do next). The CLI prints the three
-and never a bare traceback.
+and never a bare traceback, and exits with the error's `exit_code`: 1 for a
+categorised failure, 2 when the command could not run as asked (bad argument
+combination, a problem with the user's own setup).
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ class NNCaptionError(Exception):
     """Base class of every error nn-caption reports to a user."""
 
     category: str = "error"
+    exit_code: int = 1
 
-    def __init__(self, message: str, hint: str = "", *, category: str | None = None) -> None:
+    def __init__(self, message: str, hint: str = "", *, category: str | None = None,
+                 exit_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
         if category is not None:
             self.category = category
+        if exit_code is not None:
+            self.exit_code = exit_code
 
     def __str__(self) -> str:
         return self.message
@@ -36,7 +42,16 @@ class ConfigError(NNCaptionError):
     category = "config"
 
 
-class CandidateError(NNCaptionError):
-    """A candidate model failed; `category` is a `Category` value."""
+class UsageError(NNCaptionError):
+    """The command cannot run as asked: flags that contradict each other or make no sense together."""
 
-    category = "candidate"
+    category = "usage"
+    exit_code = 2
+
+
+class EnvironmentProblem(NNCaptionError):
+    """The user's own setup stops the command, not a bug: an unwritable or file-valued $NNCAPTION_HOME, a port
+    already in use, a full disk, an output path that is a directory."""
+
+    category = "environment"
+    exit_code = 2
