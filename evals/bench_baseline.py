@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, cast
 
 from nncaption import config
 
@@ -59,7 +60,8 @@ def run(model: str, epochs: int, seed: int, size: int, threads: int, lr: float) 
     counts = Counter(tuple(data.vocab.decode(c)) for caps in data.train_captions for c in caps)
     most_frequent = list(counts.most_common(1)[0][0])
     frequent_bleu4 = corpus_bleu([most_frequent] * len(ids), [refs[i] for i in ids])["bleu4"]
-    best = constant_caption_baseline(data.train_captions, data.vocab, refs)
+    # train_captions is an [N, Ncap, T] int array: indexable and iterable like the nested sequence the scorer reads.
+    best = constant_caption_baseline(cast("Sequence[Sequence[Sequence[int]]]", data.train_captions), data.vocab, refs)
     model_bleu4 = report.bleu4 or 0.0
     return {
         "model": f"ref-{model}",

@@ -20,8 +20,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -51,8 +52,8 @@ def bench_cache(paths: PreparedPaths, batch: int, repeats: int) -> tuple[float, 
     _epoch(decoding, batch, 99)
     t_cache, t_decode = [], []
     for r in range(repeats):
-        t_cache.append(_timed(lambda: _epoch(cached, batch, r)))
-        t_decode.append(_timed(lambda: _epoch(decoding, batch, r)))
+        t_cache.append(_timed(partial(_epoch, cached, batch, r)))
+        t_decode.append(_timed(partial(_epoch, decoding, batch, r)))
     return statistics.median(t_cache), statistics.median(t_decode)
 
 

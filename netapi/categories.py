@@ -90,11 +90,11 @@ class Verdict:
     line: int | None = None
 
     @classmethod
-    def accept(cls, stage: str, message: str = "accepted") -> "Verdict":
+    def accept(cls, stage: str, message: str = "accepted") -> Verdict:
         return cls(ok=True, stage=stage, category=None, message=message, line=None)
 
     @classmethod
-    def reject(cls, stage: str, category: Category, message: str, line: int | None = None) -> "Verdict":
+    def reject(cls, stage: str, category: Category, message: str, line: int | None = None) -> Verdict:
         return cls(ok=False, stage=stage, category=category, message=message, line=line)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +103,7 @@ class Verdict:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
         cat = d.get("category")
         return cls(
             ok=bool(d["ok"]),

@@ -7,10 +7,15 @@ session (96 train / 24 val images, 32 px, seed 0) and is read-only for tests.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from nncaption.netapi.data.loader import PreparedData
+    from nncaption.netapi.data.prepare import PreparedPaths
 
 TINY_N_TRAIN = 96
 TINY_N_VAL = 24
@@ -41,7 +46,7 @@ def tiny_synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_dataset(tiny_synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> "PreparedPaths":  # noqa: F821
+def tiny_dataset(tiny_synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> PreparedPaths:
     """PreparedPaths of the tiny synthetic dataset (prepared cache in a tmp dir)."""
     from nncaption.netapi.data.prepare import prepare_dataset
 
@@ -50,7 +55,7 @@ def tiny_dataset(tiny_synthetic_root: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tiny_dataset: "PreparedPaths") -> "PreparedData":  # noqa: F821
+def tiny_data(tiny_dataset: PreparedPaths) -> PreparedData:
     """The tiny dataset opened for batching."""
     from nncaption.netapi.data.loader import PreparedData
 
