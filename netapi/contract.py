@@ -7,7 +7,10 @@ the validator both use it through `contract_text()`.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS: tuple[str, ...] = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -30,7 +33,7 @@ class OutputContractError(ValueError):
     """forward(images) returned something that is neither ids nor logits."""
 
 
-def output_to_ids(out: Any, batch: int, vocab_size: int) -> "torch.Tensor":  # noqa: F821
+def output_to_ids(out: Any, batch: int, vocab_size: int) -> torch.Tensor:
     """Turn a free-running forward() result into token ids [B, L] (long, on CPU).
 
     Accepts ids [B, L], logits [B, L, V] or a tuple/list whose first element is
@@ -80,14 +83,3 @@ def output_to_ids(out: Any, batch: int, vocab_size: int) -> "torch.Tensor":  # n
         )
     return ids
 
-
-def strip_specials(ids: list[int]) -> list[int]:
-    """Cut at the first EOS and drop PAD/SOS/UNK, as scoring does."""
-    out: list[int] = []
-    for t in ids:
-        if t == EOS:
-            break
-        if t in (PAD, SOS, UNK):
-            continue
-        out.append(int(t))
-    return out

@@ -8,14 +8,16 @@ as such, LEMUR's mean sentence BLEU-4 on token ids.
 
 from __future__ import annotations
 
+import logging
+import math
 import re
-import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from nncaption.netapi.data.vocab import Vocab
 from nncaption.netapi.job import (
@@ -27,6 +29,9 @@ from nncaption.netapi.job import (
     JobSpec,
 )
 from nncaption.netapi.metrics import corpus_bleu, lemur_bleu4
+from nncaption.netapi.safetext import safe_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +60,7 @@ class ScoreReport:
     lemur_bleu4: float | None = None
     params: int | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few decoded captions of the last epoch
+    error: str | None = None  # why the predictions could not be scored (an eval-contract failure); no scores then
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,10 +86,6 @@ def new_job_dir(runs_root: Path, label: str) -> Path:
     return path
 
 
-def remove_job_dir(job_dir: Path) -> None:
-    shutil.rmtree(job_dir, ignore_errors=True)
-
-
 def score(
     predictions: Sequence[EpochPredictions],
     refs: dict[str, list[list[str]]],
@@ -91,25 +93,51 @@ def score(
     *,
     params: int | None = None,
     n_examples: int = 3,
+    expected_ids: Sequence[str] | None = None,
 ) -> ScoreReport:
     """Score every epoch's decodes against the tokenised references (image id -> captions).
 
-    Hypotheses are decoded with the vocabulary (cut at EOS, specials dropped).
-    Every predicted image must have references; images without a prediction are
-    not scored (the runner decodes the whole recorded validation subset unless
-    the job limits it). The LEMUR score compares raw ids (PAD dropped) with the
-    references encoded by the same vocabulary (SOS ... EOS, unknown words -> UNK).
+    Never raises for what a job wrote: predictions that name an image without references, miss
+    an expected image (`expected_ids`: every epoch must cover exactly those), hold no image, or
+    break in any other way give a report with `error` set and no scores (an eval-contract failure).
+    Hypotheses are decoded with the vocabulary (cut at EOS, specials and unknown ids dropped). The
+    LEMUR score compares raw ids (PAD dropped) with the references encoded by the same vocabulary.
     """
     report = ScoreReport(params=params)
+    try:
+        _score_into(report, predictions, refs, vocab, n_examples, expected_ids)
+    except Exception as e:  # noqa: BLE001 - hostile predictions must end as a failure value, not an exception
+        log.warning("scoring failed", exc_info=True)
+        report.error = f"the predictions could not be scored ({type(e).__name__})"
+    if report.error is not None:
+        report.epochs, report.examples, report.bleu4, report.lemur_bleu4 = [], [], None, None
+    elif report.epochs:
+        report.bleu4 = report.epochs[-1].bleu4
+        report.lemur_bleu4 = report.epochs[-1].lemur_bleu4
+    return report
+
+
+def _score_into(report: ScoreReport, predictions: Sequence[EpochPredictions], refs: dict[str, list[list[str]]],
+                vocab: Vocab, n_examples: int, expected_ids: Sequence[str] | None) -> None:
+    expected = set(expected_ids) if expected_ids is not None else None
     ref_ids_cache: dict[str, list[list[int]]] = {}
+    if not predictions:
+        report.error = "no epoch has predictions"
+        return
     for ep in predictions:
         image_ids = sorted(ep.ids)
         unknown = [i for i in image_ids if i not in refs]
         if unknown:
-            raise KeyError(f"epoch {ep.epoch}: predictions for {len(unknown)} image id(s) without references "
-                           f"(e.g. {unknown[0]!r}): predictions and references come from different datasets")
+            report.error = (f"epoch {ep.epoch}: predictions for {len(unknown)} image id(s) without references "
+                            f"(e.g. {safe_text(unknown[0], 40)!r})")
+            return
+        if expected is not None and set(image_ids) != expected:
+            report.error = (f"epoch {ep.epoch}: predictions cover {len(image_ids)} image(s), not exactly the "
+                            f"{len(expected)} recorded validation images")
+            return
         if not image_ids:
-            raise ValueError(f"epoch {ep.epoch} has no predictions")
+            report.error = f"epoch {ep.epoch} has no predictions"
+            return
         hyps = [vocab.decode(ep.ids[i]) for i in image_ids]
         ref_words = [refs[i] for i in image_ids]
         bleu = corpus_bleu(hyps, ref_words)
@@ -117,19 +145,20 @@ def score(
             if i not in ref_ids_cache:
                 ref_ids_cache[i] = [vocab.encode(r, max_len=len(r) + 2) for r in refs[i]]
         lemur = lemur_bleu4([ep.ids[i] for i in image_ids], [ref_ids_cache[i] for i in image_ids])
+        values = {k: round(v, 6) for k, v in bleu.items()}
+        if not all(math.isfinite(v) for v in [*values.values(), lemur]):
+            report.error = f"epoch {ep.epoch}: a non-finite score"
+            return
+        loss = ep.train_loss if ep.train_loss is None or math.isfinite(ep.train_loss) else None
         report.epochs.append(EpochScore(
-            epoch=ep.epoch, **{k: round(v, 6) for k, v in bleu.items()}, lemur_bleu4=round(lemur, 6),
-            seconds=ep.seconds, decode_seconds=ep.decode_seconds, train_loss=ep.train_loss, images=len(image_ids),
+            epoch=ep.epoch, **values, lemur_bleu4=round(lemur, 6),
+            seconds=ep.seconds, decode_seconds=ep.decode_seconds, train_loss=loss, images=len(image_ids),
             mean_length=round(sum(len(h) for h in hyps) / len(hyps), 3),
         ))
         report.examples = [
             {"image_id": i, "caption": " ".join(h), "reference": " ".join(refs[i][0])}
-            for i, h in list(zip(image_ids, hyps))[:n_examples]
+            for i, h in list(zip(image_ids, hyps, strict=True))[:n_examples]
         ]
-    if report.epochs:
-        report.bleu4 = report.epochs[-1].bleu4
-        report.lemur_bleu4 = report.epochs[-1].lemur_bleu4
-    return report
 
 
 @dataclass
@@ -206,4 +235,4 @@ def _constant_bleu4(hyp: Sequence[str], cooked: Sequence[tuple[list[int], dict[t
         return 0.0
     hyp_len = len(hyp) * len(cooked)
     bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-    return bp * math.exp(sum(math.log(c / g) for c, g in zip(correct, guess)) / 4)
+    return bp * math.exp(sum(math.log(c / g) for c, g in zip(correct, guess, strict=False)) / 4)

@@ -1,75 +1,84 @@
-"""The training loop of one candidate, run inside a sandbox: `run_job(job_dir)`.
+"""The runner: one lifecycle for smoke checks and training, `run_job(job_dir)`.
 
-Reads top to bottom like a training script:
+Reads top to bottom like a training script, except that the candidate runs in a
+child process the runner forks after importing torch (and before any candidate
+code exists), and drives over a channel (`netapi.child`, `netapi.wire`):
 
-    spec  <- job.json                     (seeds set and recorded, threads set)
-    data  <- spec.data_dir                (public part only: no validation captions here)
-    model <- candidate.py                 (import, Net(in_shape, (vocab,), prm, device))
-    params counted against the budget; model.train_setup(prm)
+    spec  <- job.json                       (mode "smoke": a tiny job with one overall budget)
+    data  <- spec.data_dir                  (public part only: no validation captions here)
+    fork the child; it imports candidate.py, checks the symbols, builds Net, counts params, train_setup
     for each epoch:
-        model.train(); model.learn(guarded train batches)   (time limit, NaN abort)
-        model.eval(); model(val images) under no_grad       (free-running decode)
-        predictions.json rewritten atomically               (a killed run keeps earlier epochs)
-    result.json written last
+        learn: the child asks for each batch, the runner serves it in the runner's order and
+               checks the reported loss (NaN guard); the epoch's deadline is the runner's
+        decode: the runner sends each batch of validation images, the child returns ids [B, L];
+               the runner validates them and assigns the recorded image ids
+        predictions.json rewritten
+    the child and everything it started are killed; predictions.json and result.json written last
 
-Every failure of the candidate becomes a `RunnerResult` with a `Category`, a
-message written for the fixer agent and a bounded traceback of the candidate's
-own frames. Progress events go to progress.jsonl, one JSON object a line.
-The runner never scores: the parent does, with references the runner never sees.
+Deadlines are enforced by killing the child (one mechanism for smoke and train), so
+nothing the candidate patches in its own interpreter can switch them off. Every
+failure becomes a RunnerResult with a Category, the step it happened in, the
+candidate line and a fixer-ready message. The runner never scores.
 """
 
 from __future__ import annotations
 
-import json
+import ctypes
+import logging
 import math
 import os
-import random
 import signal
 import sys
-import threading
 import time
 import traceback
-from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from nncaption.netapi.categories import Category
-from nncaption.netapi.contract import EOS, OutputContractError, output_to_ids
+from nncaption.netapi.child import STEP_WHAT, ChildSetup, serve
+from nncaption.netapi.contract import EOS
 from nncaption.netapi.job import (
+    MAX_PREDICTION_LEN,
     PREDICTIONS_FILE,
     PROGRESS_FILE,
     RESULT_FILE,
     EpochPredictions,
     JobSpec,
+    Mode,
     RunnerResult,
+    RunnerStatus,
+    Stage,
+    Step,
     write_json_atomic,
 )
-from nncaption.netapi.loading import (
-    candidate_line,
-    classify_exception,
-    exception_summary,
-    format_traceback_for_fixer,
-    load_candidate,
-)
+from nncaption.netapi.loading import exception_summary
+from nncaption.netapi.safetext import safe_text, strict_dumps
+from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
 
-MAX_PREDICTION_LEN = 100  # ids kept per image (cut after the first EOS anyway)
+log = logging.getLogger(__name__)
+
 EXIT_OK, EXIT_FAILED, EXIT_RUNNER_ERROR = 0, 1, 2
-PARAM_CHECK_EVERY_LARGE = 10  # batches between NaN checks of the parameters for models over 5M params
+MAX_CHILD_TEXT = 8000
+PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
+REAP_WAIT_S = 3.0
 
 
 # --------------------------------------------------------------------------- events
 
 
 class EventLog:
-    """Appends progress events to progress.jsonl; each line is flushed as written."""
+    """Appends progress events to progress.jsonl (strict JSON, one object a line, flushed as written)."""
 
     def __init__(self, path: Path) -> None:
-        self._f = open(path, "a", encoding="utf-8", buffering=1)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
 
     def emit(self, event: str, **fields: Any) -> None:
-        self._f.write(json.dumps({"event": event, "t": time.time(), **fields}, default=str) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(strict_dumps({"event": event, "t": time.time(), **fields}) + "\n")
+            self._f.flush()
+        except OSError:
+            log.warning("could not write a progress event", exc_info=True)
 
     def close(self) -> None:
         self._f.close()
@@ -79,398 +88,507 @@ class EventLog:
 
 
 class CandidateFailure(Exception):
-    """The candidate failed: carries the category, a fixer-ready message and its traceback."""
+    """The candidate failed: category, fixer-ready message, step, line, traceback (and a signal if one killed it)."""
 
-    def __init__(self, category: Category, message: str, tb: str = "") -> None:
+    def __init__(self, category: Category, message: str, *, step: Step | None = None, line: int | None = None,
+                 tb: str = "", sig: int | None = None) -> None:
         super().__init__(message)
         self.category = category
         self.message = message
+        self.step = step
+        self.line = line
         self.tb = tb
+        self.sig = sig
 
 
 class RunnerSetupError(Exception):
-    """The job itself is unusable (no job.json, no data): not the candidate's fault."""
+    """The job itself is unusable (no job.json, no data, no device): not the candidate's fault."""
 
 
-class _Abort(BaseException):
-    """Raised inside candidate code to stop it (time limit, NaN).
-
-    A BaseException, so that a candidate's `except Exception` cannot swallow it.
-    """
-
-    def __init__(self, category: Category, message: str) -> None:
-        super().__init__(message)
-        self.category = category
-        self.message = message
+def _prctl(option: int, value: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(option, value, 0, 0, 0) != 0:
+            log.debug("prctl(%d, %d) failed: errno %d", option, value, ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.debug("prctl unavailable", exc_info=True)
 
 
-def failure_from_exception(exc: BaseException, phase: str, what: str, candidate: Path) -> CandidateFailure:
-    """Classify an exception raised by candidate code and phrase it for the fixer."""
-    category = classify_exception(exc, phase)
-    line = candidate_line(exc, candidate)
-    where = f" (candidate line {line})" if line else ""
-    message = f"{what} raised {exception_summary(exc)}{where}. {category.hint}"
-    return CandidateFailure(category, message, format_traceback_for_fixer(exc, candidate))
+def _children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (from /proc)."""
+    out: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read(4096)
+            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(name))
+    return out
 
 
-# --------------------------------------------------------------------------- guards
-
-
-class Guard:
-    """Watches one phase of candidate code: wall-time limit and NaN parameters/loss.
-
-    The time limit is enforced twice: by the batch iterator (checked every time
-    the candidate asks for a batch) and, in the main thread, by SIGALRM, which
-    also interrupts a candidate that sleeps or loops without asking for batches.
-    The sandbox's hard timeout is the backstop for everything else.
-    """
-
-    def __init__(self, model: Any, phase: str, limit_s: float, n_params: int) -> None:
-        self.model = model
-        self.phase = phase
-        self.limit_s = limit_s
-        self.start = time.monotonic()
-        self.tripped: _Abort | None = None
-        self.check_every = 1 if n_params <= 5_000_000 else PARAM_CHECK_EVERY_LARGE
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def trip(self, category: Category, message: str) -> None:
-        self.tripped = _Abort(category, message)
-        raise self.tripped
-
-    def check_time(self) -> None:
-        if self.elapsed() > self.limit_s:
-            self.trip(Category.TIMEOUT, f"{self.phase} ran past the per-epoch time limit of {self.limit_s:.0f} s "
-                      f"(stopped after {self.elapsed():.0f} s). {Category.TIMEOUT.hint}")
-
-    def check_nan(self, batch_index: int, loss: float | None) -> None:
-        if loss is not None and not math.isfinite(loss):
-            self.trip(Category.NAN, f"the training loss became {loss} at batch {batch_index + 1} "
-                      f"(model.last_loss). {Category.NAN.hint}")
-        if batch_index % self.check_every == 0 and not params_finite(self.model):
-            self.trip(Category.NAN, f"the parameters became NaN/Inf by batch {batch_index + 1}. {Category.NAN.hint}")
-
-    @contextmanager
-    def alarm(self) -> Iterator[None]:
-        """SIGALRM at the time limit (main thread only; elsewhere the iterator check alone applies)."""
-        use = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-        if not use:
-            yield
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
             return
 
-        def on_alarm(signum: int, frame: Any) -> None:
-            self.trip(Category.TIMEOUT, f"{self.phase} ran past the per-epoch time limit of {self.limit_s:.0f} s. "
-                      f"{Category.TIMEOUT.hint}")
 
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(self.limit_s - self.elapsed(), 0.001))
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class Runner:
+    """Drives one job: the child, the deadlines, the data, the predictions."""
+
+    def __init__(self, job_dir: Path, spec: JobSpec, events: EventLog, result: RunnerResult, t0: float, *,
+                 own_process: bool) -> None:
+        self.job_dir = job_dir
+        self.spec = spec
+        self.events = events
+        self.result = result
+        self.t0 = t0
+        self.own_process = own_process
+        self.smoke = spec.mode is Mode.SMOKE
+        self.step = Step.START
+        self.pid: int | None = None
+        self.reaped: int | None = None  # the child's wait status once collected
+        self.chan: Channel | None = None
+        self.epochs: list[EpochPredictions] = []
+        self.step_started = time.monotonic()
+        self.smoke_deadline = 0.0
+        self.first_batch_t: float | None = None
+
+    # ------------------------------------------------------------------ set-up (no candidate code)
+
+    def prepare(self) -> None:
+        import numpy as np
+        import torch  # imported before the fork: the child inherits it
+
+        from nncaption.netapi.data.loader import PreparedData
+        from nncaption.netapi.errors import DatasetError
+
+        spec = self.spec
         try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            self.data = PreparedData.open(Path(spec.data_dir))
+        except DatasetError as e:
+            raise RunnerSetupError(f"{e.message} ({e.hint})") from e
+        self.np = np
+        self.vocab_size = int(self.data.meta.vocab_size)
+        self.in_shape = tuple(int(x) for x in self.data.in_shape(spec.batch_size))
+        self.n_batches = self.data.n_train_batches(spec.batch_size, limit=spec.max_train_batches)
+        n_val = self.data.meta.n_val if spec.max_val_images is None else min(self.data.meta.n_val,
+                                                                              spec.max_val_images)
+        if n_val < 1:
+            raise RunnerSetupError("the job decodes no validation images (max_val_images < 1 or an empty split)")
+        self.val_ids = list(self.data.val_ids[:n_val])
+        self.prm = {**spec.prm, "batch": spec.batch_size, "epoch": spec.epochs}
+        self.result.seed, self.result.device = spec.seed, spec.device
+        _warm_up_torch(torch)
 
+    def start_child(self) -> None:
+        """Fork the candidate's process; the runner keeps one end of the channel."""
+        spec = self.spec
+        setup = ChildSetup(candidate=self.job_dir / spec.candidate, in_shape=self.in_shape,  # type: ignore[arg-type]
+                           vocab_size=self.vocab_size, prm=dict(self.prm), device=spec.device,
+                           max_params=spec.max_params, seed=spec.seed, threads=spec.threads,
+                           batch_size=spec.batch_size, normalise=self.data.normalise)
+        if not setup.candidate.is_file():
+            raise RunnerSetupError(f"candidate file {setup.candidate} is missing")
+        if self.own_process:
+            _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come back to us, to be killed
+        mine, theirs = channel_pair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the runner's code
+            code = 3
+            try:
+                mine.close()
+                code = serve(theirs, setup)
+            except BaseException:  # noqa: BLE001 - the child must end here whatever happened
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        theirs.close()
+        if self.own_process:
+            _prctl(PR_SET_DUMPABLE, 0)  # the child may not ptrace us or write our memory through /proc
+        self.pid, self.chan = pid, mine
+        self.events.emit("start", seed=spec.seed, device=spec.device, epochs=spec.epochs, mode=spec.mode.value,
+                         pid=os.getpid())
+        self.smoke_deadline = time.monotonic() + spec.smoke_time_limit_s
 
-def params_finite(model: Any) -> bool:
-    """True when every parameter of the model is finite (one reduction, one sync)."""
-    import torch
+    # ------------------------------------------------------------------ the child's end
 
-    params = [p.detach() for p in model.parameters()]
-    if not params:
-        return True
-    norms = torch._foreach_norm(params) if hasattr(torch, "_foreach_norm") else [p.norm() for p in params]
-    return bool(torch.isfinite(torch.stack([n.float().cpu() for n in norms])).all())
-
-
-def read_loss(model: Any) -> float | None:
-    """The model's `last_loss` attribute as a float, when it exposes one (optional, for progress)."""
-    value = getattr(model, "last_loss", None)
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError, RuntimeError):
-        return None
-
-
-class GuardedBatches:
-    """The `train_data` handed to `learn`: re-iterable, sized, watched.
-
-    Each time the candidate asks for a batch, the previous batch's loss is
-    reported and checked for NaN and the time limit is checked. Like a
-    DataLoader it supports `len()` and iterating again.
-    """
-
-    def __init__(
-        self,
-        make: Callable[[], Iterable[Any]],
-        n_batches: int,
-        guard: Guard,
-        on_batch: Callable[[int, float | None], None],
-        device: Any,
-    ) -> None:
-        self._make = make
-        self._n = n_batches
-        self._guard = guard
-        self._on_batch = on_batch
-        self._device = device
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __iter__(self) -> Iterator[Any]:
-        index = -1
-        for index, (images, captions) in enumerate(self._make()):
-            if index > 0:
-                self._after_batch(index - 1)
-            self._guard.check_time()
-            yield images.to(self._device), captions.to(self._device)
-        if index >= 0:
-            self._after_batch(index)
-
-    def _after_batch(self, index: int) -> None:
-        loss = read_loss(self._guard.model)
-        self._on_batch(index, loss)
-        self._guard.check_nan(index, loss)
-
-
-# --------------------------------------------------------------------------- the job
-
-
-def run_job(job_dir: Path) -> int:
-    """Run the job in `job_dir` to its end; write result.json; return the exit code.
-
-    0 when the candidate trained and decoded every epoch, 1 when it failed
-    cleanly (result.json says why), 2 when the job itself is unusable.
-    """
-    job_dir = Path(job_dir)
-    t0 = time.time()
-    events = EventLog(job_dir / PROGRESS_FILE)
-    result = RunnerResult(status="failed")
-    try:
-        result = _train(job_dir, events, result, t0)
-        code = EXIT_OK
-    except CandidateFailure as f:
-        result.status, result.category, result.message, result.traceback = "failed", f.category.value, f.message, f.tb
-        code = EXIT_FAILED
-    except RunnerSetupError as e:
-        result.status, result.category, result.message = "failed", None, f"runner setup error: {e}"
-        code = EXIT_RUNNER_ERROR
-    except BaseException as e:  # noqa: BLE001 - a bug of the runner itself; still report it
-        traceback.print_exc()
-        result.status, result.category = "failed", Category.CRASHED.value
-        result.message = f"runner error outside candidate code: {exception_summary(e)}"
-        result.traceback = "".join(traceback.format_exception(e))[-4000:]
-        code = EXIT_RUNNER_ERROR
-    result.timings["total_s"] = round(time.time() - t0, 3)
-    if result.status == "ok":
-        events.emit("done", epochs=result.epochs_done, seconds=result.timings["total_s"])
-    else:
-        if result.traceback:
-            print(result.traceback, file=sys.stderr)
-        events.emit("error", category=result.category, message=result.message)
-    write_json_atomic(job_dir / RESULT_FILE, result.to_dict())
-    events.close()
-    return code
-
-
-def _train(job_dir: Path, events: EventLog, result: RunnerResult, t0: float) -> RunnerResult:
-    # ---- the job spec, seeds, threads
-    try:
-        spec = JobSpec.read(job_dir)
-    except (OSError, ValueError, TypeError) as e:
-        raise RunnerSetupError(f"cannot read {job_dir}/job.json: {e}") from e
-    import numpy as np
-    import torch
-
-    random.seed(spec.seed)
-    np.random.seed(spec.seed % 2**32)
-    torch.manual_seed(spec.seed)
-    if spec.threads:
-        torch.set_num_threads(int(spec.threads))
-    if spec.device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunnerSetupError(f"device {spec.device!r} requested but CUDA is not available in the sandbox")
-    device = torch.device(spec.device)
-    result.seed, result.device = spec.seed, str(device)
-    events.emit("start", seed=spec.seed, device=str(device), epochs=spec.epochs, pid=os.getpid(),
-                threads=torch.get_num_threads())
-
-    # ---- the data (public part only)
-    from nncaption.netapi.data.loader import PreparedData
-    from nncaption.netapi.errors import DatasetError
-
-    try:
-        data = PreparedData.open(Path(spec.data_dir))
-    except DatasetError as e:
-        raise RunnerSetupError(f"{e.message} ({e.hint})") from e
-    vocab_size = int(data.meta.vocab_size)
-    in_shape = tuple(int(x) for x in data.in_shape(spec.batch_size))
-    n_train_batches = data.n_train_batches(spec.batch_size, limit=spec.max_train_batches)
-
-    # ---- the candidate
-    candidate = job_dir / spec.candidate
-    if not candidate.is_file():
-        raise RunnerSetupError(f"candidate file {candidate} is missing")
-    t = time.time()
-    try:
-        module = load_candidate(candidate)
-    except BaseException as e:  # noqa: BLE001 - candidate module code
-        raise failure_from_exception(e, "import", "importing the candidate", candidate) from None
-    net_cls = getattr(module, "Net", None)
-    if net_cls is None:
-        raise CandidateFailure(Category.MISSING_SYMBOL, f"the candidate defines no `Net` class. "
-                               f"{Category.MISSING_SYMBOL.hint}")
-    prm = {**spec.prm, "batch": spec.batch_size, "epoch": spec.epochs}
-    try:
-        model = net_cls(in_shape, (vocab_size,), dict(prm), device)
-    except BaseException as e:  # noqa: BLE001
-        raise failure_from_exception(e, "init", f"Net({in_shape}, ({vocab_size},), prm, device)", candidate) from None
-    result.timings["init_s"] = round(time.time() - t, 3)
-
-    try:
-        n_params = sum(int(p.numel()) for p in model.parameters())
-    except BaseException as e:  # noqa: BLE001
-        raise failure_from_exception(e, "init", "model.parameters()", candidate) from None
-    result.params = n_params
-    if n_params > spec.max_params:
-        raise CandidateFailure(Category.TOO_LARGE, f"the model has {n_params:,} parameters; the budget is "
-                               f"{spec.max_params:,}. {Category.TOO_LARGE.hint}")
-    events.emit("model", params=n_params, in_shape=list(in_shape), vocab_size=vocab_size)
-
-    try:
-        model.train_setup(dict(prm))
-    except BaseException as e:  # noqa: BLE001
-        raise failure_from_exception(e, "setup", "model.train_setup(prm)", candidate) from None
-
-    # ---- the epochs
-    epochs: list[EpochPredictions] = []
-    for epoch in range(1, spec.epochs + 1):
-        events.emit("epoch_start", epoch=epoch, batches=n_train_batches)
-        t_epoch = time.time()
-        guard = Guard(model, f"epoch {epoch} training (learn)", spec.epoch_time_limit_s, n_params)
-
-        def on_batch(index: int, loss: float | None, epoch: int = epoch) -> None:
-            if epoch == 1 and index == 0:
-                result.timings["start_to_first_batch_s"] = round(first_batch_t[0] - t0, 3)
-            events.emit("batch", epoch=epoch, batch=index + 1, batches=n_train_batches, loss=loss)
-
-        first_batch_t: list[float] = []
-
-        def make_batches(epoch: int = epoch) -> Iterator[Any]:
-            for i, batch in enumerate(data.train_batches(spec.batch_size, seed=spec.seed, epoch=epoch,
-                                                         limit=spec.max_train_batches)):
-                if i == 0 and not first_batch_t:
-                    first_batch_t.append(time.time())
-                    if epoch == 1:
-                        events.emit("first_batch", epoch=epoch)
-                yield batch
-
-        batches = GuardedBatches(make_batches, n_train_batches, guard, on_batch, device)
-        train_loss = _learn(model, batches, guard, candidate)
-        if train_loss is not None and not math.isfinite(train_loss):
-            raise CandidateFailure(Category.NAN, f"learn() returned a non-finite loss ({train_loss}) in epoch "
-                                   f"{epoch}. {Category.NAN.hint}")
-        if not params_finite(model):
-            raise CandidateFailure(Category.NAN, f"the parameters are NaN/Inf after epoch {epoch}. "
-                                   f"{Category.NAN.hint}")
-        if not first_batch_t:
-            raise CandidateFailure(Category.LEARN_ERROR, f"learn() returned without reading a single training "
-                                   f"batch in epoch {epoch}: iterate over train_data and step the optimiser. "
-                                   f"{Category.LEARN_ERROR.hint}")
-        seconds = time.time() - t_epoch
-        events.emit("epoch_end", epoch=epoch, seconds=round(seconds, 3), loss=train_loss)
-
-        t_dec = time.time()
-        ids = _decode(model, data, spec, vocab_size, device, candidate, epoch, n_params)
-        decode_seconds = time.time() - t_dec
-        events.emit("decoded", epoch=epoch, seconds=round(decode_seconds, 3), images=len(ids))
-
-        epochs.append(EpochPredictions(epoch=epoch, seconds=round(seconds, 3), decode_seconds=round(decode_seconds, 3),
-                                       train_loss=train_loss, ids=ids))
-        write_json_atomic(job_dir / PREDICTIONS_FILE, {"epochs": [asdict(e) for e in epochs]})
-        result.epochs_done = epoch
-        result.timings["train_s"] = round(result.timings.get("train_s", 0.0) + seconds, 3)
-        result.timings["decode_s"] = round(result.timings.get("decode_s", 0.0) + decode_seconds, 3)
-
-    result.status, result.category, result.message = "ok", None, f"trained {spec.epochs} epoch(s)"
-    return result
-
-
-def _learn(model: Any, batches: GuardedBatches, guard: Guard, candidate: Path) -> float | None:
-    """model.train(); model.learn(batches) under the guard; the epoch loss if learn returns a number."""
-    try:
-        with guard.alarm():
-            model.train()
-            returned = model.learn(batches)
-    except _Abort as a:
-        raise CandidateFailure(a.category, a.message) from None
-    except BaseException as e:  # noqa: BLE001 - candidate code
-        if guard.tripped is not None:  # the candidate turned our abort into another exception
-            raise CandidateFailure(guard.tripped.category, guard.tripped.message) from None
-        raise failure_from_exception(e, "learn", "model.learn(train_data)", candidate) from None
-    if guard.tripped is not None:  # the candidate swallowed our abort
-        raise CandidateFailure(guard.tripped.category, guard.tripped.message)
-    loss = read_loss(model)
-    if isinstance(returned, (int, float)) and not isinstance(returned, bool):
-        return float(returned)
-    try:
-        import torch
-
-        if isinstance(returned, torch.Tensor) and returned.numel() == 1:
-            return float(returned.detach())
-    except (ImportError, RuntimeError):  # pragma: no cover
-        pass
-    return loss
-
-
-def _decode(model: Any, data: Any, spec: JobSpec, vocab_size: int, device: Any, candidate: Path, epoch: int,
-            n_params: int) -> dict[str, list[int]]:
-    """Free-running decode of the validation images (images only); ids cut after the first EOS."""
-    import torch
-
-    guard = Guard(model, f"epoch {epoch} decoding (forward(images))", spec.epoch_time_limit_s, n_params)
-    out_ids: dict[str, list[int]] = {}
-    try:
-        with guard.alarm():
-            model.eval()
-            with torch.no_grad():
-                for image_ids, images in data.val_batches(spec.decode_batch_size, limit=spec.max_val_images):
-                    guard.check_time()
-                    images = images.to(device)
-                    try:
-                        out = model(images)
-                    except _Abort:
-                        raise
-                    except BaseException as e:  # noqa: BLE001 - candidate code
-                        raise failure_from_exception(
-                            e, "eval", "free-running forward(images) (no captions)", candidate) from None
-                    ids = _to_ids(out, images.shape[0], vocab_size)
-                    for image_id, row in zip(image_ids, ids.tolist()):
-                        out_ids[str(image_id)] = _cut(row)
-    except _Abort as a:
-        raise CandidateFailure(a.category, a.message) from None
-    if not out_ids:
-        raise RunnerSetupError("the prepared data has no validation images")
-    return out_ids
-
-
-def _to_ids(out: Any, batch: int, vocab_size: int) -> Any:
-    """contract.output_to_ids with the failure sorted into eval-contract, nan or shape-error."""
-    import torch
-
-    first = out[0] if isinstance(out, (tuple, list)) and out else out
-    try:
-        return output_to_ids(out, batch, vocab_size)
-    except OutputContractError as e:
-        if not isinstance(first, torch.Tensor):
-            category = Category.EVAL_CONTRACT
-        elif first.is_floating_point() and not bool(torch.isfinite(first).all()):
-            category = Category.NAN
+    def kill_child(self) -> int | None:
+        """Kill the child, its group and (as subreaper) everything it left; return its wait status."""
+        status: int | None = None
+        if self.pid is None:
+            return None
+        for target in (lambda: os.killpg(self.pid or 0, signal.SIGKILL), lambda: os.kill(self.pid or 0,
+                                                                                         signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.reaped is not None:
+            status = self.reaped
         else:
-            category = Category.SHAPE_ERROR
-        raise CandidateFailure(category, f"{e} {category.hint}") from None
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                status = None
+        if self.own_process:
+            for _ in range(100):
+                kids = _children_of(os.getpid())
+                if not kids:
+                    break
+                for k in kids:
+                    try:
+                        os.kill(k, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                time.sleep(0.01)
+                _reap_all()
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
+        self.pid = None
+        return status
+
+    def _wait_exit(self) -> int | None:
+        """The child's wait status once it is gone (it closed the channel); killed after a short grace."""
+        if self.pid is None:
+            return None
+        end = time.monotonic() + REAP_WAIT_S
+        while time.monotonic() < end:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if pid:
+                self.reaped = status
+                return status
+            time.sleep(0.02)
+        return None
+
+    def _what(self) -> str:
+        return STEP_WHAT.get(self.step, "starting the candidate's process")
+
+    def died(self) -> CandidateFailure:
+        """The child went away without saying why: a signal, an exit call, or a broken protocol."""
+        status = self._wait_exit()
+        self.kill_child()
+        elapsed = time.monotonic() - self.step_started
+        what = self._what()
+        if status is not None and os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            if sig == signal.SIGKILL:
+                return CandidateFailure(
+                    Category.OUT_OF_MEMORY, f"the candidate's process was killed by SIGKILL after {elapsed:.1f} s in "
+                    f"{what} — usually the out-of-memory killer.\nWhat to change: {Category.OUT_OF_MEMORY.hint}",
+                    step=self.step)
+            return CandidateFailure(
+                Category.CRASHED, f"the candidate's process died of {_signal_name(sig)} after {elapsed:.1f} s in "
+                f"{what} (no Python error: a native crash, os.abort or a signal).\n"
+                f"What to change: {Category.CRASHED.hint}", step=self.step, sig=sig)
+        if status is not None and os.WIFEXITED(status):
+            return CandidateFailure(
+                Category.CRASHED, f"the candidate's process exited with status {os.WEXITSTATUS(status)} in {what} "
+                "before finishing (an exit call such as os._exit or sys.exit in candidate code?).\n"
+                f"What to change: {Category.CRASHED.hint}", step=self.step)
+        return CandidateFailure(
+            Category.CRASHED, f"the candidate's process closed its channel to the runner in {what} and was "
+            f"killed.\nWhat to change: {Category.CRASHED.hint}", step=self.step)
+
+    def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
+        self.kill_child()
+        elapsed = time.monotonic() - self.step_started
+        what = self._what()
+        hint = Category.TIMEOUT.hint
+        if self.smoke:
+            b, _, h, w = self.in_shape
+            total = time.monotonic() - (self.smoke_deadline - self.spec.smoke_time_limit_s)
+            msg = (f"the smoke check ran past its {limit_s:g} s budget during {what} (after {total:.1f} s) and its "
+                   f"process was killed. It only trains on {self.n_batches} batches of {b} images of {h}x{w} px, "
+                   "so look for a loop that never ends (a decode loop without a length cap, a `while` waiting for "
+                   f"something, a sleep) or a far too large model.\nWhat to change: {hint}")
+        elif self.step is Step.LEARN:
+            msg = (f"epoch {epoch} training (learn) ran past the per-epoch time limit of {limit_s:.0f} s; its process "
+                   f"was killed after {elapsed:.0f} s. {hint}")
+        elif self.step is Step.DECODE:
+            msg = (f"epoch {epoch} decoding (forward(images)) ran past its time limit of {limit_s:.0f} s; its "
+                   f"process was killed after {elapsed:.0f} s. {hint}")
+        else:
+            msg = (f"{what} ran past the set-up time limit of {limit_s:.0f} s; its process was killed after "
+                   f"{elapsed:.0f} s. {hint}")
+        return CandidateFailure(Category.TIMEOUT, msg, step=self.step)
+
+    def _deadline(self, limit_s: float) -> tuple[float, float]:
+        """(deadline, the limit it stands for) of the step starting now; smoke jobs share one budget."""
+        self.step_started = time.monotonic()
+        if self.smoke:
+            return self.smoke_deadline, self.spec.smoke_time_limit_s
+        return self.step_started + limit_s, limit_s
+
+    def expect(self, kinds: tuple[str, ...], deadline: float, limit_s: float, epoch: int | None = None, *,
+               max_payload: int = 1 << 20) -> tuple[dict[str, Any], list[bytes]]:
+        """The child's next reply of one of `kinds`; step reports are noted, failures and silence raised."""
+        assert self.chan is not None
+        while True:
+            try:
+                header, payloads = self.chan.recv(deadline, max_payload=max_payload)
+            except ChannelTimeout:
+                raise self.timed_out(limit_s, epoch) from None
+            except ChannelClosed:
+                raise self.died() from None
+            except ChannelError as e:
+                self.kill_child()
+                raise CandidateFailure(Category.CRASHED, f"the candidate's process broke the runner's protocol in "
+                                       f"{self._what()} ({e}); it was killed.\nWhat to change: "
+                                       f"{Category.CRASHED.hint}", step=self.step) from None
+            kind = header.get("type")
+            if kind == "step":
+                try:
+                    self.step = Step(header.get("step"))
+                except ValueError:
+                    pass
+                continue
+            if kind == "fail":
+                params = header.get("params")
+                if isinstance(params, int) and not isinstance(params, bool) and 0 < params < 1 << 50:
+                    self.result.params = params
+                self.kill_child()
+                raise self._child_failure(header)
+            if kind in kinds:
+                return header, payloads
+            self.kill_child()
+            raise CandidateFailure(Category.CRASHED, f"the candidate's process sent an unexpected message in "
+                                   f"{self._what()}; it was killed.\nWhat to change: {Category.CRASHED.hint}",
+                                   step=self.step)
+
+    def _child_failure(self, header: dict[str, Any]) -> CandidateFailure:
+        try:
+            category = Category(header.get("category"))
+        except ValueError:
+            category = Category.CRASHED
+        line = header.get("line")
+        line = line if isinstance(line, int) and not isinstance(line, bool) and 0 < line < 1 << 31 else None
+        try:
+            step = Step(header.get("step"))
+        except ValueError:
+            step = self.step
+        return CandidateFailure(category, safe_text(header.get("message", ""), MAX_CHILD_TEXT, keep="head"),
+                                step=step, line=line, tb=safe_text(header.get("traceback", ""), MAX_CHILD_TEXT))
+
+    # ------------------------------------------------------------------ the lifecycle
+
+    def run(self) -> None:
+        self.prepare()
+        self.start_child()
+        self.load()
+        for epoch in range(1, self.spec.epochs + 1):
+            self.learn(epoch)
+            self.decode(epoch)
+            write_json_atomic(self.job_dir / PREDICTIONS_FILE, self.predictions_json())
+            self.result.epochs_done = epoch
+        self.kill_child()
+        self.step = Step.DONE
+        self.result.status, self.result.category = RunnerStatus.OK, None
+        self.result.message = self.accept_message() if self.smoke else f"trained {self.spec.epochs} epoch(s)"
+
+    def load(self) -> None:
+        assert self.chan is not None
+        t = time.monotonic()
+        deadline, limit = self._deadline(self.spec.setup_time_limit_s)
+        self.chan.send({"cmd": "load"})
+        header, _ = self.expect(("loaded", "unusable"), deadline, limit)
+        if header["type"] == "unusable":
+            raise RunnerSetupError(safe_text(header.get("message", ""), 2000))
+        params = header.get("params")
+        if isinstance(params, bool) or not isinstance(params, int) or params < 1:
+            raise CandidateFailure(Category.CRASHED, "the candidate's process reported no parameter count.",
+                                   step=Step.PARAMS)
+        self.result.params = params
+        self.result.timings["init_s"] = round(time.monotonic() - t, 3)
+        self.events.emit("model", params=params, in_shape=list(self.in_shape), vocab_size=self.vocab_size)
+
+    def _train_batch(self, epoch: int, index: int) -> tuple[Any, Any]:
+        """Batch `index` of `epoch` in the runner's order: uint8 images [B, H, W, 3], int64 captions [B, Ncap, T]."""
+        np = self.np
+        order = self._order if self._order_epoch == epoch else None
+        if order is None:
+            order = np.random.default_rng([self.spec.seed, epoch]).permutation(self.data.meta.n_train)
+            self._order, self._order_epoch = order, epoch
+        b = self.spec.batch_size
+        idx = np.sort(order[index * b:(index + 1) * b])
+        images = np.ascontiguousarray(self.data.train_images[idx])
+        captions = np.ascontiguousarray(self.data.train_captions[idx].astype(np.int64))
+        return images, captions
+
+    _order: Any = None
+    _order_epoch = 0
+
+    def _batch_event(self, epoch: int, index: int, loss: float | None) -> None:
+        self.events.emit("batch", epoch=epoch, batch=index + 1, batches=self.n_batches, loss=loss)
+
+    def learn(self, epoch: int) -> None:
+        assert self.chan is not None
+        n = self.n_batches
+        self.events.emit("epoch_start", epoch=epoch, batches=n)
+        t = time.monotonic()
+        self.step = Step.LEARN
+        deadline, limit = self._deadline(self.spec.epoch_time_limit_s)
+        self.chan.send({"cmd": "learn", "epoch": epoch, "batches": n, "check_changed": epoch == 1})
+        served = 0
+        while True:
+            header, _ = self.expect(("batch", "learned"), deadline, limit, epoch)
+            if header["type"] == "learned":
+                break
+            index = header.get("index")
+            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+                self.kill_child()
+                raise CandidateFailure(Category.CRASHED, "the candidate's process asked for a batch that does not "
+                                       "exist; it was killed.", step=Step.LEARN)
+            loss = _loss(header.get("loss"))
+            if index > 0:
+                self._batch_event(epoch, index - 1, loss)
+            if loss is not None and not math.isfinite(loss):
+                self.kill_child()
+                raise CandidateFailure(Category.NAN, f"the training loss became {loss} (a non-finite loss) at batch "
+                                       f"{index} of epoch {epoch} (model.last_loss).\nWhat to change: "
+                                       f"{Category.NAN.hint}", step=Step.LEARN)
+            if header.get("finite") is False:
+                self.kill_child()
+                raise CandidateFailure(Category.NAN, f"the parameters held NaN/Inf by batch {index} of epoch {epoch}: "
+                                       "a non-finite loss was back-propagated (the training diverged).\n"
+                                       f"What to change: {Category.NAN.hint}", step=Step.LEARN)
+            if self.first_batch_t is None:
+                self.first_batch_t = time.time()
+                self.result.timings["start_to_first_batch_s"] = round(self.first_batch_t - self.t0, 3)
+                self.events.emit("first_batch", epoch=epoch)
+            images, captions = self._train_batch(epoch, index)
+            self.chan.send({"type": "batch", "images": list(images.shape), "captions": list(captions.shape)},
+                           memoryview(images).cast("B"), memoryview(captions).cast("B"))
+            served += 1
+        seconds = time.monotonic() - t
+        loss = _loss(header.get("loss"))
+        if served:
+            self._batch_event(epoch, n - 1, _loss(header.get("last_loss", header.get("loss"))))
+        self._check_learned(epoch, served, loss, header)
+        self.train_loss = loss
+        self.epoch_seconds = seconds
+        self.events.emit("epoch_end", epoch=epoch, seconds=round(seconds, 3), loss=loss)
+        self.result.timings["train_s"] = round(self.result.timings.get("train_s", 0.0) + seconds, 3)
+
+    def _check_learned(self, epoch: int, served: int, loss: float | None, header: dict[str, Any]) -> None:
+        tiny = f" on {served} batches of {self.spec.batch_size}" if self.smoke else f" in epoch {epoch}"
+        if loss is not None and not math.isfinite(loss):
+            raise CandidateFailure(Category.NAN, f"Net.learn returned a non-finite loss ({loss}){tiny}.\n"
+                                   f"What to change: {Category.NAN.hint}", step=Step.LEARN)
+        if header.get("finite") is False:
+            raise CandidateFailure(Category.NAN, f"a parameter holds NaN/Inf after Net.learn{tiny} (a non-finite "
+                                   f"loss diverged the training).\nWhat to change: {Category.NAN.hint}",
+                                   step=Step.LEARN)
+        if served == 0:
+            raise CandidateFailure(Category.LEARN_ERROR, f"Net.learn returned without reading a single training "
+                                   f"batch in epoch {epoch}: iterate over train_data and step the optimiser.\n"
+                                   f"What to change: {Category.LEARN_ERROR.hint}", step=Step.LEARN)
+        if header.get("changed") is False:
+            raise CandidateFailure(
+                Category.LEARN_ERROR,
+                f"Net.learn ran over {served} batches but changed no parameter. In learn, for each "
+                "(images, captions) batch: compute the loss, call loss.backward() and self.optimizer.step() "
+                "(the optimiser created in train_setup from self.parameters()).", step=Step.LEARN)
+
+    def decode(self, epoch: int) -> None:
+        assert self.chan is not None
+        np = self.np
+        t = time.monotonic()
+        self.step = Step.DECODE
+        deadline, limit = self._deadline(self.spec.decode_limit_s)
+        b = self.spec.decode_batch_size
+        out: dict[str, list[int]] = {}
+        self.last_shape: list[int] = []
+        for start in range(0, len(self.val_ids), b):
+            ids = self.val_ids[start:start + b]
+            images = np.ascontiguousarray(self.data.val_images[start:start + len(ids)])
+            self.chan.send({"cmd": "decode", "shape": list(images.shape)}, memoryview(images).cast("B"))
+            header, payloads = self.expect(("ids",), deadline, limit, epoch,
+                                           max_payload=len(ids) * MAX_PREDICTION_LEN * 8)
+            rows = self._validate_ids(header, payloads, len(ids))
+            self.last_shape = [len(ids), int(rows.shape[1])]
+            for image_id, row in zip(ids, rows.tolist(), strict=True):
+                out[image_id] = _cut(row)
+        seconds = time.monotonic() - t
+        self.events.emit("decoded", epoch=epoch, seconds=round(seconds, 3), images=len(out))
+        self.epochs.append(EpochPredictions(epoch=epoch, seconds=round(self.epoch_seconds, 3),
+                                            decode_seconds=round(seconds, 3), train_loss=self.train_loss, ids=out))
+        self.result.timings["decode_s"] = round(self.result.timings.get("decode_s", 0.0) + seconds, 3)
+
+    def _validate_ids(self, header: dict[str, Any], payloads: list[bytes], batch: int) -> Any:
+        """The ids the child returned, checked: shape [batch, 1..MAX_PREDICTION_LEN], int64, inside the vocabulary."""
+        np = self.np
+        shape = header.get("shape")
+
+        def bad(why: str) -> CandidateFailure:
+            self.kill_child()
+            return CandidateFailure(Category.EVAL_CONTRACT, f"the decode of a batch of {batch} validation images "
+                                    f"{why}.\nWhat to change: {Category.EVAL_CONTRACT.hint}", step=Step.DECODE)
+
+        if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
+                                                                      for x in shape)):
+            raise bad("came back without a shape")
+        if shape[0] != batch:
+            raise bad(f"came back with {shape[0]} rows")
+        if shape[1] < 1:
+            raise bad("returned no tokens; decode at least until EOS")
+        if shape[1] > MAX_PREDICTION_LEN:
+            raise bad(f"came back longer than {MAX_PREDICTION_LEN} tokens")
+        if len(payloads) != 1 or len(payloads[0]) != batch * shape[1] * 8:
+            raise bad("came back with a payload that does not match its shape")
+        rows = np.frombuffer(payloads[0], dtype=np.int64).reshape(batch, shape[1])
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self.vocab_size):
+            raise bad(f"returned token ids outside [0, {self.vocab_size})")
+        return rows
+
+    def accept_message(self) -> str:
+        t = self.result.timings
+        secs = ", ".join(f"{k[:-2]} {t[k]:.2f} s" for k in ("init_s", "train_s", "decode_s") if k in t)
+        return (f"smoke check passed: {self.result.params:,} parameters; learned on {self.n_batches} batches of "
+                f"{self.spec.batch_size}; forward(images) decoded ids of shape {self.last_shape} "
+                f"(vocabulary {self.vocab_size}); {secs}")
+
+    def predictions_json(self) -> dict[str, Any]:
+        return {"epochs": [e.__dict__ for e in self.epochs]}
+
+
+def _loss(value: Any) -> float | None:
+    """A loss the child reported: a number, a "nan"/"inf" string, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(value)
+    return None
 
 
 def _cut(row: list[int]) -> list[int]:
@@ -479,3 +597,79 @@ def _cut(row: list[int]) -> list[int]:
     if EOS in row:
         row = row[: row.index(EOS) + 1]
     return row
+
+
+def _warm_up_torch(torch: Any) -> None:
+    """Pay torch's one-off lazy imports (the first optimiser step pulls in torch._dynamo) before forking.
+
+    Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe.
+    """
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    (p * 2).sum().backward()
+    opt.step()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def run_job(job_dir: Path, *, own_process: bool = False) -> int:
+    """Run the job in `job_dir` to its end; write result.json; return the exit code.
+
+    0 when the candidate trained and decoded every epoch, 1 when it failed
+    cleanly (result.json says why), 2 when the job itself is unusable.
+    `own_process=True` (the `nncaption.netapi.run` entry) lets the runner act as
+    the subreaper of everything the candidate starts and kill all of it; in a
+    shared process (tests) only the candidate's process group is killed. A
+    process that already ran torch computations must pass `threads=1` in the
+    spec (OpenMP thread pools do not survive a fork).
+    """
+    job_dir = Path(job_dir)
+    t0 = time.time()
+    events = EventLog(job_dir / PROGRESS_FILE)
+    result = RunnerResult(status=RunnerStatus.FAILED)
+    runner: Runner | None = None
+    try:
+        try:
+            spec = JobSpec.read(job_dir)
+        except (OSError, ValueError, TypeError) as e:
+            raise RunnerSetupError(f"cannot read {job_dir}/job.json: {e}") from e
+        result.stage = Stage.SMOKE if spec.mode is Mode.SMOKE else Stage.TRAIN
+        runner = Runner(job_dir, spec, events, result, t0, own_process=own_process)
+        runner.run()
+        code = EXIT_OK
+    except CandidateFailure as f:
+        result.status, result.category, result.message = RunnerStatus.FAILED, f.category, f.message
+        result.line, result.traceback, result.signal = f.line, f.tb, f.sig
+        result.step = f.step or (runner.step if runner else Step.START)
+        code = EXIT_FAILED
+    except RunnerSetupError as e:
+        result.status, result.category = RunnerStatus.ERROR, None
+        result.message = f"runner setup error: {e}"
+        code = EXIT_RUNNER_ERROR
+    except BaseException as e:  # noqa: BLE001 - a bug of the runner itself; still report it
+        traceback.print_exc()
+        result.status, result.category = RunnerStatus.ERROR, Category.CRASHED
+        result.message = f"runner error outside candidate code: {exception_summary(e)}"
+        result.traceback = "".join(traceback.format_exception(e))[-4000:]
+        code = EXIT_RUNNER_ERROR
+    finally:
+        if runner is not None:
+            runner.kill_child()  # nothing of the candidate is alive when the files below are written
+    if runner is not None:
+        if result.status is RunnerStatus.OK:
+            result.step = Step.DONE
+        elif result.step is Step.START:
+            result.step = runner.step
+    result.timings["total_s"] = round(time.time() - t0, 3)
+    if runner is not None and runner.epochs:
+        write_json_atomic(job_dir / PREDICTIONS_FILE, runner.predictions_json())
+    if result.status is RunnerStatus.OK:
+        events.emit("done", epochs=result.epochs_done, seconds=result.timings["total_s"])
+    else:
+        if result.traceback:
+            print(result.traceback, file=sys.stderr)
+        events.emit("error", category=result.category.value if result.category else None, message=result.message)
+    write_json_atomic(job_dir / RESULT_FILE, result.to_dict())
+    events.close()
+    return code

@@ -1,34 +1,47 @@
-"""From what a backend observed to a RunResult status and category (shared by every backend).
+"""From what a backend observed to a RunResult status, category and verdict (shared by every backend).
+
+Everything in the job dir is hostile input: result.json and predictions.json are
+read bounded and schema-checked (`nncaption.netapi.jobfiles`); any failure to read
+or validate them is a candidate failure with a category, never an exception here.
 
 Rules, in order:
 1. our wall-clock timeout fired                          -> timeout
-2. the runner wrote result.json:
-   ok + predictions (and a clean exit)                   -> ok
-   ok without predictions                                -> failed / eval-contract
-   failed: its category (timeout / out-of-memory map to those statuses)
-3. a smoke entry wrote verdict.json: ok -> ok, else failed with its category
+2. the runner wrote a valid result.json:
+   ok + valid predictions (and a clean exit)             -> ok
+   ok with missing or malformed predictions              -> failed / eval-contract
+   failed: its category (timeout / out-of-memory map to those statuses, a crash signal to crashed)
+   error (the runner could not run the job)              -> failed / crashed
+3. result.json exists but is malformed                   -> failed / crashed
 4. the kernel OOM killer hit the job                     -> out-of-memory
 5. death by signal: SIGSEGV/SIGBUS/SIGILL/SIGFPE/SIGABRT -> crashed; SIGXCPU -> timeout;
    SIGKILL while near the memory limit                   -> out-of-memory; other SIGKILL -> killed
 6. exit without result (0 or not)                        -> failed / crashed ("exited early")
+
+Every job gets a verdict ({ok, stage, category, message, line}) derived from the
+outcome; predictions are handed back only for a job that ended ok.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from nncaption.netapi.categories import Category
-from nncaption.netapi.job import PREDICTIONS_FILE, RESULT_FILE, EpochPredictions, RunnerResult
+from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.job import RESULT_FILE, EpochPredictions, JobSpec, Mode, RunnerResult, RunnerStatus, Stage
+from nncaption.netapi.jobfiles import JobFileError, expected_val_ids, load_predictions, load_result
+from nncaption.netapi.safetext import safe_text
 
-from .streams import last_traceback, read_regular
-from .base import CRASHED, FAILED, KILLED, OK, OUT_OF_MEMORY, RUNNER_ENTRY, TIMEOUT, VERDICT_FILE, RunResult
+from .base import CRASHED, FAILED, KILLED, OK, OUT_OF_MEMORY, RUNNER_ENTRY, TIMEOUT, RunResult, RunStatus
+from .streams import last_traceback
+
+log = logging.getLogger(__name__)
 
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGABRT, signal.SIGSYS}
-MAX_JSON_BYTES = 64 * 1024 * 1024  # a result/verdict larger than this is not trusted
+MESSAGE_LIMIT = 8000
+TRACEBACK_LIMIT = 8000
 
 
 @dataclass
@@ -48,47 +61,45 @@ class Observed:
     notes: list[str] = field(default_factory=list)
 
 
-def _load_json(path: Path) -> Any:
-    """Parse a JSON file of the (candidate-writable) job dir: regular files only, links refused, size capped."""
-    data = read_regular(path, 0, MAX_JSON_BYTES + 1)
-    if data is None or len(data) > MAX_JSON_BYTES:
-        return None
+@dataclass
+class _Read:
+    """What could be read of the job dir."""
+
+    runner: RunnerResult | None = None
+    result_problem: str = ""  # why result.json was unusable, when it exists
+    predictions: list[EpochPredictions] = field(default_factory=list)
+    predictions_problem: str = ""
+
+
+def _read(job_dir: Path, spec: JobSpec | None) -> _Read:
+    out = _Read()
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-
-
-def read_verdict(job_dir: Path) -> dict[str, Any] | None:
-    data = _load_json(Path(job_dir) / VERDICT_FILE)
-    return data if isinstance(data, dict) and "ok" in data else None
-
-
-def _safe_result(job_dir: Path) -> RunnerResult | None:
-    data = _load_json(Path(job_dir) / RESULT_FILE)
-    if not isinstance(data, dict) or "status" not in data:
-        return None
+        out.runner = load_result(job_dir)
+    except JobFileError as e:
+        if os.path.lexists(Path(job_dir) / RESULT_FILE):
+            out.result_problem = str(e)
+    if out.runner is None or out.runner.status is not RunnerStatus.OK:
+        return out
+    expected = None
+    if spec is not None:
+        try:
+            expected = expected_val_ids(Path(spec.data_dir), spec.max_val_images)
+        except JobFileError:
+            log.warning("cannot read the validation ids of %s: predictions checked without them", spec.data_dir)
     try:
-        return RunnerResult.from_dict(data)
-    except (TypeError, ValueError):
-        return None
+        out.predictions = load_predictions(job_dir, expected_ids=expected)
+    except JobFileError as e:
+        out.predictions_problem = str(e)
+    return out
 
 
-def _safe_predictions(job_dir: Path) -> list[EpochPredictions]:
-    data = _load_json(Path(job_dir) / PREDICTIONS_FILE)
-    if not isinstance(data, dict) or not isinstance(data.get("epochs"), list):
-        return []
-    try:
-        return [EpochPredictions(**e) for e in data["epochs"]]
-    except (TypeError, ValueError):
-        return []
-
-
-def _status_for_category(category: str | None) -> str:
-    if category == Category.TIMEOUT.value:
+def _status_for(category: Category | None, sig: int | None = None) -> RunStatus:
+    if category is Category.TIMEOUT:
         return TIMEOUT
-    if category == Category.OUT_OF_MEMORY.value:
+    if category is Category.OUT_OF_MEMORY:
         return OUT_OF_MEMORY
+    if category is Category.CRASHED and sig is not None and sig in CRASH_SIGNALS:
+        return CRASHED
     return FAILED
 
 
@@ -99,83 +110,101 @@ def _signal_name(sig: int) -> str:
         return f"signal {sig}"
 
 
-def interpret(job_dir: Path, entry: str, obs: Observed, *, timeout_s: float, backend: str) -> RunResult:
-    """Read the job directory and decide the RunResult."""
-    runner = _safe_result(job_dir) if entry == RUNNER_ENTRY else None
-    predictions = _safe_predictions(job_dir) if entry == RUNNER_ENTRY else []
-    verdict = read_verdict(job_dir) if entry != RUNNER_ENTRY else None
+def _stage(runner: RunnerResult | None, entry: str, spec: JobSpec | None) -> Stage:
+    if spec is not None:
+        return Stage.SMOKE if spec.mode is Mode.SMOKE else Stage.TRAIN
+    if runner is not None:
+        return runner.stage
+    return Stage.TRAIN if entry == RUNNER_ENTRY else Stage.SMOKE
+
+
+def interpret(job_dir: Path, entry: str, obs: Observed, *, timeout_s: float, backend: str,
+              spec: JobSpec | None = None) -> RunResult:
+    """Read the job directory and decide the RunResult (with its verdict). Never raises for anything a job wrote.
+
+    With `spec` (the JobSpec the parent gave the sandbox), predictions must cover exactly the
+    validation images that spec decodes, and the verdict's stage follows its mode.
+    """
+    try:
+        read = _read(Path(job_dir), spec)
+    except Exception as e:  # noqa: BLE001 - whatever a job wrote, reading it must not crash the parent
+        log.warning("reading the outputs of %s failed", job_dir, exc_info=True)
+        read = _Read(result_problem=f"its outputs could not be read ({type(e).__name__})")
+    runner = read.runner
     res = RunResult(
         status=FAILED,
         stdout_tail=obs.stdout_tail,
         stderr_tail=obs.stderr_tail,
-        predictions=predictions,
         runner=runner,
         exit_code=obs.exit_code,
         timings=dict(obs.timings),
         peak_memory_mb=round(obs.peak_memory_bytes / 2**20, 1) if obs.peak_memory_bytes else None,
         isolation=list(obs.isolation),
         backend=backend,
-        verdict=verdict,
     )
     if runner is not None:
-        res.traceback_tail = (runner.traceback or "")[-8000:]
-    status, category, message = _decide(entry, obs, runner, predictions, verdict, timeout_s)
-    res.status, res.category, res.message = status, category, message
+        res.traceback_tail = safe_text(runner.traceback or "", TRACEBACK_LIMIT)
+    status, category, message = _decide(entry, obs, read, timeout_s)
+    res.status, res.category = status, category.value if category else None
+    res.message = safe_text(message, MESSAGE_LIMIT, keep="head")
+    if status == OK:
+        res.predictions = read.predictions
     if status != OK and not res.traceback_tail:
-        res.traceback_tail = last_traceback(obs.stderr_tail)
+        res.traceback_tail = safe_text(last_traceback(obs.stderr_tail), TRACEBACK_LIMIT)
     if obs.notes:
-        res.message = (res.message + " " + " ".join(obs.notes)).strip()
+        res.message = (res.message + " " + " ".join(safe_text(n, 500) for n in obs.notes)).strip()
+    stage = _stage(runner, entry, spec)
+    if status == OK:
+        verdict = Verdict.accept(stage.value, res.message)
+    else:
+        line = runner.line if runner is not None and runner.status is RunnerStatus.FAILED else None
+        verdict = Verdict.reject(stage.value, category or Category.CRASHED, res.message, line)
+    res.verdict = verdict.to_dict()
     return res
 
 
-def _decide(
-    entry: str,
-    obs: Observed,
-    runner: RunnerResult | None,
-    predictions: list[EpochPredictions],
-    verdict: dict[str, Any] | None,
-    timeout_s: float,
-) -> tuple[str, str | None, str]:
+def _decide(entry: str, obs: Observed, read: _Read, timeout_s: float) -> tuple[RunStatus, Category | None, str]:
+    runner = read.runner
     if obs.timed_out:
-        return TIMEOUT, Category.TIMEOUT.value, f"the job ran past its wall-clock limit of {timeout_s:g} s and was killed"
+        return TIMEOUT, Category.TIMEOUT, f"the job ran past its wall-clock limit of {timeout_s:g} s and was killed"
     clean_exit = obs.exit_code == 0 and obs.signal is None
     if runner is not None:
-        if runner.status == "ok":
-            if not predictions:
-                return FAILED, Category.EVAL_CONTRACT.value, "the runner reported success but wrote no predictions"
+        if runner.status is RunnerStatus.OK:
+            if read.predictions_problem:
+                return FAILED, Category.EVAL_CONTRACT, (
+                    f"the job's predictions break the output contract: {read.predictions_problem}")
+            if not read.predictions:
+                return FAILED, Category.EVAL_CONTRACT, "the runner reported success but wrote no predictions"
             if clean_exit:
                 return OK, None, runner.message or "ok"
             # ok result but the process then died: believe the death (e.g. a daemon's OOM, a late signal)
+        elif runner.status is RunnerStatus.ERROR:
+            return FAILED, Category.CRASHED, runner.message or "the runner could not run the job"
         else:
-            cat = runner.category or Category.CRASHED.value
-            return _status_for_category(cat), cat, runner.message or f"the runner failed ({cat})"
-    if verdict is not None and entry != RUNNER_ENTRY:
-        if verdict.get("ok"):
-            return OK, None, str(verdict.get("message") or "accepted")
-        cat = verdict.get("category") or Category.CRASHED.value
-        return _status_for_category(cat), str(cat), str(verdict.get("message") or f"rejected ({cat})")
+            cat = runner.category or Category.CRASHED
+            return _status_for(cat, runner.signal), cat, runner.message or f"the runner failed ({cat.value})"
+    elif read.result_problem:
+        return FAILED, Category.CRASHED, f"the job left an unusable {RESULT_FILE}: {read.result_problem}"
     if obs.oom_killed:
-        return OUT_OF_MEMORY, Category.OUT_OF_MEMORY.value, "the kernel killed the job for exceeding its memory limit"
+        return OUT_OF_MEMORY, Category.OUT_OF_MEMORY, "the kernel killed the job for exceeding its memory limit"
     if obs.signal is not None:
         sig = obs.signal
         name = _signal_name(sig)
         if sig in CRASH_SIGNALS:
-            return CRASHED, Category.CRASHED.value, f"the process died of {name} (a native crash)"
+            return CRASHED, Category.CRASHED, f"the process died of {name} (a native crash)"
         if sig == signal.SIGXCPU:
-            return TIMEOUT, Category.TIMEOUT.value, "the job used up its CPU-time limit (SIGXCPU)"
+            return TIMEOUT, Category.TIMEOUT, "the job used up its CPU-time limit (SIGXCPU)"
         if sig == signal.SIGXFSZ:
-            return CRASHED, Category.CRASHED.value, "the job wrote a file past its file-size limit (SIGXFSZ)"
+            return CRASHED, Category.CRASHED, "the job wrote a file past its file-size limit (SIGXFSZ)"
         if sig == signal.SIGKILL and obs.peak_memory_bytes and obs.memory_limit_bytes:
             if obs.peak_memory_bytes >= 0.9 * obs.memory_limit_bytes:
-                return OUT_OF_MEMORY, Category.OUT_OF_MEMORY.value, "the job was killed at its memory limit"
-        return KILLED, Category.CRASHED.value, f"the process was killed by {name}, not by the sandbox"
+                return OUT_OF_MEMORY, Category.OUT_OF_MEMORY, "the job was killed at its memory limit"
+        return KILLED, Category.CRASHED, f"the process was killed by {name}, not by the sandbox"
     what = "the runner" if entry == RUNNER_ENTRY else f"`{entry}`"
-    produced = "result.json" if entry == RUNNER_ENTRY else VERDICT_FILE
     if obs.exit_code == 0:
-        return FAILED, Category.CRASHED.value, (
-            f"the candidate exited early: {what} ended with status 0 before writing {produced} "
+        return FAILED, Category.CRASHED, (
+            f"the candidate exited early: {what} ended with status 0 before writing {RESULT_FILE} "
             "(an exit call in the candidate?)"
         )
-    return FAILED, Category.CRASHED.value, (
-        f"{what} exited with status {obs.exit_code} without writing {produced}"
-    )
+    return FAILED, Category.CRASHED, f"{what} exited with status {obs.exit_code} without writing {RESULT_FILE}"
+

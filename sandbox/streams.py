@@ -2,19 +2,33 @@
 
 A candidate may print gigabytes: pipes are drained continuously and only the
 last `max_bytes` are kept in memory, so neither memory nor disk grows with the
-flood and the child never blocks on a full pipe.
+flood and the child never blocks on a full pipe. Tails come back with control
+characters escaped (`safe_text`); progress events come back as flat, strict
+JSON-safe dicts whatever the candidate wrote into the progress file.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-import stat
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
+
+from nncaption.netapi.jobfiles import read_regular
+from nncaption.netapi.safetext import safe_text
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 16
+EVENT_FIELDS = 32  # fields kept per progress event
+EVENT_TEXT = 500  # characters kept per string field
+
+__all__ = ["PipeDrainer", "ProgressTail", "TailBuffer", "clean_event", "last_traceback", "read_regular",
+           "start_drainers"]
 
 
 class TailBuffer:
@@ -45,7 +59,7 @@ class TailBuffer:
         with self._lock:
             data = bytes(self._buf)
         head = f"[... {self.total - len(data)} earlier bytes dropped ...]\n" if self.total > len(data) else ""
-        return head + data.decode("utf-8", errors="replace")
+        return head + safe_text(data.decode("utf-8", errors="replace"), None)
 
 
 class PipeDrainer:
@@ -66,7 +80,7 @@ class PipeDrainer:
                     break
                 self.tail.write(chunk)
         except OSError:
-            pass
+            log.debug("pipe read ended with an error", exc_info=True)
 
     def join(self, timeout: float) -> bool:
         """Wait for EOF; False when a leaked process still holds the pipe open."""
@@ -77,7 +91,7 @@ class PipeDrainer:
         try:
             self._stream.close()
         except OSError:
-            pass
+            log.debug("closing a pipe failed", exc_info=True)
 
 
 def start_drainers(stdout: BinaryIO, stderr: BinaryIO, max_bytes: int) -> tuple[PipeDrainer, PipeDrainer]:
@@ -90,21 +104,25 @@ def last_traceback(text: str, max_chars: int = 8000) -> str:
     return text[idx:][-max_chars:] if idx >= 0 else ""
 
 
-def read_regular(path: Path, offset: int, max_bytes: int) -> bytes | None:
-    """Read from a regular file only, never blocking: the candidate may have put a FIFO or a link there."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
+def clean_event(raw: Any) -> dict[str, Any] | None:
+    """A progress event as a flat dict of safe scalars: str (escaped, capped), int, finite float, bool, None.
+
+    Nested values, non-finite numbers and anything else are dropped; None when `raw` is not an object.
+    """
+    if not isinstance(raw, dict):
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        os.lseek(fd, offset, os.SEEK_SET)
-        return os.read(fd, max_bytes)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    out: dict[str, Any] = {}
+    for key, value in list(raw.items())[:EVENT_FIELDS]:
+        k = safe_text(key, 64)
+        if value is None or isinstance(value, bool):
+            out[k] = value
+        elif isinstance(value, int):
+            out[k] = value if abs(value) < 1 << 53 else None
+        elif isinstance(value, float):
+            out[k] = value if math.isfinite(value) else None
+        elif isinstance(value, str):
+            out[k] = safe_text(value, EVENT_TEXT, keep="head")
+    return out
 
 
 class ProgressTail:
@@ -137,10 +155,10 @@ class ProgressTail:
             if not raw.strip() or len(raw) > self.max_line or self.count >= self.max_events:
                 continue
             try:
-                event = json.loads(raw)
-            except ValueError:
+                event = clean_event(json.loads(raw))
+            except (ValueError, RecursionError):
                 continue
-            if not isinstance(event, dict):
+            if event is None:
                 continue
             self.count += 1
             name = str(event.get("event", ""))
@@ -153,9 +171,9 @@ class ProgressTail:
                 try:
                     on_event(event)
                 except Exception:  # noqa: BLE001 - a display callback must not break the job
-                    pass
+                    log.warning("a progress callback failed", exc_info=True)
 
     def first_time(self, name: str) -> float | None:
         event = self.first_seen.get(name)
         t = event.get("t") if event else None
-        return float(t) if isinstance(t, (int, float)) else None
+        return float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) else None

@@ -12,8 +12,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -29,10 +30,12 @@ from nncaption.netapi.job import (
     EpochPredictions,
     JobSpec,
     RunnerResult,
+    RunnerStatus,
     read_predictions,
     read_result,
 )
 from nncaption.netapi.train import run_job
+
 TEMPLATE = '''
 import time
 import torch
@@ -250,7 +253,7 @@ def test_model_that_needs_captions_to_decode_is_eval_contract(tiny_dataset: Any,
 def test_forward_returning_none_is_eval_contract(tiny_dataset: Any, tmp_path: Path) -> None:
     code, result, _ = run_here(tmp_path, tiny_candidate(output="none"), tiny_dataset)
     assert_failed(code, result, Category.EVAL_CONTRACT)
-    assert "NoneType" in result.message
+    assert "returned None" in result.message
 
 
 def test_logits_of_the_wrong_vocabulary_size_are_shape_error(tiny_dataset: Any, tmp_path: Path) -> None:
@@ -367,7 +370,7 @@ def test_unusable_data_dir_is_a_runner_error_not_the_candidates(tmp_path: Path) 
     code = run_job(job)
     result = read_result(job)
     assert code == 2 and result is not None
-    assert result.status == "failed" and result.category is None and "runner setup error" in result.message
+    assert result.status is RunnerStatus.ERROR and result.category is None and "runner setup error" in result.message
 
 
 def test_runner_never_reads_validation_references(tiny_dataset: Any, tmp_path: Path) -> None:
