@@ -8,6 +8,7 @@ import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from PIL import Image
@@ -82,7 +83,7 @@ def test_coco_json_is_valid_for_pycocotools(tiny_synthetic_root: Path) -> None:
             with Image.open(tiny_synthetic_root / split / img["file_name"]) as im:
                 assert im.size == (img["width"], img["height"]) == (32, 32)
                 assert im.format == "JPEG"
-            anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+            anns = cast(list[dict[str, Any]], coco.loadAnns(coco.getAnnIds(imgIds=img["id"])))  # stubs: instances
             assert len(anns) == 5 and all(a["caption"].strip() for a in anns)
     assert _image_ids(tiny_synthetic_root, "train").isdisjoint(_image_ids(tiny_synthetic_root, "val"))
 

@@ -84,7 +84,8 @@ def test_equals_nltk_corpus_bleu_when_hypotheses_have_four_words(seed: int) -> N
 
 
 def test_perfect_match_is_one() -> None:
-    refs = [[["a", "red", "circle", "on", "the", "left"], ["one", "red", "circle"]], [["two", "blue", "squares", "at", "the", "top"]]]
+    refs = [[["a", "red", "circle", "on", "the", "left"], ["one", "red", "circle"]],
+            [["two", "blue", "squares", "at", "the", "top"]]]
     hyps = [refs[0][0], refs[1][0]]
     assert corpus_bleu(hyps, refs) == {"bleu1": 1.0, "bleu2": 1.0, "bleu3": 1.0, "bleu4": 1.0}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, cast
 
 import pytest
 import torch
@@ -40,7 +41,8 @@ def test_names_and_paths() -> None:
 def test_standalone_files_pass_the_static_check(name: str) -> None:
     source = reference.source(name)
     imports = {a.name.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Import) for a in n.names}
-    imports |= {n.module.split(".")[0] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom) and n.module}
+    imports |= {n.module.split(".")[0] for n in ast.walk(ast.parse(source))
+                if isinstance(n, ast.ImportFrom) and n.module}
     assert imports <= {"torch", "math"}  # one standalone file: nothing of nncaption
     verdict = static_check(source, filename=f"{name}.py")
     assert verdict.ok, verdict.message
@@ -91,7 +93,8 @@ def test_a_reference_model_learns_to_beat_the_constant_caption(tmp_path: Path) -
     job = make_job_dir(tmp_path / "job", reference.source("transformer"), spec)
     assert run_job(job) == 0, read_result(job)
     report = score(read_predictions(job), refs, data.vocab)
-    baseline = constant_caption_baseline(data.train_captions, data.vocab, refs).val["bleu4"]
+    captions = cast("Sequence[Sequence[Sequence[int]]]", data.train_captions)  # [N, Ncap, T] int array
+    baseline = constant_caption_baseline(captions, data.vocab, refs).val["bleu4"]
     assert report.bleu4 is not None
     assert report.bleu4 > 1.5 * baseline, (report.epochs, baseline)
     assert report.epochs[-1].bleu4 > report.epochs[0].bleu4
