@@ -279,6 +279,19 @@ class Session:
         self.call(lambda: self.net.train_setup(dict(s.prm)))
         return n_params
 
+    def optimizer_lr(self) -> float | None:
+        """The learning rate of the candidate's optimiser (attribute optimizer / optimiser / opt), when it has one."""
+        for name in ("optimizer", "optimiser", "opt"):
+            try:
+                groups = getattr(getattr(self.net, name, None), "param_groups", None)
+                lr = number(groups[0]["lr"]) if groups else None
+            except Exception:  # noqa: BLE001 - candidate objects may raise anything
+                log.debug("reading the optimiser's lr failed", exc_info=True)
+                continue
+            if lr is not None and math.isfinite(lr):
+                return lr
+        return None
+
     def learn(self, epoch: int, n_batches: int, check_changed: bool) -> dict[str, Any]:
         """One epoch of net.learn over batches served by the runner."""
         import torch
@@ -395,7 +408,8 @@ def serve(chan: Channel, setup: ChildSetup) -> int:
                            "available in the job"})
                 return 2
             if cmd == "load":
-                chan.send({"type": "loaded", "params": session.load()})
+                params = session.load()
+                chan.send({"type": "loaded", "params": params, "optimizer_lr": session.optimizer_lr()})
             elif cmd == "learn":
                 chan.send(session.learn(int(header["epoch"]), int(header["batches"]), bool(header["check_changed"])))
             elif cmd == "decode":

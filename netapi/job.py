@@ -171,6 +171,7 @@ class RunnerResult:
     traceback: str = ""
     params: int | None = None
     signal: int | None = None  # the signal that ended the candidate's process, when one did
+    optimizer_lr: float | None = None  # the learning rate of the candidate's optimiser after train_setup, if found
     epochs_done: int = 0
     seed: int = 0
     device: str = "cpu"

@@ -147,6 +147,7 @@ def parse_result(data: Any) -> RunnerResult:
         traceback=_str(data, "traceback"),
         params=_int(data, "params", default=None, optional=True),
         signal=_int(data, "signal", default=None, optional=True),
+        optimizer_lr=_float(data, "optimizer_lr", default=None, optional=True),
         epochs_done=_int(data, "epochs_done", default=0),
         seed=_int(data, "seed", default=0),
         device=_str(data, "device", "cpu")[:64],

@@ -23,11 +23,9 @@ candidate line and a fixer-ready message. The runner never scores.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
-import signal
 import sys
 import time
 import traceback
@@ -52,104 +50,14 @@ from nncaption.netapi.job import (
     write_json_atomic,
 )
 from nncaption.netapi.loading import exception_summary
-from nncaption.netapi.safetext import safe_text, strict_dumps
+from nncaption.netapi.safetext import safe_text
+from nncaption.netapi.supervise import CandidateFailure, ChildProcess, EventLog, RunnerSetupError, death_failure
 from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_RUNNER_ERROR = 0, 1, 2
 MAX_CHILD_TEXT = 8000
-PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
-REAP_WAIT_S = 3.0
-
-
-# --------------------------------------------------------------------------- events
-
-
-class EventLog:
-    """Appends progress events to progress.jsonl (strict JSON, one object a line, flushed as written)."""
-
-    def __init__(self, path: Path) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-        self._f = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-
-    def emit(self, event: str, **fields: Any) -> None:
-        try:
-            self._f.write(strict_dumps({"event": event, "t": time.time(), **fields}) + "\n")
-            self._f.flush()
-        except OSError:
-            log.warning("could not write a progress event", exc_info=True)
-
-    def close(self) -> None:
-        self._f.close()
-
-
-# --------------------------------------------------------------------------- failures
-
-
-class CandidateFailure(Exception):
-    """The candidate failed: category, fixer-ready message, step, line, traceback (and a signal if one killed it)."""
-
-    def __init__(self, category: Category, message: str, *, step: Step | None = None, line: int | None = None,
-                 tb: str = "", sig: int | None = None) -> None:
-        super().__init__(message)
-        self.category = category
-        self.message = message
-        self.step = step
-        self.line = line
-        self.tb = tb
-        self.sig = sig
-
-
-class RunnerSetupError(Exception):
-    """The job itself is unusable (no job.json, no data, no device): not the candidate's fault."""
-
-
-def _prctl(option: int, value: int) -> None:
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(option, value, 0, 0, 0) != 0:
-            log.debug("prctl(%d, %d) failed: errno %d", option, value, ctypes.get_errno())
-    except (OSError, AttributeError):
-        log.debug("prctl unavailable", exc_info=True)
-
-
-def _children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (from /proc)."""
-    out: list[int] = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read(4096)
-            ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            out.append(int(name))
-    return out
-
-
-def _reap_all() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
 
 
 # --------------------------------------------------------------------------- the runner
@@ -168,8 +76,7 @@ class Runner:
         self.own_process = own_process
         self.smoke = spec.mode is Mode.SMOKE
         self.step = Step.START
-        self.pid: int | None = None
-        self.reaped: int | None = None  # the child's wait status once collected
+        self.proc = ChildProcess(own_process=own_process)
         self.chan: Channel | None = None
         self.epochs: list[EpochPredictions] = []
         self.step_started = time.monotonic()
@@ -212,25 +119,15 @@ class Runner:
                            batch_size=spec.batch_size, normalise=self.data.normalise)
         if not setup.candidate.is_file():
             raise RunnerSetupError(f"candidate file {setup.candidate} is missing")
-        if self.own_process:
-            _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come back to us, to be killed
         mine, theirs = channel_pair()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the runner's code
-            code = 3
-            try:
-                mine.close()
-                code = serve(theirs, setup)
-            except BaseException:  # noqa: BLE001 - the child must end here whatever happened
-                traceback.print_exc()
-            finally:
-                os._exit(code)
+
+        def child() -> int:  # runs in the forked process only
+            mine.close()
+            return serve(theirs, setup)
+
+        self.proc.fork(child)
         theirs.close()
-        if self.own_process:
-            _prctl(PR_SET_DUMPABLE, 0)  # the child may not ptrace us or write our memory through /proc
-        self.pid, self.chan = pid, mine
+        self.chan = mine
         self.events.emit("start", seed=spec.seed, device=spec.device, epochs=spec.epochs, mode=spec.mode.value,
                          pid=os.getpid())
         self.smoke_deadline = time.monotonic() + spec.smoke_time_limit_s
@@ -238,85 +135,20 @@ class Runner:
     # ------------------------------------------------------------------ the child's end
 
     def kill_child(self) -> int | None:
-        """Kill the child, its group and (as subreaper) everything it left; return its wait status."""
-        status: int | None = None
-        if self.pid is None:
-            return None
-        for target in (lambda: os.killpg(self.pid or 0, signal.SIGKILL), lambda: os.kill(self.pid or 0,
-                                                                                         signal.SIGKILL)):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self.reaped is not None:
-            status = self.reaped
-        else:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                status = None
-        if self.own_process:
-            for _ in range(100):
-                kids = _children_of(os.getpid())
-                if not kids:
-                    break
-                for k in kids:
-                    try:
-                        os.kill(k, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                time.sleep(0.01)
-                _reap_all()
+        """Kill the candidate's process and everything it started; close the channel."""
+        status = self.proc.kill()
         if self.chan is not None:
             self.chan.close()
             self.chan = None
-        self.pid = None
         return status
-
-    def _wait_exit(self) -> int | None:
-        """The child's wait status once it is gone (it closed the channel); killed after a short grace."""
-        if self.pid is None:
-            return None
-        end = time.monotonic() + REAP_WAIT_S
-        while time.monotonic() < end:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                return None
-            if pid:
-                self.reaped = status
-                return status
-            time.sleep(0.02)
-        return None
 
     def _what(self) -> str:
         return STEP_WHAT.get(self.step, "starting the candidate's process")
-
     def died(self) -> CandidateFailure:
-        """The child went away without saying why: a signal, an exit call, or a broken protocol."""
-        status = self._wait_exit()
+        """The child went away without saying why: a signal, an exit call, or a closed channel."""
+        status = self.proc.wait_exit()
         self.kill_child()
-        elapsed = time.monotonic() - self.step_started
-        what = self._what()
-        if status is not None and os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            if sig == signal.SIGKILL:
-                return CandidateFailure(
-                    Category.OUT_OF_MEMORY, f"the candidate's process was killed by SIGKILL after {elapsed:.1f} s in "
-                    f"{what} — usually the out-of-memory killer.\nWhat to change: {Category.OUT_OF_MEMORY.hint}",
-                    step=self.step)
-            return CandidateFailure(
-                Category.CRASHED, f"the candidate's process died of {_signal_name(sig)} after {elapsed:.1f} s in "
-                f"{what} (no Python error: a native crash, os.abort or a signal).\n"
-                f"What to change: {Category.CRASHED.hint}", step=self.step, sig=sig)
-        if status is not None and os.WIFEXITED(status):
-            return CandidateFailure(
-                Category.CRASHED, f"the candidate's process exited with status {os.WEXITSTATUS(status)} in {what} "
-                "before finishing (an exit call such as os._exit or sys.exit in candidate code?).\n"
-                f"What to change: {Category.CRASHED.hint}", step=self.step)
-        return CandidateFailure(
-            Category.CRASHED, f"the candidate's process closed its channel to the runner in {what} and was "
-            f"killed.\nWhat to change: {Category.CRASHED.hint}", step=self.step)
+        return death_failure(status, self._what(), time.monotonic() - self.step_started, self.step)
 
     def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
         self.kill_child()
@@ -427,6 +259,8 @@ class Runner:
             raise CandidateFailure(Category.CRASHED, "the candidate's process reported no parameter count.",
                                    step=Step.PARAMS)
         self.result.params = params
+        lr = _loss(header.get("optimizer_lr"))
+        self.result.optimizer_lr = lr if lr is not None and math.isfinite(lr) else None
         self.result.timings["init_s"] = round(time.monotonic() - t, 3)
         self.events.emit("model", params=params, in_shape=list(self.in_shape), vocab_size=self.vocab_size)
 
