@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,3 +111,18 @@ def test_ci_lints_before_testing() -> None:
     lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert "make lint" in lines and "make test" in lines
     assert lines.index("make lint") < lines.index("make test")
+
+
+def test_no_noqa_hides_an_undefined_name() -> None:
+    """A noqa comment naming F821 (or a blanket one) would hide undefined names from ruff; import the name instead."""
+    pattern = re.compile(r"#\s*noqa(?!:)|#\s*noqa:[^#\n]*\bF821\b", re.IGNORECASE)
+    skip = {".venv", "build", ".git", "candidates", "hostile", "node_modules"}
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if skip & set(rel.parts[:-1]):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
