@@ -108,8 +108,8 @@ def baseline_design(
     trace = (f"{TRACE_LABEL}: {how}; decoder {model.decoder}; composition seed {cseed}; prm "
              + ", ".join(f"{k}={v}" for k, v in sorted(prm.items()))
              + (f"; planted defect: {fault} (exercises the fixer)" if fault else ""))
-    return BaselineChoice(code=code.rstrip() + "\n", prm=prm, summary=model.summary, backbone=model.backbone, decoder=model.decoder,
-                          fault=fault, trace=trace)
+    return BaselineChoice(code=code.rstrip() + "\n", prm=prm, summary=model.summary, backbone=model.backbone,
+                          decoder=model.decoder, fault=fault, trace=trace)
 
 
 def baseline_fix(code: str, error_text: str, prm: Mapping[str, Any] | None) -> BaselineChoice:
@@ -123,7 +123,8 @@ def baseline_fix(code: str, error_text: str, prm: Mapping[str, Any] | None) -> B
     first = error_text.strip().splitlines()[0][:160] if error_text.strip() else "the reported error"
     trace = (f"{TRACE_LABEL}: oracle fix, re-composed {model.backbone} + {model.decoder} from the file's own "
              f"composition marker after: {first}")
-    return BaselineChoice(code=model.code.rstrip() + "\n", prm=prm_out, summary=f"{model.summary} (re-composed after: {first})",
+    return BaselineChoice(code=model.code.rstrip() + "\n", prm=prm_out,
+                          summary=f"{model.summary} (re-composed after: {first})",
                           backbone=model.backbone, decoder=model.decoder, fault=None, trace=trace)
 
 

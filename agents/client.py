@@ -89,6 +89,19 @@ def is_context_length_error(status: int, body: Any) -> bool:
     return code == "context_length_exceeded" or bool(_CONTEXT_PATTERNS.search(error_message(body)))
 
 
+_HTML_START = re.compile(r"^\s*(<!doctype html|<html|<head|<body|<\?xml)", re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def html_page_summary(text: str, content_type: str = "") -> str | None:
+    """A one-line description of an HTML page ("an HTML page titled '502 Bad Gateway'"); None when not HTML."""
+    if "html" not in content_type.lower() and not _HTML_START.match(text[:500]):
+        return None
+    m = _HTML_TITLE.search(text[:20_000])
+    title = " ".join(m.group(1).split())[:120] if m else ""
+    return f"an HTML page titled {title!r}" if title else "an HTML page"
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds form; HTTP dates are ignored)."""
     if not value:
@@ -304,6 +317,14 @@ class LLMClient:
             body = reply.text
         status = reply.status
         where = ep.base_url
+        if not isinstance(body, (dict, list)):
+            page = html_page_summary(reply.text, reply.headers.get("content-type", ""))
+            if page is not None:  # not an OpenAI-compatible server: retrying cannot help, and once is enough
+                raise BadResponse(
+                    f"{ep.describe()} answered HTTP {status} with {page}, not an OpenAI-compatible JSON reply",
+                    "point base_url at an OpenAI-compatible API (for vLLM: http://HOST:PORT/v1); "
+                    f"open {where}/models in a browser to see what answers there.",
+                    endpoint=where, status=status)
         if status == 429:
             raise RateLimited(f"{ep.describe()} is rate limiting (429): {error_message(body, 'too many requests')}",
                               endpoint=where, status=status,

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -135,7 +135,7 @@ class OpenAICompatServer:
         self._httpd = httpd
         self._bound_port = int(httpd.server_address[1])
 
-    def start(self) -> OpenAICompatServer:
+    def start(self) -> Self:
         """Serve in a background thread."""
         self.bind()
         assert self._httpd is not None
@@ -164,7 +164,7 @@ class OpenAICompatServer:
             self._thread = None
         httpd.server_close()
 
-    def __enter__(self) -> OpenAICompatServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

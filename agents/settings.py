@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from nncaption.netapi.errors import ConfigError
 
@@ -44,6 +45,16 @@ class EndpointSettings(BaseModel):
     backoff_max_s: float = Field(default=30.0, ge=0.0)
     # A Retry-After header is honoured when it asks for at most this many seconds.
     retry_after_max_s: float = Field(default=60.0, ge=0.0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        """An http(s) URL with a host: a URL without a scheme would otherwise fail on every retry."""
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host; "
+                             f"write it like http://127.0.0.1:8000/v1")
+        return value.strip()
 
     def api_key(self) -> str:
         """The key from the named environment variable, or a placeholder local servers accept."""
@@ -84,7 +95,8 @@ class LLMSettings(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+                f"{'.'.join(str(p) for p in err['loc'])}: {str(err['msg']).removeprefix('Value error, ')}"
+                for err in e.errors()
             )
             raise ConfigError(f"invalid LLM settings: {problems}",
                               "fix the named fields (see nncaption.agents.settings.EndpointSettings).") from None

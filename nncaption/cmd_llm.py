@@ -5,8 +5,13 @@
 - `llm serve-vllm` start vLLM with the right flags, wait for /health, stop it on exit
 - `llm design`     one designer call against an endpoint, written to a candidate file
 
-`add_llm_options` / `llm_settings_from_args` / `llm_client_from_args` give other
-commands (the graph's `run`) the same endpoint flags, including `--llm-record`.
+`add_llm_options` / `llm_settings_from_args` / `llm_client_from_args` give every
+other command that talks to an LLM the same endpoint flags, including `--llm-record`.
+
+Mistakes in the user's own setup are refused before any work, with a category and
+a next step: a port out of range (usage, exit 2), a port already taken
+(environment, exit 2), `--out` naming a folder (usage, exit 2, before the LLM
+call), a base URL without http:// or https:// (config, at once, no retries).
 """
 
 from __future__ import annotations
@@ -20,13 +25,58 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nncaption.netapi.errors import ConfigError
+from nncaption.netapi.errors import ConfigError, EnvironmentProblem, UsageError
+from nncaption.netapi.safetext import safe_text, strict_dumps
 
 if TYPE_CHECKING:
     from nncaption.agents.client import LLMClient
     from nncaption.agents.settings import LLMSettings
 
+HELP = """LLM endpoints for the agents:
+
+  offline     an OpenAI-compatible endpoint that is NOT an LLM: the random-search baseline
+              (it composes models from the snippet library with seeded choices)
+  replay      serve a --llm-record file back, matched by request hash
+  serve-vllm  start vLLM with the right flags, wait for /health, stop it on exit
+  design      one designer call against an endpoint, written to a candidate file
+
+The endpoint flags of `llm design` (--llm-base-url, --llm-model, --llm-config, --llm-record, ...)
+are shared by every command that talks to an LLM.
+"""
+
 DEFAULT_PORT = 8000
+MAX_PORT = 65535
+
+
+def check_port(port: int, flag: str = "--port") -> int:
+    """`port` when it is 0 (any free port) or 1..65535; a usage error naming the flag otherwise."""
+    if not 0 <= port <= MAX_PORT:
+        raise UsageError(f"{flag} {port} is out of range: a TCP port is 1..{MAX_PORT} (0 picks any free port)",
+                         f"choose e.g. {flag} {DEFAULT_PORT}, or {flag} 0 to let the system pick a free one.")
+    return port
+
+
+def port_taken(host: str, port: int, flag: str = "--port") -> EnvironmentProblem:
+    """The error for a port that another program is already listening on."""
+    return EnvironmentProblem(f"{host}:{port} is already in use by another program",
+                              f"choose another {flag} (0 picks a free one), or stop the program that listens there "
+                              f"(e.g. `ss -ltnp | grep :{port}`).")
+
+
+def ensure_port_free(host: str, port: int, flag: str = "--port") -> None:
+    """Refuse a port that is taken before starting a server on it (cheap, before any work)."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise port_taken(host, port, flag) from None
+            raise
 
 
 # ------------------------------------------------------------------ shared endpoint options
@@ -93,7 +143,14 @@ def llm_client_from_args(args: argparse.Namespace) -> LLMClient:
 
 def _serve(server: Any, banner: str) -> int:
     """Run an HTTP server in the foreground until Ctrl-C or SIGTERM."""
-    server.bind()
+    import errno
+
+    try:
+        server.bind()
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise port_taken(server.host, server._requested_port) from None
+        raise
     print(f"{banner}\nserving at {server.base_url}  (GET /health, GET /v1/models, POST /v1/chat/completions)",
           flush=True)
     with _sigterm_as_interrupt():
@@ -124,6 +181,7 @@ class _sigterm_as_interrupt:  # noqa: N801 - used as a context manager
 def cmd_offline(args: argparse.Namespace) -> int:
     from nncaption.agents.offline_server import OfflineComposerServer
 
+    check_port(args.port)
     kinds = [k.strip() for k in args.fault_kinds.split(",") if k.strip()] if args.fault_kinds else None
     extra = {"fault_kinds": kinds} if kinds else {}
     server = OfflineComposerServer(args.host, args.port, seed=args.seed, fault_rate=args.fault_rate,
@@ -138,6 +196,7 @@ def cmd_offline(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from nncaption.agents.replay_server import ReplayServer
 
+    check_port(args.port)
     server = ReplayServer(args.file, args.host, args.port)
     n = sum(len(v) for v in server.entries.values())
     return _serve(server, f"nncaption replay of {args.file}: {n} recorded replies for {len(server.entries)} requests")
@@ -146,6 +205,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_serve_vllm(args: argparse.Namespace) -> int:
     from nncaption.agents.vllm_server import VLLMProcess, find_vllm, health_url, vllm_command
 
+    if check_port(args.port) == 0:
+        raise UsageError("serve-vllm needs a fixed --port (vLLM cannot report a port it picked)",
+                         f"choose e.g. --port {DEFAULT_PORT}.")
+    ensure_port_free(args.host, args.port)
     argv = vllm_command(args.model, args.port, args.host, reasoning_parser=args.reasoning_parser,
                         max_model_len=args.max_model_len, extra=args.extra or "", executable=find_vllm())
     print("starting: " + " ".join(argv), flush=True)
@@ -167,41 +230,62 @@ def cmd_serve_vllm(args: argparse.Namespace) -> int:
             proc.stop()
 
 
+def _check_out(out: Path) -> Path:
+    """Refuse an --out that cannot take the candidate file, before the (slow, costly) LLM call."""
+    if out.is_dir():
+        raise UsageError(f"--out {safe_text(out, 300)} is a folder; it must name the candidate file to write",
+                         f"give a file path, e.g. --out {safe_text(out / 'candidate.py', 300)}")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"--out {safe_text(out, 300)}: {safe_text(parent, 300)} is a file, not a folder",
+                             "give a path inside an existing folder (or one that can be created).")
+        if parent.exists():
+            break
+    return out
+
+
 def cmd_design(args: argparse.Namespace) -> int:
     from nncaption.agents.designer import design_sync
     from nncaption.netapi.data.loader import PreparedData
     from nncaption.prompts.library import DatasetFacts
 
+    out = _check_out(Path(args.out))
+    settings = llm_settings_from_args(args)  # a bad URL or config fails here, before any data work
     if args.data_dir is not None:
         public = Path(args.data_dir)
     else:
-        from nncaption.cmd_data import resolve_dataset
+        from nncaption.netapi.data.resolve import resolve_dataset
 
         public = resolve_dataset("synthetic", coco_root=None, progress=not args.json).public_dir
     facts = DatasetFacts.from_meta(PreparedData.open(public).meta)
-    client = llm_client_from_args(args)
+    from nncaption.agents.client import LLMClient
+
+    client = LLMClient(settings, record_path=getattr(args, "llm_record", None))
     d = design_sync(client, facts, k=args.k, seed=args.seed, decoder=args.decoder,
                     from_lemur=args.snippets_from_lemur)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(d.code, encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(d.code, encoding="utf-8")
     ex = d.exchange
-    report = {"out": str(args.out), "summary": d.summary, "snippets": d.snippets, "model": ex.model,
-              "endpoint": ex.endpoint, "latency_s": round(sum(e.latency_s for e in d.exchanges), 3),
+    report = {"ok": True, "out": str(out), "summary": d.summary, "prm": d.prm, "snippets": d.snippets,
+              "model": ex.model, "model_returned": ex.model_returned, "endpoint": ex.endpoint,
+              "latency_s": round(sum(e.latency_s for e in d.exchanges), 3),
               "prompt_tokens": ex.usage.prompt_tokens, "completion_tokens": ex.usage.completion_tokens,
               "reasoning_tokens": ex.usage.reasoning_tokens}
     if args.json:
-        print(json.dumps(report))
+        print(strict_dumps(report))
     else:
-        print(f"wrote {args.out}: {d.summary}")
-        print(f"  {ex.model} at {ex.endpoint}, {report['latency_s']} s, tokens prompt/completion/reasoning "
+        print(f"wrote {out}: {safe_text(d.summary, 300)}")
+        print(f"  hyperparameters: {strict_dumps(d.prm)}")
+        print(f"  {safe_text(ex.model_returned or ex.model, 200)} at {ex.endpoint}, {report['latency_s']} s, "
+              f"tokens prompt/completion/reasoning "
               f"{ex.usage.prompt_tokens}/{ex.usage.completion_tokens}/{ex.usage.reasoning_tokens}")
-        print(f"  next: nncaption check {args.out}")
+        print(f"  next: nncaption check {out}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     llm = subparsers.add_parser("llm", help="LLM endpoints: offline composer, replay, vLLM, one design call",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = llm.add_subparsers(dest="llm_command", metavar="SUBCOMMAND")
     llm.set_defaults(func=lambda a: (llm.print_help(), 2)[1])
 

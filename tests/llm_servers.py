@@ -9,7 +9,8 @@ JSON, a context-length 400 above a prompt size, a 400 for response_format.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from nncaption.agents.http_server import OpenAICompatServer, Reply, completion_body, error_reply, prompt_text
 

@@ -14,15 +14,15 @@ import json
 from typing import Any
 
 import pytest
-
 from llm_servers import ScriptedServer, ok
+
 from nncaption.agents import compose
 from nncaption.agents.baseline import BASELINE_NAME, BaselineDesigner, BaselineFixer, BaselineReviewer
 from nncaption.agents.client import LLMClient
 from nncaption.agents.feedback import CandidateSummary, FailureSummary, Feedback
 from nncaption.agents.llm_agents import LLMDesigner, LLMFixer, LLMReviewer
 from nncaption.agents.offline_server import OfflineComposerServer
-from nncaption.agents.protocols import Design, DesignRequest, Designer, Fixer, Reviewer
+from nncaption.agents.protocols import Design, Designer, DesignRequest, Fixer, Reviewer
 from nncaption.agents.settings import LLMSettings
 from nncaption.netapi.categories import Category
 from nncaption.netapi.validate import static_check

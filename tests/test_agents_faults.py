@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-
 from llm_servers import ScriptedServer, context_limit, hang, invalid_json, ok, reject_response_format, status
+
 from nncaption.agents import compose
 from nncaption.agents.client import LLMClient
 from nncaption.agents.designer import design_sync, snippet_schedule
@@ -47,7 +47,7 @@ def test_context_length_makes_the_designer_use_fewer_snippets() -> None:
     sizes: dict[int, int] = {}  # prompt sizes with 10, 5, 2, 0 snippets
     offered = sample_snippets(10, 3)
     for n in (10, 5, 2, 0):
-        sizes[n] = sum(len(m["content"]) for m in designer_messages(FACTS, offered[:n], seed=3))
+        sizes[n] = sum(len(m["content"]) for m in designer_messages(FACTS, offered[:n]))
     limit = (sizes[2] + sizes[5]) // 2  # 10 and 5 snippets overflow, 2 fit
     with ScriptedServer(context_limit(limit, designer_reply)) as srv:
         d = design_sync(client(srv.base_url), FACTS, k=10, seed=3)

@@ -1,8 +1,10 @@
 """Designer, reviewer and fixer over real HTTP against the offline composer endpoint.
 
-The composed models are accepted by the validator's real `check` (static + smoke
-on the tiny prepared dataset); with fault_rate=1.0 every planted defect kind is
-caught by `check` and the fixer repairs it within 2 rounds.
+The composed models are accepted by the real check (static + the runner's smoke
+stage on the tiny prepared dataset, trained with the design's prm); with
+fault_rate=1.0 every planted defect kind is caught by the check and the baseline's
+ORACLE fixer (which undoes its own planted defect) repairs it: this exercises the
+fix loop, it measures no fix rate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from candidate_check import check_code
 
 from nncaption.agents import compose
 from nncaption.agents.client import LLMClient
@@ -23,7 +26,6 @@ from nncaption.agents.offline_server import OfflineComposerServer
 from nncaption.agents.reviewer import review_sync
 from nncaption.agents.settings import LLMSettings
 from nncaption.netapi.categories import Verdict
-from nncaption.netapi.harness import check
 from nncaption.prompts.library import DatasetFacts, ParentCandidate
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,9 +51,8 @@ def client_for(base_url: str, **kw: Any) -> LLMClient:
                                         backoff_base_s=0.01, timeout_s=60, **kw))
 
 
-def run_check(code: str, tiny_dataset: Any, path: Path) -> Verdict:
-    path.write_text(code, encoding="utf-8")
-    return check(path, tiny_dataset.public_dir, batch_size=4, time_limit_s=60)
+def run_check(code: str, tiny_dataset: Any, path: Path, prm: dict | None = None) -> Verdict:
+    return check_code(code, tiny_dataset.public_dir, path.parent, prm=prm, name=path.name, time_limit_s=60)
 
 
 def test_designer_compose_is_accepted_by_check(tiny_dataset: Any, facts: DatasetFacts, tmp_path: Path) -> None:
@@ -62,12 +63,14 @@ def test_designer_compose_is_accepted_by_check(tiny_dataset: Any, facts: Dataset
     assert marker is not None and marker["decoder"] == "lstm" and marker["backbone"] in d.snippets
     assert d.summary.startswith(marker["backbone"]) and "LSTM" in d.summary
     ex = d.exchange
-    assert "<think>" not in d.code and "Net API" in ex.reasoning  # reasoning kept, never in the code
-    assert ex.usage.prompt_tokens > 1000 and ex.usage.completion_tokens > 100 and ex.usage.reasoning_tokens > 0
+    assert ex.reasoning == "" and ex.reply.startswith("Baseline trace (")  # labelled, no invented thinking
+    assert "Baseline trace" not in d.code and d.prm["lr"] == marker["hparams"]["lr"]
+    assert ex.usage.prompt_tokens > 1000 and ex.usage.completion_tokens > 100 and ex.usage.reasoning_tokens == 0
     assert ex.role == "designer" and ex.endpoint == srv.base_url and ex.latency_s > 0
+    assert ex.model_returned == "nncaption-offline-composer" != ex.model
     prompt = ex.messages[1]["content"]
     assert f"out_shape = ({facts.vocab_size},)" in prompt and all(n in prompt for n in d.snippets)
-    verdict = run_check(d.code, tiny_dataset, tmp_path / "designed.py")
+    verdict = run_check(d.code, tiny_dataset, tmp_path / "designed.py", d.prm)
     assert verdict.ok, verdict.message
 
 
@@ -94,6 +97,7 @@ def test_designer_improve_mode(facts: DatasetFacts) -> None:
     assert "0.0500 -> 0.1200" in d.exchange.messages[1]["content"]
     info = compose.parse_marker(d.code)
     assert info is not None  # a mutation of the parent's composition
+    assert '"lr": ' + str(parent.prm["lr"]) in d.exchange.messages[1]["content"]  # the parent's prm is shown
 
 
 def test_reviewer_static_then_llm(facts: DatasetFacts) -> None:
@@ -113,36 +117,36 @@ def test_reviewer_static_then_llm(facts: DatasetFacts) -> None:
 
 
 @pytest.mark.parametrize("kind", compose.DEFECT_KINDS)
-def test_fixer_repairs_every_injected_defect_within_two_rounds(
+def test_baseline_oracle_fixer_undoes_every_planted_defect_over_http(
     kind: str, tiny_dataset: Any, facts: DatasetFacts, tmp_path: Path
 ) -> None:
     with OfflineComposerServer(seed=7, fault_rate=1.0, fault_kinds=[kind]) as srv:
         client = client_for(srv.base_url)
         d = design_sync(client, facts, k=5, seed=compose.DEFECT_KINDS.index(kind))
         assert srv.faults == [kind]
-        verdict = run_check(d.code, tiny_dataset, tmp_path / "faulty.py")
+        verdict = run_check(d.code, tiny_dataset, tmp_path / "faulty.py", d.prm)
         assert not verdict.ok, f"{kind} defect was not caught"
-        code, rounds = d.code, 0
+        code, prm, rounds = d.code, d.prm, 0
         while not verdict.ok and rounds < 2:
             rounds += 1
-            f = fix_sync(client, code, verdict)
+            f = fix_sync(client, code, verdict, prm=prm)
             assert f.category == (verdict.category.value if verdict.category else None)
-            assert f.exchange.role == "fixer" and f.summary
-            code = f.code
-            verdict = run_check(code, tiny_dataset, tmp_path / f"fixed{rounds}.py")
+            assert f.exchange.role == "fixer" and f.summary and f.prm
+            code, prm = f.code, f.prm
+            verdict = run_check(code, tiny_dataset, tmp_path / f"fixed{rounds}.py", prm)
         assert srv.faults == [kind]  # fixer replies are never faulted
     assert verdict.ok, f"{kind}: still rejected after {rounds} rounds: {verdict.message}"
 
 
 def test_fixer_accepts_a_sandbox_traceback(facts: DatasetFacts) -> None:
     code = compose.compose_model("squeezenet", "transformer", seed=2).code
+    prm = compose.compose_model("squeezenet", "transformer", seed=2).prm
     tb = "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory"
     with OfflineComposerServer() as srv:
-        f = fix_sync(client_for(srv.base_url), code, tb, category="out-of-memory")
+        f = fix_sync(client_for(srv.base_url), code, tb, prm=prm, category="out-of-memory")
     assert "out of memory" in f.exchange.messages[1]["content"] and f.category == "out-of-memory"
-    # the offline fixer shrinks the decoder after an out-of-memory failure
-    before, after = compose.parse_marker(code), compose.parse_marker(f.code)
-    assert before and after and after["hparams"]["embed"] < before["hparams"]["embed"]
+    # the offline fixer shrinks the decoder that trains (the prm) after an out-of-memory failure
+    assert f.prm["embed"] < prm["embed"] and f.prm["embed"] % f.prm["heads"] == 0
 
 
 def test_concurrent_designs_share_the_limit(facts: DatasetFacts) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from llm_servers import ScriptedServer, invalid_json, ok, status
+
 from nncaption.agents import compose
 from nncaption.agents.client import LLMClient, run_sync
 from nncaption.agents.designer import design_sync

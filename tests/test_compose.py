@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from candidate_check import check_code
 
 from nncaption.agents.compose import (
     DECODERS,
@@ -18,10 +20,10 @@ from nncaption.agents.compose import (
     inject_defect,
     parse_marker,
     repair,
+    repair_model,
 )
 from nncaption.netapi.categories import Category, Verdict
 from nncaption.netapi.errors import ConfigError
-from nncaption.netapi.harness import check
 from nncaption.netapi.validate import static_check
 from nncaption.prompts.library import load_snippets
 
@@ -36,16 +38,27 @@ EXPECTED: dict[str, Category] = {
 
 
 @pytest.fixture(scope="module")
-def data_dir(tiny_dataset) -> Path:  # noqa: ANN001 - PreparedPaths from conftest
+def data_dir(tiny_dataset: Any) -> Path:
     torch.set_num_threads(1)
     return tiny_dataset.public_dir
 
 
-def run_check(code: str, tmp_path: Path, data_dir: Path, name: str = "candidate.py") -> Verdict:
-    """Static check, then the real smoke check on the tiny prepared dataset."""
-    path = tmp_path / name
-    path.write_text(code, encoding="utf-8")
-    return check(path, data_dir, batch_size=4, time_limit_s=120.0)
+def run_check(code: str, tmp_path: Path, data_dir: Path, name: str = "candidate.py",
+              prm: dict | None = None) -> Verdict:
+    """Static check, then the real smoke check on the tiny prepared dataset, trained with `prm`."""
+    return check_code(code, data_dir, tmp_path, prm=prm, name=name)
+
+
+def build(model: ComposedModel, prm: dict | None = None) -> Any:
+    """The composed Net instantiated with `prm` (default: the model's own), ready to train (train_setup done)."""
+    import types
+
+    module = types.ModuleType("composed")
+    exec(compile(model.code, "composed.py", "exec"), module.__dict__)  # noqa: S102 - our own output
+    prm = {**(prm if prm is not None else model.prm), "epoch": 1}
+    net = module.Net((4, 3, 32, 32), (40,), prm, torch.device("cpu"))
+    net.train_setup(prm)
+    return net
 
 
 def test_every_snippet_is_composable() -> None:
@@ -64,7 +77,8 @@ def test_composition_passes_static_and_smoke(backbone: str, decoder: str, tmp_pa
     assert backbone in model.summary and "\n" not in model.summary
     static = static_check(model.code)
     assert static.ok, static.message
-    verdict = run_check(model.code, tmp_path, data_dir)
+    assert set(model.prm) <= {"lr", "momentum", "dropout", "embed", "hidden", "layers", "heads", "batch"}
+    verdict = run_check(model.code, tmp_path, data_dir, prm=model.prm)
     assert verdict.ok, verdict.message
 
 
@@ -75,7 +89,10 @@ def test_composition_is_seeded_and_overridable() -> None:
     assert len(others) > 4
     b = compose_model("resnet", "gru", seed=5, hparams={"hidden": 160, "fuse": "concat", "lr": 0.004})
     assert b.hparams["hidden"] == 160 and "HIDDEN_DIM = 160" in b.code and "FEED_FEATURES = True" in b.code
-    assert b.prm == {"lr": 0.004, "momentum": a.hparams["momentum"], "dropout": a.hparams["dropout"]}
+    assert b.prm == {"lr": 0.004, "momentum": a.hparams["momentum"], "dropout": a.hparams["dropout"],
+                     "embed": a.hparams["embed"], "hidden": 160, "layers": a.hparams["layers"],
+                     "batch": a.hparams["batch"]}
+    assert a.prm["batch"] in (16, 32, 64) and isinstance(a.prm["batch"], int)
     info = parse_marker(b.code)
     assert info is not None and info["hparams"] == b.hparams and info["seed"] == 5
 
@@ -89,6 +106,7 @@ def test_composition_is_seeded_and_overridable() -> None:
         {"backbone": "resnet", "decoder": "gru", "hparams": {"lr": 3.0}},
         {"backbone": "resnet", "decoder": "transformer", "hparams": {"embed": 66, "heads": 4}},
         {"backbone": "resnet", "decoder": "lstm", "hparams": {"fuse": "sideways"}},
+        {"backbone": "resnet", "decoder": "lstm", "hparams": {"batch": 0}},
     ],
 )
 def test_compose_rejects_bad_arguments(kwargs: dict) -> None:
@@ -97,16 +115,10 @@ def test_compose_rejects_bad_arguments(kwargs: dict) -> None:
 
 
 def test_composed_model_learns_on_a_fixed_batch() -> None:
-    import types
-
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = compose_model("squeezenet", "gru", seed=1, hparams={"lr": 0.003, "dropout": 0.0})
-    module = types.ModuleType("composed")
-    exec(compile(model.code, "composed.py", "exec"), module.__dict__)  # noqa: S102 - our own output
-    prm = {**model.prm, "batch": 4, "epoch": 1}
-    net = module.Net((4, 3, 32, 32), (40,), prm, torch.device("cpu"))
-    net.train_setup(prm)
+    net = build(model)
     images = torch.randn(4, 3, 32, 32)
     caps = torch.zeros(4, 5, 10, dtype=torch.long)
     caps[:, :, 0], caps[:, :, 1:8], caps[:, :, 8] = 1, torch.randint(4, 40, (4, 1, 7)), 2
@@ -118,6 +130,20 @@ def test_composed_model_learns_on_a_fixed_batch() -> None:
     with torch.no_grad():
         ids, _ = net(images)
     assert ids.dtype == torch.long and ids.shape[0] == 4 and 1 <= ids.shape[1] <= 20
+
+
+def test_prm_decides_what_trains_not_the_file_constants() -> None:
+    """The sizes, dropout and learning rate the Net uses are the prm's, whatever the file's defaults say."""
+    model = compose_model("resnet", "lstm", seed=2, hparams={"embed": 64, "hidden": 128, "layers": 1})
+    net = build(model, {**model.prm, "embed": 32, "hidden": 48, "layers": 2, "lr": 0.0007, "dropout": 0.25})
+    rnn = net.decoder.rnn
+    assert (net.decoder.embed.embedding_dim, rnn.hidden_size, rnn.num_layers) == (32, 48, 2)
+    assert net.decoder.drop.p == 0.25 and net.optimizer.param_groups[0]["lr"] == 0.0007
+    own = build(model)
+    assert (own.decoder.rnn.hidden_size, own.optimizer.param_groups[0]["lr"]) == (128, model.prm["lr"])
+    tf = compose_model("vit", "transformer", seed=1, hparams={"embed": 64, "heads": 2})
+    layer = build(tf, {**tf.prm, "embed": 32, "heads": 4, "layers": 2}).decoder.decoder.layers
+    assert len(layer) == 2 and layer[0].self_attn.num_heads == 4 and layer[0].self_attn.embed_dim == 32
 
 
 CASES = [(kind, decoder, seed) for kind in DEFECT_KINDS for decoder in DECODERS for seed in range(3)]
@@ -162,31 +188,41 @@ def test_repair_without_marker_falls_back_to_a_default_composition(tmp_path: Pat
     assert static_check(plain).ok
 
 
-def test_repair_adapts_sizes_and_learning_rate() -> None:
+def test_repair_adapts_the_sizes_and_learning_rate_that_train() -> None:
+    """Checked on what training uses: the repaired prm and the Net it builds (not a comment line)."""
     base = compose_model("resnet", "lstm", seed=4, hparams={"embed": 128, "hidden": 256, "layers": 2, "lr": 0.003})
-    small = parse_marker(repair(base.code, "rejected: too-large, 60,000,000 parameters"))
-    assert small is not None and small["hparams"]["embed"] == 64 and small["hparams"]["hidden"] == 128
-    assert small["hparams"]["layers"] == 1
-    calm = parse_marker(repair(base.code, "category nan: the loss became NaN"))
-    assert calm is not None and calm["hparams"]["lr"] == pytest.approx(0.001)
+    small = repair_model(base.code, "rejected: too-large, 60,000,000 parameters", base.prm)
+    assert (small.prm["embed"], small.prm["hidden"], small.prm["layers"]) == (64, 128, 1)
+    net = build(small)
+    assert (net.decoder.embed.embedding_dim, net.decoder.rnn.hidden_size, net.decoder.rnn.num_layers) == (64, 128, 1)
+    calm = repair_model(base.code, "category nan: the loss became NaN", base.prm)
+    assert calm.prm["lr"] == pytest.approx(0.001)
+    assert build(calm).optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
+    # the prm the candidate trained with wins over the file's marker
+    trained = {**base.prm, "lr": 0.009}
+    assert repair_model(base.code, "loss is nan", trained).prm["lr"] == pytest.approx(0.003)
     tf = compose_model("vit", "transformer", seed=1, hparams={"embed": 128, "heads": 4})
-    shrunk = parse_marker(repair(tf.code, "timeout"))
-    assert shrunk is not None and shrunk["hparams"]["embed"] == 64 and shrunk["hparams"]["embed"] % 4 == 0
+    shrunk = repair_model(tf.code, "timeout", tf.prm)
+    assert shrunk.prm["embed"] == 64 and shrunk.prm["embed"] % shrunk.prm["heads"] == 0
+    assert build(shrunk).decoder.decoder.layers[0].self_attn.embed_dim == 64
 
 
-def test_improve_mutates_one_aspect_and_stays_valid() -> None:
+def test_improve_changes_what_trains_and_stays_valid() -> None:
     parent = compose_model("densenet", "gru", seed=3)
     changed = set()
     for seed in range(10):
-        child = improve(parent.code, seed=seed)
-        assert child.code != parent.code and static_check(child.code).ok
+        child = improve(parent.code, seed=seed, prm=parent.prm)
+        assert static_check(child.code).ok
+        structure = (child.backbone, child.decoder) != (parent.backbone, parent.decoder)
+        assert structure or child.prm != parent.prm  # every mutation changes what trains
         if child.backbone != parent.backbone:
             changed.add("backbone")
         if child.decoder != parent.decoder:
             changed.add("decoder")
-        if child.hparams.get("lr") != parent.hparams["lr"]:
-            changed.add("lr")
-    assert len(changed) >= 2
+        for key in ("lr", "dropout", "embed"):
+            if child.prm.get(key) != parent.prm[key] and not structure:
+                changed.add(key)
+    assert len(changed) >= 3, changed
     assert static_check(improve("no marker here", seed=1).code).ok
 
 

@@ -267,8 +267,8 @@ def test_validate_prm_ranges_and_keys() -> None:
     assert validate_prm({"lr": 1, "momentum": 0, "dropout": 0.5, "batch": 32.0}, NET) == \
         {"lr": 1.0, "momentum": 0.0, "dropout": 0.5, "batch": 32}
     assert validate_prm({"embed": 64}) == {"embed": 64}  # without code only ranges are checked
-    assert supported_keys(NET) == {"lr", "momentum", "dropout"}
-    assert supported_keys("def supported_hyperparameters():\n    return set(['lr'])\n") == {"lr"}
+    assert supported_keys(NET) == frozenset({"lr", "momentum", "dropout"})
+    assert supported_keys("def supported_hyperparameters():\n    return set(['lr'])\n") == frozenset({"lr"})
     assert supported_keys("def supported_hyperparameters():\n    return KEYS\n") is None
     with pytest.raises(PrmError, match="must be finite"):
         validate_prm({"lr": float("nan")})

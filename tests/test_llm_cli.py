@@ -12,8 +12,9 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 import pytest
 
@@ -211,7 +212,8 @@ def test_cli_offline_then_replay(tmp_path: Path, cli_procs: list[subprocess.Pope
         assert json.load(r)["data"][0]["id"] == "nncaption-offline-composer"
     c = LLMClient(LLMSettings.single(url, "any"), record_path=record)
     ex = run_sync(c.chat("designer", messages), c)
-    assert "class Net" in ex.reply and "SUMMARY:" in ex.reply and ex.reasoning  # unknown role -> designer
+    assert "class Net" in ex.reply and "SUMMARY:" in ex.reply  # unknown role -> designer
+    assert ex.model_returned == "nncaption-offline-composer" and ex.reply.startswith("Baseline trace (")
     code, out = stop_cli(proc)
     assert code == 0 and "stopped" in out
 
@@ -245,10 +247,10 @@ def test_cli_serve_vllm_with_stand_in(fake_vllm: Path, tmp_path: Path, cli_procs
 def test_cli_design_writes_a_candidate_that_check_accepts(tiny_dataset: object, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import torch
+    from candidate_check import check_code
 
     from nncaption.agents.offline_server import OfflineComposerServer
     from nncaption.cli import main
-    from nncaption.netapi.harness import check
 
     out = tmp_path / "designed.py"
     record = tmp_path / "design.jsonl"
@@ -260,11 +262,12 @@ def test_cli_design_writes_a_candidate_that_check_accepts(tiny_dataset: object, 
     report = json.loads(capsys.readouterr().out)
     assert rc == 0 and report["out"] == str(out) and len(report["snippets"]) == 10
     assert report["prompt_tokens"] > 0 and "Transformer" in report["summary"]
+    assert report["model_returned"] == "nncaption-offline-composer" and report["prm"]["lr"] > 0
     assert len(record.read_text().splitlines()) == 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        verdict = check(out, public, batch_size=4, time_limit_s=60)
+        verdict = check_code(out.read_text(), public, tmp_path / "copy", prm=report["prm"], time_limit_s=60)
     finally:
         torch.set_num_threads(threads)
     assert verdict.ok, verdict.message
@@ -295,3 +298,97 @@ def test_cli_llm_config_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFi
         llm_settings_from_args(p.parse_args(["--llm-config", str(cfg)]))
     with pytest.raises(ConfigError, match="timeout_s"):
         llm_settings_from_args(p.parse_args(["--llm-timeout", "-1"]))
+
+
+# ------------------------------------------------------------------ what a new user hit
+
+
+def test_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from nncaption.cli import main
+
+    for cmd in (["llm", "offline", "--port", "70000"], ["llm", "replay", "x.jsonl", "--port", "-1"],
+                ["llm", "serve-vllm", R1, "--port", "99999"]):
+        assert main(cmd) == 2, cmd
+        err = capsys.readouterr().err
+        assert "error [usage]" in err and "out of range" in err and "0 to let the system pick" in err
+        assert "Traceback" not in err and "internal" not in err
+
+
+def test_port_already_in_use_is_reported_with_a_next_step(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from nncaption.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for cmd in (["llm", "offline", "--port", str(port)], ["llm", "serve-vllm", R1, "--port", str(port)]):
+            assert main(cmd) == 2, cmd
+            err = capsys.readouterr().err
+            assert "error [environment]" in err and f"127.0.0.1:{port} is already in use" in err
+            assert "choose another --port" in err and "Traceback" not in err
+
+
+def test_design_out_pointing_at_a_folder_is_refused_before_the_llm_call(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_servers import ScriptedServer, ok
+
+    from nncaption.cli import main
+
+    with ScriptedServer([ok("unused")]) as srv:
+        rc = main(["llm", "design", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nowhere"),
+                   "--llm-base-url", srv.base_url, "--json"])
+    captured = capsys.readouterr()
+    assert rc == 2 and srv.bodies == []  # no LLM call was made (nor any data work)
+    report = json.loads(captured.out)  # exactly one strict JSON object
+    assert report["ok"] is False and report["category"] == "usage" and "is a folder" in report["message"]
+    assert "candidate.py" in report["hint"]
+
+
+def test_endpoint_url_without_a_scheme_fails_fast_with_one_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nncaption.cli import main
+
+    t0 = time.monotonic()
+    rc = main(["llm", "design", "--out", str(tmp_path / "c.py"), "--data-dir", str(tmp_path),
+               "--llm-base-url", "127.0.0.1:8000/v1", "--json"])
+    captured = capsys.readouterr()
+    assert rc != 0 and time.monotonic() - t0 < 5  # no retries, no backoff, no data work
+    report = json.loads(captured.out)
+    assert report["category"] == "config" and "http://" in report["message"] and "base_url" in report["message"]
+    assert captured.err.count("127.0.0.1:8000/v1") <= 2 and "retrying" not in captured.err
+
+
+def test_an_html_error_page_is_reported_once_and_briefly(tiny_dataset: Any, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from llm_servers import ScriptedServer
+
+    from nncaption.agents.http_server import Reply
+    from nncaption.cli import main
+
+    page = ("<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+            "</h1></center><hr><center>nginx/1.25.3</center>" + "<p>padding</p>" * 200 + "</body></html>")
+
+    def html(body: dict[str, Any], server: ScriptedServer) -> Reply:
+        return Reply(502, page.encode(), {"Content-Type": "text/html"})
+
+    public = tiny_dataset.public_dir
+    with ScriptedServer(html) as srv:
+        rc = main(["llm", "design", "--out", str(tmp_path / "c.py"), "--data-dir", str(public),
+                   "--llm-base-url", srv.base_url])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(srv.bodies) == 1  # a non-OpenAI server is not retried
+    assert err.count("502 Bad Gateway") == 1 and "HTML page titled '502 Bad Gateway'" in err
+    assert "<center>" not in err and "padding" not in err and len(err) < 1200
+
+
+def test_llm_help_mentions_no_command_that_may_not_exist(capsys: pytest.CaptureFixture[str]) -> None:
+    from nncaption.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["llm", "--help"])
+    out = capsys.readouterr().out
+    assert not re.search(r"\brun\b", out), out
+    for sub in ("offline", "replay", "serve-vllm", "design", "NOT an LLM"):
+        assert sub in out

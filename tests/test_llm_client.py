@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 import pytest
-
 from llm_servers import (
     ScriptedServer,
     context_limit,
@@ -20,6 +19,7 @@ from llm_servers import (
     reject_response_format,
     status,
 )
+
 from nncaption.agents.client import LLMClient, is_context_length_error, run_sync
 from nncaption.agents.errors import (
     BadResponse,
@@ -48,8 +48,8 @@ def fast_settings(base_url: str, **kw: Any) -> LLMSettings:
     return LLMSettings.single(base_url, "test-model", **opts)
 
 
-def chat(settings: LLMSettings, role: str = "designer", **kw: Any):
-    async def go():
+def chat(settings: LLMSettings, role: str = "designer", **kw: Any) -> Any:
+    async def go() -> Any:
         async with LLMClient(settings) as c:
             return await c.chat(role, MESSAGES, **kw)
     return asyncio.run(go())
@@ -198,7 +198,7 @@ SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required
 
 def test_structured_output_uses_response_format() -> None:
     with ScriptedServer([ok('{"ok": true}')]) as srv:
-        async def go():
+        async def go() -> Any:
             async with LLMClient(fast_settings(srv.base_url)) as c:
                 return await c.chat_json("reviewer", MESSAGES, schema=SCHEMA, schema_name="verdict")
         obj, exchanges = asyncio.run(go())
@@ -209,7 +209,7 @@ def test_structured_output_uses_response_format() -> None:
 def test_response_format_rejected_falls_back_to_tolerant_parsing() -> None:
     reply = 'Here is my verdict:\n```json\n{"ok": false, "reason": "x"}\n```\nThanks.'
     with ScriptedServer(reject_response_format(ok(reply, reasoning="hmm {not json}"))) as srv:
-        async def go():
+        async def go() -> Any:
             async with LLMClient(fast_settings(srv.base_url)) as c:
                 first = await c.chat_json("reviewer", MESSAGES, schema=SCHEMA)
                 second = await c.chat_json("reviewer", MESSAGES, schema=SCHEMA)
@@ -223,7 +223,7 @@ def test_response_format_rejected_falls_back_to_tolerant_parsing() -> None:
 
 def test_structured_reply_without_json_is_typed() -> None:
     with ScriptedServer([ok("I refuse to answer in JSON")]) as srv:
-        async def go():
+        async def go() -> Any:
             async with LLMClient(fast_settings(srv.base_url)) as c:
                 return await c.chat_json("reviewer", MESSAGES, schema=SCHEMA)
         with pytest.raises(StructuredReplyError) as ei:
@@ -247,7 +247,7 @@ def test_concurrency_limit_is_shared_across_roles() -> None:
     with ScriptedServer(slow) as srv:
         settings = LLMSettings.single(srv.base_url, "m", max_concurrency=2)
 
-        async def go():
+        async def go() -> Any:
             async with LLMClient(settings) as c:
                 roles = ["designer", "reviewer", "fixer"] * 2
                 return await asyncio.gather(*(c.chat(r, MESSAGES) for r in roles))

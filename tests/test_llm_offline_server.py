@@ -38,22 +38,26 @@ def post(url: str, body: Any) -> tuple[int, dict[str, Any]]:
 def test_openai_shapes_and_usage() -> None:
     with OfflineComposerServer(seed=1) as srv:
         status, data = post(srv.base_url, {"model": "gen", "messages": designer_messages(
-            FACTS, sample_snippets(2, 0), decoder="gru", seed=0)})
+            FACTS, sample_snippets(2, 0), decoder="gru"), "seed": 0})
         bad_status, bad = post(srv.base_url, {"model": "gen", "messages": "hi"})
         stream_status, _ = post(srv.base_url, {"model": "gen", "messages": [], "stream": True})
-    assert status == 200 and data["object"] == "chat.completion" and data["model"] == "gen"
+    # the reply names what answered, not the model that was asked for
+    assert status == 200 and data["object"] == "chat.completion" and data["model"] == "nncaption-offline-composer"
     choice = data["choices"][0]
     assert choice["finish_reason"] == "stop" and choice["message"]["role"] == "assistant"
-    assert choice["message"]["content"].startswith("<think>") and "```python" in choice["message"]["content"]
+    content = choice["message"]["content"]
+    assert content.startswith("Baseline trace (") and "<think>" not in content  # labelled, not posing as thinking
+    assert "```python" in content and "```json" in content
     u = data["usage"]
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] > 0
-    assert 0 < u["completion_tokens_details"]["reasoning_tokens"] < u["completion_tokens"]
+    assert u["completion_tokens_details"]["reasoning_tokens"] == 0
     assert bad_status == 400 and bad["error"]["message"] and bad["error"]["type"] == "invalid_request_error"
     assert stream_status == 400
 
 
 def test_same_seed_same_replies_and_repeats_differ() -> None:
-    messages = designer_messages(FACTS, sample_snippets(5, 1), seed=1)
+    """Without a request seed (any OpenAI client), a repeated prompt gets a new, yet deterministic, sample."""
+    messages = designer_messages(FACTS, sample_snippets(5, 1))
 
     def codes(seed: int) -> list[str]:
         with OfflineComposerServer(seed=seed) as srv:
@@ -71,6 +75,22 @@ def test_designer_hints_are_followed() -> None:
                         decoder="transformer", seed=5)
     info = compose.parse_marker(d.code)
     assert info and info["decoder"] == "transformer" and info["backbone"] in {s.name for s in offered}
+
+
+def test_request_seed_makes_replies_repeatable() -> None:
+    """With the standard `seed` parameter the same request gets the same answer every time."""
+    messages = designer_messages(FACTS, sample_snippets(5, 1))
+    with OfflineComposerServer(seed=2) as srv:
+        c = LLMClient(LLMSettings.single(srv.base_url, "m"))
+        replies = [run_sync(c.chat("designer", messages, seed=s), c).reply for s in (4, 4, 5)]
+    assert replies[0] == replies[1] != replies[2]
+
+
+def test_split_reasoning_puts_the_labelled_trace_in_the_reasoning_field() -> None:
+    with OfflineComposerServer(split_reasoning=True) as srv:
+        c = LLMClient(LLMSettings.single(srv.base_url, "m"))
+        ex = run_sync(c.chat("designer", designer_messages(FACTS, sample_snippets(2, 0)), seed=1), c)
+    assert ex.reasoning.startswith("Baseline trace (") and ex.reply.startswith("```python")
 
 
 def test_reviewer_role_gets_a_static_verdict_as_json() -> None:
@@ -96,7 +116,7 @@ def test_latency_and_context_limit() -> None:
     offered = sample_snippets(10, 3)
     from nncaption.agents.http_server import count_tokens
 
-    sizes = {n: count_tokens("\n".join(m["content"] for m in designer_messages(FACTS, offered[:n], seed=3)))
+    sizes = {n: count_tokens("\n".join(m["content"] for m in designer_messages(FACTS, offered[:n])))
              for n in (10, 5, 2)}
     with OfflineComposerServer(latency_ms=200, max_context_tokens=(sizes[2] + sizes[5]) // 2) as srv:
         c = LLMClient(LLMSettings.single(srv.base_url, "m", backoff_base_s=0))

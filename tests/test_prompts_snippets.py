@@ -83,7 +83,7 @@ def test_snippet_follows_lemur_api_and_learns(snippet: Snippet) -> None:
     assert isinstance(net.criteria[0], torch.nn.CrossEntropyLoss)
     before = [p.detach().clone() for p in net.parameters()]
     net.learn([(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))])
-    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters())), "learn changed nothing"
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True)), "learn changed nothing"
     net.eval()
     with torch.no_grad():
         out = net(torch.randn(2, 3, 32, 32))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -193,7 +194,7 @@ def test_messages_are_json_serialisable() -> None:
     assert len(msgs[1]["content"]) < 80_000  # K=10 compact snippets stay prompt-sized
 
 
-def test_dataset_facts_from_prepared_meta(tiny_data) -> None:  # noqa: ANN001 - PreparedData from conftest
+def test_dataset_facts_from_prepared_meta(tiny_data: Any) -> None:
     facts = DatasetFacts.from_meta(tiny_data.meta)
     assert facts.vocab_size == len(tiny_data.vocab) and facts.image_size == 32
     assert facts.n_caps == tiny_data.meta.n_caps and facts.max_len == tiny_data.meta.max_len
