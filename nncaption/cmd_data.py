@@ -1,90 +1,32 @@
 """`nncaption data synth` / `nncaption data prepare`, and `resolve_dataset` for the other commands.
 
-`resolve_dataset` is what eval-model and the graph call: it generates the
-default synthetic set on first use (under NNCAPTION_HOME) and prepares the
-cache, showing progress bars, so that a fresh machine needs no data step.
+`resolve_dataset` (its home is nncaption.netapi.data.resolve) is what eval-model and the graph call: it
+generates the default synthetic set on first use (under NNCAPTION_HOME) and prepares the cache, so that a
+fresh machine needs no data step. Both data commands check NNCAPTION_HOME (or --out / --cache-dir) first,
+so an unusable folder is an environment error (exit 2). `data synth` writes under an exclusive lock, builds
+aside and renames into place, and keeps a complete set generated with the same parameters, so two commands
+started together never delete the dataset the other just finished.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING
 
 from nncaption import config
+from nncaption.netapi.data.locks import file_lock, lock_path_for
 from nncaption.netapi.errors import ConfigError
 
 if TYPE_CHECKING:  # torch is imported by the data layer: keep `nncaption --help` fast
     from nncaption.netapi.data.prepare import PreparedPaths
 
 DATASETS: tuple[str, ...] = ("synthetic", "coco")
-
-
-# ---------------------------------------------------------------- progress
-
-
-@contextlib.contextmanager
-def _bars(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """Rich progress bars on stderr; yields a (stage, done, total) callback, or None when disabled."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    tasks: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=False) as bar:
-
-        def update(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done, total=total)
-
-        yield update
-
-
-# ---------------------------------------------------------------- public helpers
-
-
-def synthetic_dir_for(seed: int, size: int) -> Path:
-    """Where the default synthetic set lives; sets above the default size get their own folder."""
-    base = config.default_synthetic_dir(seed)
-    return base if size <= config.DEFAULT_IMAGE_SIZE else base.with_name(f"{base.name}-{size}px")
-
-
-def _synthetic_complete(root: Path) -> bool:
-    # generate_synthetic writes the annotation files last
-    return all((root / "annotations" / n).is_file() for n in ("captions_train.json", "captions_val.json"))
-
-
-def ensure_synthetic(root: Path, *, n_train: int, n_val: int, size: int, seed: int, progress: bool) -> Path:
-    """Generate the synthetic set at `root` unless complete there (built aside and renamed into place)."""
-    from nncaption.netapi.data.synthetic import generate_synthetic
-
-    if _synthetic_complete(root):
-        return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.with_name(f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with _bars(progress) as cb:
-            generate_synthetic(tmp, n_train=n_train, n_val=n_val, size=size, seed=seed,
-                               progress=(lambda d, t: cb("synthetic images", d, t)) if cb else None)
-        if root.exists():
-            shutil.rmtree(root)  # incomplete leftovers
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _synthetic_complete(root):  # another process finished first, else a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+SYNTH_ENTRIES: frozenset[str] = frozenset({"annotations", "train", "val", "train2017", "val2017", "generator-secret"})
 
 
 def resolve_dataset(dataset: str, *, coco_root: Path | None, size: int = config.DEFAULT_IMAGE_SIZE,
@@ -110,15 +52,50 @@ def _positive(text: str) -> int:
     return value
 
 
+def _replaceable(out: Path) -> bool:
+    """Whether `out` may be replaced by a new synthetic set: missing, empty, or a synthetic set itself."""
+    if not out.exists():
+        return True
+    if out.is_symlink() or not out.is_dir():
+        return False
+    return all(p.name in SYNTH_ENTRIES or p.name.startswith(".generator-secret") for p in out.iterdir())
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from nncaption.netapi.data.synthetic import generate_synthetic
+    from nncaption.netapi.data.resolve import progress_bars, synthetic_complete, synthetic_dir_for
+    from nncaption.netapi.data.synthetic import generate_synthetic, generated_with, read_secret
 
     if args.size < 16:
         raise ConfigError(f"--size {args.size} is too small for the shapes to be visible", "use --size 16 or more")
-    out = Path(args.out) if args.out else synthetic_dir_for(args.seed, args.size)
-    with _bars(not args.quiet) as cb:
-        generate_synthetic(out, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
-                           progress=(lambda d, t: cb("synthetic images", d, t)) if cb else None)
+    if args.out:
+        out = Path(args.out).expanduser()
+        config.ensure_writable_dir(out.parent, "--out")
+    else:
+        config.ensure_home()
+        out = synthetic_dir_for(args.seed, args.size)
+    wanted = {"seed": args.seed, "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
+              "layout": "synthetic"}
+    with file_lock(lock_path_for(out)):  # one writer; `data prepare` and eval-model read under a shared lock
+        if synthetic_complete(out) and generated_with(out) == wanted and not args.force:
+            print(f"synthetic dataset already at {out} (same seed, size and counts; --force writes it again)")
+            print(f"next: nncaption data prepare --synthetic {out}")
+            return 0
+        if not _replaceable(out):
+            raise ConfigError(f"--out {out} exists and is not a synthetic dataset",
+                              "give --out a new or empty folder (or one written by `nncaption data synth`)")
+        secret = read_secret(out) if out.is_dir() else None  # regenerating keeps the same captions
+        tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        old = out.with_name(f".old-{out.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with progress_bars(not args.quiet) as cb:
+                generate_synthetic(tmp, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                                   secret=secret, progress=(lambda d, t: cb("synthetic images", d, t)) if cb else None)
+            if out.exists():
+                os.rename(out, old)
+            os.rename(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
     print(f"synthetic dataset written to {out}")
     print(f"  images:      {out / 'train'} ({args.n_train}), {out / 'val'} ({args.n_val})")
     print(f"  annotations: {out / 'annotations' / 'captions_train.json'}, {out / 'annotations' / 'captions_val.json'}")
@@ -127,10 +104,16 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
+    from nncaption.netapi.data.resolve import progress_bars
+
     source, root = ("coco", Path(args.coco_root)) if args.coco_root else ("synthetic", Path(args.synthetic))
-    cache = Path(args.cache_dir) if args.cache_dir else config.cache_root()
+    if args.cache_dir:
+        cache = config.ensure_writable_dir(Path(args.cache_dir), "--cache-dir")
+    else:
+        config.ensure_home()
+        cache = config.cache_root()
     karpathy = Path(args.karpathy) if args.karpathy else None
-    with _bars(not args.quiet) as cb:
+    with progress_bars(not args.quiet) as cb:
         from nncaption.netapi.data.prepare import prepare_dataset
 
         paths = prepare_dataset(source, root, cache, size=args.size, seed=args.seed,  # type: ignore[arg-type]
@@ -147,11 +130,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `data` command group."""
     data = subparsers.add_parser("data", help="generate the synthetic dataset and prepare datasets")
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    data.set_defaults(func=lambda a: (data.print_help(sys.stderr), 2)[1])
+
+    def group_help(_args: argparse.Namespace) -> int:
+        data.print_help(sys.stderr)
+        return 2
+
+    data.set_defaults(func=group_help)
 
     synth = sub.add_parser("synth", help="write the synthetic COCO-format dataset (images + captions)")
     synth.add_argument("--out", metavar="DIR", help="output folder (default: under NNCAPTION_HOME/data)")
@@ -160,6 +148,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     synth.add_argument("--size", type=int, default=config.DEFAULT_IMAGE_SIZE, metavar="PX", help="image side")
     synth.add_argument("--seed", type=int, default=config.DEFAULT_SEED, metavar="S")
     synth.add_argument("--quiet", action="store_true", help="no progress bars")
+    synth.add_argument("--force", action="store_true",
+                       help="write the set again even when the same one is already there")
     synth.set_defaults(func=_cmd_synth)
 
     prep = sub.add_parser("prepare", help="decode, resize and cache a dataset for training")

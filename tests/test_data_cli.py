@@ -27,7 +27,7 @@ def test_synth_then_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                "--cache-dir", str(cache)])
     assert rc == 0
     text = capsys.readouterr().out
-    [folder] = [p for p in cache.iterdir()]
+    [folder] = [p for p in cache.iterdir() if not p.name.startswith(".")]  # beside the build lock
     assert str(folder) in text and str(folder / "public") in text and "val 3 images" in text
     assert PreparedData.open(folder / "public").meta.n_val == 3
 

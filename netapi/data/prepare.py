@@ -11,11 +11,14 @@ generator's seed and secret would let a candidate re-derive the references).
 (annotation file contents, root, Karpathy split) and of every option, so a
 changed option never reuses a stale cache. A cache is built in a temporary
 folder and renamed into place when complete: a crash leaves no partial cache
-that could be reused.
+that could be reused. Building holds a lock on the cache folder (and a shared
+lock on a synthetic source), so concurrent processes build once and never
+delete each other's finished cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,6 +35,7 @@ import numpy as np
 from nncaption.netapi.contract import PAD
 from nncaption.netapi.data.coco import CaptionRecord, decode_image, load_records
 from nncaption.netapi.data.loader import FORMAT_VERSION, PRIVATE_FILES, PUBLIC_FILES, DatasetMeta
+from nncaption.netapi.data.locks import file_lock, optional_shared_lock
 from nncaption.netapi.data.tokenizer import tokenize
 from nncaption.netapi.data.vocab import Vocab
 from nncaption.netapi.errors import ConfigError, DatasetError
@@ -252,21 +256,22 @@ def prepare_dataset(
     if is_complete(final):
         return final
     cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(cache_root, name)
-    if final.root.exists():  # incomplete or damaged: never reuse it
-        shutil.rmtree(final.root, ignore_errors=True)
-    tmp = cache_root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    try:
-        _build(tmp, source, root, key, size=size, seed=seed, val_limit=val_limit, karpathy_split=karpathy_split,
-               min_freq=min_freq, max_len=max_len, n_caps=n_caps, workers=n_workers, progress=progress)
+    # One builder per cache folder; the raw synthetic set may not be replaced while it is read.
+    raw_lock = optional_shared_lock(root) if source == "synthetic" else contextlib.nullcontext()
+    with file_lock(cache_root / f".{name}.lock"), raw_lock:
+        if is_complete(final):  # another process built it while we waited
+            return final
+        _remove_stale_tmp(cache_root, name)
+        if final.root.exists():  # incomplete or damaged: never reuse it (we hold the lock)
+            shutil.rmtree(final.root, ignore_errors=True)
+        tmp = cache_root / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
+            _build(tmp, source, root, key, size=size, seed=seed, val_limit=val_limit, karpathy_split=karpathy_split,
+                   min_freq=min_freq, max_len=max_len, n_caps=n_caps, workers=n_workers, progress=progress)
             os.rename(tmp, final.root)
-        except OSError:
-            if not is_complete(final):  # lost a race against a broken writer: surface it
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not is_complete(final):
         raise DatasetError(f"prepared cache {final.root} is incomplete after writing it",
                            f"check free disk space under {cache_root} and prepare again")

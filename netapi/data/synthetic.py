@@ -335,6 +335,24 @@ def _write_json_atomic(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
+def generated_with(out_dir: Path) -> dict[str, object] | None:
+    """The parameters a complete set at `out_dir` was generated with (seed, size, n_train, n_val, layout), or None."""
+    for ann_name, _ in split_names("synthetic").values():
+        path = Path(out_dir) / "annotations" / ann_name
+        if path.is_file():
+            break
+    else:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f).get("info", {})
+    except (OSError, ValueError, AttributeError) as e:
+        log.debug("cannot read %s: %s", path, e)
+        return None
+    params = info.get("generator") if isinstance(info, dict) else None
+    return params if isinstance(params, dict) else None
+
+
 def generate_synthetic(
     out_dir: Path,
     *,
@@ -390,7 +408,8 @@ def generate_synthetic(
                 progress(done, total)
         payloads[ann_name] = {
             "info": {"description": f"nn-caption synthetic shapes, seed {seed}, {size}px, split {split}",
-                     "version": "1.0"},
+                     "version": "1.0",
+                     "generator": {"seed": seed, "size": size, "n_train": n_train, "n_val": n_val, "layout": layout}},
             "licenses": [],
             "type": "captions",
             "images": images,
