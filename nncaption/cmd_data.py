@@ -62,8 +62,8 @@ def _replaceable(out: Path) -> bool:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from nncaption.netapi.data.resolve import progress_bars, synthetic_complete, synthetic_dir_for
-    from nncaption.netapi.data.synthetic import generate_synthetic, generated_with, read_secret
+    from nncaption.netapi.data.resolve import progress_bars, synthetic_dir_for
+    from nncaption.netapi.data.synthetic import generate_synthetic, is_current, read_secret
 
     if args.size < 16:
         raise ConfigError(f"--size {args.size} is too small for the shapes to be visible", "use --size 16 or more")
@@ -76,7 +76,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     wanted = {"seed": args.seed, "size": args.size, "n_train": args.n_train, "n_val": args.n_val,
               "layout": "synthetic"}
     with file_lock(lock_path_for(out)):  # one writer; `data prepare` and eval-model read under a shared lock
-        if synthetic_complete(out) and generated_with(out) == wanted and not args.force:
+        if is_current(out, **wanted) and not args.force:
             print(f"synthetic dataset already at {out} (same seed, size and counts; --force writes it again)")
             print(f"next: nncaption data prepare --synthetic {out}")
             return 0

@@ -20,6 +20,7 @@ from nncaption.netapi.data.synthetic import (
     Scene,
     describe,
     generate_synthetic,
+    is_current,
     read_secret,
 )
 from nncaption.netapi.data.tokenizer import tokenize
@@ -53,6 +54,10 @@ def test_a_fresh_secret_changes_everything_and_is_kept_with_the_raw_data(tmp_pat
     assert caps(a) != caps(b)
     first = f"val/{VAL_ID_OFFSET:012d}.jpg"
     assert (a / first).read_bytes() != (b / first).read_bytes()
+    assert is_current(a, seed=7, n_train=6) and not is_current(a, seed=8)
+    (a / SECRET_FILE).rename(tmp_path / "moved")
+    assert not is_current(a)  # a set without a secret (written by the old generator) must be made again
+    (tmp_path / "moved").rename(a / SECRET_FILE)
     before = _digest(a)
     again = generate_synthetic(a, n_train=6, n_val=4, size=32, seed=7)  # regenerating reuses the stored secret
     assert _digest(again) == before

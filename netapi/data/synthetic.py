@@ -353,6 +353,20 @@ def generated_with(out_dir: Path) -> dict[str, object] | None:
     return params if isinstance(params, dict) else None
 
 
+def is_current(out_dir: Path, **params: object) -> bool:
+    """Whether `out_dir` holds a complete set made by this generator with a secret (and, if given, these params).
+
+    A set written before the secret existed (no `generator-secret`) is not current: its captions follow from
+    the public seed alone, so it must be generated again.
+    """
+    out_dir = Path(out_dir)
+    complete = all((out_dir / "annotations" / a).is_file() for a, _ in split_names("synthetic").values())
+    if not complete or read_secret(out_dir) is None:
+        return False
+    made = generated_with(out_dir)
+    return made is not None and all(made.get(k) == v for k, v in params.items())
+
+
 def generate_synthetic(
     out_dir: Path,
     *,
