@@ -1,43 +1,52 @@
-"""`nncaption check FILE` and `nncaption eval-model FILE`.
+"""`nncaption check FILE` and `nncaption eval-model FILE`: argument parsing and printing only.
 
-`check` runs the static validator in this process (it never imports the
-candidate), then the smoke check inside a sandbox (`python -m
-nncaption.netapi.smoke JOB_DIR`). `eval-model` statically checks the candidate,
-trains it through the runner inside a sandbox (`python -m nncaption.netapi.run
-JOB_DIR`) with a live progress display, and scores its free-running decodes
-here, in the parent, against references the sandbox never sees.
+The work is done by the candidate service (nncaption.sandbox.service), the same
+library the graph calls: `check` runs the static validator, then the smoke job
+in a sandbox; `eval-model` runs the smoke job first (failing fast with the very
+verdict `check` gives), trains the candidate in a sandbox and scores it in the
+parent. Jobs are content-addressed under NNCAPTION_HOME/jobs: an identical job
+returns its recorded report (`--no-reuse` trains again).
 
-Exit codes: 0 accepted / trained, 1 rejected / failed, 2 usage error (bad
-path, bad option, missing dataset). `--json` prints exactly one JSON object on
-stdout; progress and messages go to stderr.
+Every option combination that makes no sense is refused before any data or
+torch work. Exit codes: 0 accepted / trained, 1 rejected / failed, 2 usage
+error (bad path, bad option, missing dataset, no CUDA). `--json` prints exactly
+one strict JSON object on stdout, whatever happens; progress and messages go to
+stderr.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import math
 import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from nncaption import config
 from nncaption.netapi.errors import ConfigError, NNCaptionError
+from nncaption.netapi.safetext import safe_text, strict_dumps
 
-if TYPE_CHECKING:  # torch comes in with the data layer: keep `nncaption --help` fast
-    from nncaption.netapi.categories import Verdict
-    from nncaption.netapi.data.prepare import PreparedPaths
-    from nncaption.sandbox import RunResult
+if TYPE_CHECKING:  # torch comes in with the data layer: keep `nncaption --help` and usage errors fast
+    from nncaption.sandbox.report import CheckResult, EvalReport
+    from nncaption.sandbox.service import CandidateService
+
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_REJECTED, EXIT_USAGE = 0, 1, 2
 SANDBOXES: tuple[str, ...] = ("local", "docker", "ray")
 DATASETS: tuple[str, ...] = ("synthetic", "coco")
-SMOKE_TIME_LIMIT_S = 120.0
-STARTUP_SLACK_S = 120.0  # importing torch in a cold sandbox, writing files
+BATCH_MAX = 512
 
 
-# ---------------------------------------------------------------- shared helpers
+def jobs_root() -> Path:
+    """Where content-addressed jobs live: NNCAPTION_HOME/runs/jobs."""
+    return config.runs_root() / "jobs"
+
+
+# ---------------------------------------------------------------- the candidate argument
 
 
 @dataclass
@@ -66,7 +75,7 @@ def resolve_candidate(text: str) -> Candidate:
                           "pass the path of a Python file defining the Net API, or ref-lstm / ref-gru / "
                           "ref-transformer")
     try:
-        source = path.read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8-sig")  # Python accepts a UTF-8 byte-order mark: so do we
     except UnicodeDecodeError:
         raise ConfigError(f"{text} is not UTF-8 text", "pass a Python source file") from None
     except OSError as e:
@@ -74,74 +83,52 @@ def resolve_candidate(text: str) -> Candidate:
     return Candidate(path.name, path.resolve(), source)
 
 
-def resolve_data(args: argparse.Namespace, *, progress: bool) -> "PreparedPaths":
-    """The prepared dataset the options name: --prepared DIR, else --dataset (generated/prepared on first use)."""
-    from nncaption.netapi.data.prepare import PreparedPaths
-
-    if getattr(args, "prepared", None):
-        root = Path(args.prepared).expanduser().resolve()
-        paths = PreparedPaths(key=root.name, root=root, public_dir=root / "public", private_dir=root / "private")
-        for sub in (paths.public_dir, paths.private_dir):
-            if not sub.is_dir():
-                raise ConfigError(f"{root} is not a prepared dataset (no {sub.name}/ folder)",
-                                  "pass the folder printed by `nncaption data prepare` (it holds public/ and "
-                                  "private/), or leave --prepared out")
-        return paths
-    if args.dataset == "coco" and not args.coco_root:
-        raise ConfigError("--dataset coco needs --coco-root DIR",
-                          "pass --coco-root pointing at annotations/, train2017/ and val2017/, or use "
-                          "--dataset synthetic")
-    from nncaption.cmd_data import resolve_dataset
-
-    return resolve_dataset(args.dataset, coco_root=Path(args.coco_root) if args.coco_root else None,
-                           size=args.size, seed=args.data_seed, progress=progress,
-                           val_limit=getattr(args, "val_limit", None))
+# ---------------------------------------------------------------- options, checked before any heavy work
 
 
-def _emit_json(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, default=str))
+def _fail(message: str, hint: str) -> NoReturn:
+    raise ConfigError(message, hint)
 
 
-def _stderr_console() -> Any:
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-# ---------------------------------------------------------------- check
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    try:
-        return _check(args)
-    except NNCaptionError as e:
-        return _usage_error(args, e, {"ok": False, "stage": "usage", "line": None})
-
-
-def _usage_error(args: argparse.Namespace, e: NNCaptionError, fields: dict[str, Any]) -> int:
-    if args.json:
-        _emit_json({**fields, "category": e.category, "message": e.message, "hint": e.hint})
-    else:
-        from nncaption.cli import print_error
-
-        print_error(e.category, e.message, e.hint)
-    return EXIT_USAGE
-
-
-def _check(args: argparse.Namespace) -> int:
-    from nncaption.netapi.validate import static_check
-
-    cand = resolve_candidate(args.file)
-    verdict = static_check(cand.source, filename=cand.path.name)
-    if verdict.ok:
-        paths = resolve_data(args, progress=not args.json)
-        verdict = smoke_in_sandbox(cand, paths, sandbox=args.sandbox, device=args.device,
-                                   sandbox_options=sandbox_options(args))
-    if args.json:
-        _emit_json(verdict.to_dict())
-    else:
-        _print_verdict(cand, verdict)
-    return EXIT_OK if verdict.ok else EXIT_REJECTED
+def validate_args(args: argparse.Namespace) -> None:
+    """Refuse every option value or combination that makes no sense (ConfigError); imports nothing heavy."""
+    if args.prepared:
+        for flag, value in (("--dataset", args.dataset), ("--coco-root", args.coco_root), ("--size", args.size),
+                            ("--data-seed", args.data_seed), ("--val-limit", args.val_limit)):
+            if value is not None:
+                _fail(f"{flag} has no effect with --prepared (a prepared dataset is fixed)",
+                      f"leave {flag} out, or leave --prepared out")
+    dataset = args.dataset or "synthetic"
+    if dataset == "coco" and not args.coco_root and not args.prepared:
+        _fail("--dataset coco needs --coco-root DIR",
+              "pass --coco-root pointing at annotations/, train2017/ and val2017/, or use --dataset synthetic")
+    if args.coco_root and dataset != "coco":
+        _fail("--coco-root is only used with --dataset coco (the synthetic set would be used instead)",
+              "add --dataset coco, or leave --coco-root out")
+    if args.docker_runtime and args.sandbox != "docker":
+        _fail(f"--docker-runtime applies to the docker sandbox, not --sandbox {args.sandbox}",
+              "add --sandbox docker, or leave --docker-runtime out")
+    if args.ray_address and args.sandbox != "ray":
+        _fail(f"--ray-address applies to the ray sandbox, not --sandbox {args.sandbox}",
+              "add --sandbox ray, or leave --ray-address out")
+    if args.size is not None and not 16 <= args.size <= 1024:
+        _fail(f"--size {args.size} is out of range", "use an image side between 16 and 1024 pixels (e.g. 64)")
+    for flag in ("epochs", "max_train_batches", "max_val_images", "val_limit", "threads"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            name = "--" + flag.replace("_", "-")
+            _fail(f"{name} must be >= 1, got {value}", f"pass {name} 1 or more, or leave it out")
+    if not 1 <= args.batch <= BATCH_MAX:
+        _fail(f"--batch must be in 1..{BATCH_MAX}, got {args.batch}", "e.g. --batch 32")
+    if not (math.isfinite(args.lr) and 0 < args.lr <= 1):
+        _fail(f"--lr must be in (0, 1], got {args.lr}", "e.g. --lr 0.001")
+    if not (math.isfinite(args.momentum) and 0 <= args.momentum < 1):
+        _fail(f"--momentum must be in [0, 1), got {args.momentum}", "e.g. --momentum 0.9")
+    if not (math.isfinite(args.dropout) and 0 <= args.dropout < 1):
+        _fail(f"--dropout must be in [0, 1), got {args.dropout}", "e.g. --dropout 0.1")
+    limit = getattr(args, "epoch_time_limit", None)
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
+        _fail(f"--epoch-time-limit must be a positive number of seconds, got {limit}", "e.g. --epoch-time-limit 600")
 
 
 def sandbox_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -153,51 +140,155 @@ def sandbox_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-def smoke_in_sandbox(cand: Candidate, paths: "PreparedPaths", *, sandbox: str = "local", device: str = "cpu",
-                     time_limit_s: float = SMOKE_TIME_LIMIT_S,
-                     sandbox_options: dict[str, Any] | None = None) -> "Verdict":
-    """Run the smoke check of `cand` inside sandbox `sandbox`; return its Verdict (stage "smoke")."""
-    from nncaption.netapi.categories import Category, Verdict
-    from nncaption.netapi.evaluate import new_job_dir
-    from nncaption.netapi.job import JobSpec
-    from nncaption.netapi.smoke import ERROR_FILE, write_smoke_job
-    from nncaption.sandbox import SMOKE_ENTRY, Job, Limits, get_sandbox
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
 
-    job_dir = new_job_dir(config.runs_root(), f"check-{cand.label}")
-    write_smoke_job(job_dir, cand.source, paths.public_dir, time_limit_s=time_limit_s, device=device)
-    job = Job(job_dir=job_dir, spec=JobSpec.read(job_dir), entry=SMOKE_ENTRY,
-              limits=Limits(timeout_s=time_limit_s + STARTUP_SLACK_S), gpus=[0] if device == "cuda" else [])
-    result = get_sandbox(sandbox, **(sandbox_options or {})).run(job)
-    if result.verdict is not None:
-        return Verdict.from_dict(result.verdict)
-    error = job_dir / ERROR_FILE
-    if error.is_file():
-        info = json.loads(error.read_text(encoding="utf-8"))
-        raise NNCaptionError(info.get("message", "the smoke check could not start"), info.get("hint", ""),
-                             category=info.get("category", "error"))
-    category = Category(result.category) if result.category in {c.value for c in Category} else Category.CRASHED
-    tail = (result.traceback_tail or result.stderr_tail or "").strip()[-1500:]
-    message = f"the smoke check ended without a verdict ({result.status}): {result.message}"
-    if tail:
-        message += f"\nstderr tail:\n{tail}"
-    return Verdict.reject("smoke", category, f"{message}\nWhat to change: {category.hint}")
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda but no CUDA device is visible",
+                              "use --device cpu, or run on a GPU machine")
 
 
-def _print_verdict(cand: Candidate, verdict: "Verdict") -> None:
+def build_service(args: argparse.Namespace, *, progress: bool) -> CandidateService:
+    """The dataset, sandbox and settings the options name, checked (preflight) before any job starts."""
+    from nncaption.netapi.data.resolve import resolve_dataset
+    from nncaption.sandbox import get_sandbox
+    from nncaption.sandbox.service import CandidateService, EvalSettings
+
+    _check_device(args.device)
+    paths = resolve_dataset(args.dataset or "synthetic", coco_root=Path(args.coco_root) if args.coco_root else None,
+                            prepared=Path(args.prepared) if args.prepared else None,
+                            size=args.size if args.size is not None else config.DEFAULT_IMAGE_SIZE,
+                            seed=args.data_seed if args.data_seed is not None else config.DEFAULT_SEED,
+                            val_limit=args.val_limit, progress=progress)
+    settings = EvalSettings(
+        epochs=getattr(args, "epochs", 1), batch_size=args.batch, seed=args.seed, device=args.device,
+        epoch_time_limit_s=float(getattr(args, "epoch_time_limit", 600.0)),
+        max_train_batches=getattr(args, "max_train_batches", None),
+        max_val_images=getattr(args, "max_val_images", None), threads=args.threads,
+        baseline=not getattr(args, "no_baseline", False), reuse=not args.no_reuse,
+    )
+    service = CandidateService(paths, get_sandbox(args.sandbox, **sandbox_options(args)), jobs_root=jobs_root(),
+                               settings=settings)
+    service.preflight()
+    return service
+
+
+def prm_from_args(args: argparse.Namespace) -> dict[str, float | int]:
+    return {"lr": args.lr, "momentum": args.momentum, "dropout": args.dropout, "batch": args.batch}
+
+
+def _close(service: CandidateService) -> None:
+    close = getattr(service.sandbox, "close", None)
+    if callable(close):
+        close()
+
+
+# ---------------------------------------------------------------- one JSON object, whatever happens
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    print(strict_dumps(obj))
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _guarded(args: argparse.Namespace, body: Callable[[argparse.Namespace], int],
+             error_fields: dict[str, Any]) -> int:
+    """Run a command: usage errors exit 2, and under --json every outcome is exactly one JSON object."""
+    try:
+        validate_args(args)
+        return body(args)
+    except NNCaptionError as e:
+        if args.json:
+            _emit_json({**error_fields, "category": e.category, "message": safe_text(e.message, 2000, keep="head"),
+                        "hint": e.hint})
+        else:
+            from nncaption.cli import print_error
+
+            print_error(e.category, e.message, e.hint)
+        return EXIT_USAGE
+    except Exception as e:
+        if not args.json:
+            raise  # the CLI's last line of defence logs it and prints category, message and next step
+        log.exception("internal error in %s", args.command)
+        _emit_json({**error_fields, "category": "internal", "message": safe_text(f"{type(e).__name__}: {e}", 2000),
+                    "hint": "this is a bug in nn-caption; run again without --json to see where it is logged"})
+        return 1
+
+
+class _JsonAwareParser(argparse.ArgumentParser):
+    """A sub-command parser whose usage errors print one JSON object when --json is on the command line."""
+
+    _argv: list[str] = []
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        self._argv = list(args) if args is not None else list(sys.argv[1:])
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if "--json" in self._argv:
+            _emit_json({"ok": False, "status": "error", "category": "usage", "message": safe_text(message, 2000),
+                        "hint": f"see `{self.prog} --help`"})
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+# ---------------------------------------------------------------- check
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    return _guarded(args, _check, {"ok": False, "stage": "usage", "line": None, "job_id": None})
+
+
+def _check(args: argparse.Namespace) -> int:
+    cand = resolve_candidate(args.file)
+    show = not args.json
+    service = build_service(args, progress=show)
     console = _stderr_console()
-    if verdict.ok:
+    try:
+        def on_event(event: dict[str, Any]) -> None:
+            if show and event.get("event") == "stage" and event.get("stage") == "smoke":
+                console.print(f"{cand.label}: static check passed; smoke run in the {service.sandbox.name} sandbox "
+                              f"(at most {service.settings.smoke_time_limit_s:g} s) ...", markup=False)
+            elif show and event.get("event") == "reused":
+                console.print(f"{cand.label}: an identical check already ran; its result is reused", markup=False)
+
+        if show:
+            with console.status(f"checking {cand.label}", spinner="dots"):
+                result = service.check_sync(cand.source, prm_from_args(args), on_event=on_event)
+        else:
+            result = service.check_sync(cand.source, prm_from_args(args))
+    finally:
+        _close(service)
+    if args.json:
+        _emit_json(result.to_dict())
+    else:
+        _print_check(cand, result, console)
+    return EXIT_OK if result.ok else EXIT_REJECTED
+
+
+def _print_check(cand: Candidate, result: CheckResult, console: Any) -> None:
+    if result.ok:
         print(f"{cand.label}: accepted (static and smoke checks passed)")
         return
-    where = f", line {verdict.line}" if verdict.line else ""
-    print(f"{cand.label}: rejected at the {verdict.stage} stage [{verdict.category}{where}]")
-    console.print(verdict.message, markup=False)
+    where = f", line {result.line}" if result.line else ""
+    print(f"{cand.label}: rejected at the {result.stage.value} stage [{result.category}{where}]")
+    console.print(safe_text(result.message), markup=False)
+    if result.hint:
+        console.print(f"  next: {result.hint}", markup=False)
 
 
 # ---------------------------------------------------------------- eval-model
 
 
 class ProgressDisplay:
-    """Rich progress for a training job, fed by the runner's progress events."""
+    """Rich progress for an evaluation, fed by the service's stage events and the runner's progress events."""
 
     def __init__(self, epochs: int, enabled: bool) -> None:
         self.epochs = epochs
@@ -206,7 +297,7 @@ class ProgressDisplay:
         self._epoch_task: Any = None
         self._batch_task: Any = None
 
-    def __enter__(self) -> "ProgressDisplay":
+    def __enter__(self) -> ProgressDisplay:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -214,7 +305,7 @@ class ProgressDisplay:
                                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                                       console=_stderr_console(), transient=False)
             self._progress.__enter__()
-            self._epoch_task = self._progress.add_task("starting sandbox", total=self.epochs, info="")
+            self._epoch_task = self._progress.add_task("static check", total=self.epochs, info="")
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -226,244 +317,162 @@ class ProgressDisplay:
             return
         kind = event.get("event")
         p = self._progress
-        if kind == "start":
+        if kind == "stage":
+            names = {"smoke": "smoke check", "train": "starting sandbox", "score": "scoring"}
+            text = names.get(str(event.get("stage")))
+            if text:
+                p.update(self._epoch_task, description=text)
+        elif kind == "reused":
+            p.update(self._epoch_task, description=f"reused ({event.get('stage')})")
+        elif kind == "start":
             p.update(self._epoch_task, description="loading the candidate")
         elif kind == "model":
-            p.update(self._epoch_task, info=f"{event.get('params', 0):,} params")
+            params = event.get("params")
+            p.update(self._epoch_task, info=f"{params:,} params" if isinstance(params, int) else "")
         elif kind == "epoch_start":
             epoch, batches = event.get("epoch"), event.get("batches")
             p.update(self._epoch_task, description=f"epoch {epoch}/{self.epochs}")
+            batches = batches if isinstance(batches, int) and batches > 0 else None
             if self._batch_task is None:
                 self._batch_task = p.add_task("  batches", total=batches, info="")
             p.reset(self._batch_task, total=batches, description=f"  epoch {epoch} batches", info="")
         elif kind == "batch" and self._batch_task is not None:
-            loss = event.get("loss")
+            loss, batch = event.get("loss"), event.get("batch")
             info = f"loss {loss:.3f}" if isinstance(loss, (int, float)) and math.isfinite(loss) else ""
-            p.update(self._batch_task, completed=event.get("batch"), info=info)
-        elif kind == "epoch_end":
+            p.update(self._batch_task, completed=batch if isinstance(batch, int) else 0, info=info)
+        elif kind == "epoch_end" and self._batch_task is not None:
             p.update(self._batch_task, description=f"  epoch {event.get('epoch')} decoding val")
         elif kind == "decoded":
-            p.update(self._epoch_task, completed=event.get("epoch"))
+            epoch = event.get("epoch")
+            p.update(self._epoch_task, completed=epoch if isinstance(epoch, int) else 0)
         elif kind in ("done", "error"):
-            p.update(self._epoch_task, description="finished" if kind == "done" else f"failed: {event.get('category')}")
+            p.update(self._epoch_task, description="finished" if kind == "done" else "failed")
 
 
 def _cmd_eval_model(args: argparse.Namespace) -> int:
-    try:
-        return _eval_model(args)
-    except NNCaptionError as e:
-        return _usage_error(args, e, {"status": "error", "bleu4": None, "lemur_bleu4": None, "epochs": [],
-                                      "params": None, "job_dir": None})
-
-
-def _check_eval_options(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}", f"pass --{name} 1 or more")
-    if args.max_train_batches is not None and args.max_train_batches < 1:
-        raise ConfigError("--max-train-batches must be >= 1", "leave it out to train on the whole split")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        raise ConfigError(f"--lr must be a positive number, got {args.lr}", "e.g. --lr 0.001")
-    if not 0 <= args.dropout < 1:
-        raise ConfigError(f"--dropout must be in [0, 1), got {args.dropout}", "e.g. --dropout 0.1")
-    if args.epoch_time_limit <= 0:
-        raise ConfigError("--epoch-time-limit must be positive", "e.g. --epoch-time-limit 600")
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA device is visible", "use --device cpu, or run on a GPU machine")
+    return _guarded(args, _eval_model, {"status": "error", "bleu4": None, "lemur_bleu4": None, "epochs": [],
+                                        "params": None, "job_id": None, "job_dir": None})
 
 
 def _eval_model(args: argparse.Namespace) -> int:
-    from nncaption.netapi.categories import Category
-    from nncaption.netapi.job import JobSpec, read_predictions
-    from nncaption.netapi.validate import static_check
-
-    _check_eval_options(args)
     cand = resolve_candidate(args.file)
     show = not (args.json or args.quiet)
-    paths = resolve_data(args, progress=show)
-
-    from nncaption.netapi.data.loader import PreparedData
-    from nncaption.netapi.data.prepare import load_references
-    from nncaption.netapi.evaluate import make_job_dir, new_job_dir
-
-    data = PreparedData.open(paths.public_dir)  # DatasetError (exit 2) when missing or partial
-    refs = load_references(paths.private_dir)
-
-    verdict = static_check(cand.source, filename=cand.path.name)
-    if not verdict.ok:  # never run code the static check rejects
-        report = {"status": "failed", "category": verdict.category.value if verdict.category else None,
-                  "message": verdict.message, "stage": "static", "line": verdict.line, "bleu4": None,
-                  "lemur_bleu4": None, "epochs": [], "params": None, "job_dir": None}
-        return _finish(args, cand, report, None, None)
-
-    prm = {"lr": args.lr, "momentum": args.momentum, "dropout": args.dropout, "batch": args.batch,
-           "epoch": args.epochs}
-    spec = JobSpec(data_dir=str(paths.public_dir), epochs=args.epochs, batch_size=args.batch, prm=prm,
-                   seed=args.seed, device=args.device, epoch_time_limit_s=float(args.epoch_time_limit),
-                   max_train_batches=args.max_train_batches, max_val_images=args.max_val_images,
-                   threads=args.threads)
-    job_dir = make_job_dir(new_job_dir(config.runs_root(), f"eval-{cand.label}"), cand.source, spec)
-    result = run_in_sandbox(job_dir, spec, sandbox=args.sandbox, show_progress=show,
-                            sandbox_options=sandbox_options(args))
-
-    predictions = result.predictions or read_predictions(job_dir)
-    runner = result.runner
-    params = runner.params if runner else None
-    report: dict[str, Any] = {
-        "status": "ok" if result.ok else "failed",
-        "category": None if result.ok else (result.category or Category.CRASHED.value),
-        "message": result.message,
-        "bleu4": None, "lemur_bleu4": None, "epochs": [], "params": params,
-        "job_dir": str(job_dir), "sandbox": result.backend or args.sandbox, "isolation": result.isolation,
-        "dataset": {"name": data.meta.name, "key": paths.key, "image_size": data.meta.image_size,
-                    "n_train": data.meta.n_train, "n_val": data.meta.n_val},
-        "seed": args.seed, "timings": result.timings,
-    }
-    if not result.ok:
-        cat = report["category"]
-        report["hint"] = Category(cat).hint if cat in {c.value for c in Category} else ""
-        report["traceback"] = (result.traceback_tail or "")[-4000:]
-    scored = None
-    if predictions:
-        from nncaption.netapi.evaluate import constant_caption_baseline, score
-
-        scored_ids = set(predictions[-1].ids)
-        scored = score(predictions, {k: v for k, v in refs.items() if k in scored_ids}, data.vocab, params=params)
-        report["bleu4"], report["lemur_bleu4"] = scored.bleu4, scored.lemur_bleu4
-        report["epochs"] = [asdict(e) for e in scored.epochs]
-        report["examples"] = scored.examples
-        if not args.no_baseline:
-            base = constant_caption_baseline(data.train_captions, data.vocab,
-                                             {k: v for k, v in refs.items() if k in scored_ids})
-            report["baseline"] = {"caption": " ".join(base.caption), "bleu4": round(base.val["bleu4"], 6),
-                                  "note": "best constant caption chosen on training captions"}
-    return _finish(args, cand, report, scored, result)
-
-
-def run_in_sandbox(job_dir: Path, spec: Any, *, sandbox: str, show_progress: bool,
-                   on_event: Callable[[dict[str, Any]], None] | None = None,
-                   sandbox_options: dict[str, Any] | None = None) -> "RunResult":
-    """Run the prepared job dir through `get_sandbox(sandbox)` with a wall-clock backstop."""
-    from nncaption.sandbox import Job, Limits, get_sandbox
-
-    timeout = spec.epochs * 2 * spec.epoch_time_limit_s + STARTUP_SLACK_S  # learn + decode per epoch, both capped
-    job = Job(job_dir=Path(job_dir), spec=spec, limits=Limits(timeout_s=timeout),
-              gpus=[0] if spec.device.startswith("cuda") else [])
-    backend = get_sandbox(sandbox, **(sandbox_options or {}))
-    with ProgressDisplay(spec.epochs, show_progress) as display:
-        def forward(event: dict[str, Any]) -> None:
-            display.on_event(event)
-            if on_event is not None:
-                on_event(event)
-
-        return backend.run(job, on_event=forward)
-
-
-def _finish(args: argparse.Namespace, cand: Candidate, report: dict[str, Any], scored: Any,
-            result: "RunResult | None") -> int:
-    code = EXIT_OK if report["status"] == "ok" else EXIT_REJECTED
+    service = build_service(args, progress=show)
+    try:
+        with ProgressDisplay(args.epochs, show) as display:
+            report = service.evaluate_sync(cand.source, prm_from_args(args), on_event=display.on_event)
+    finally:
+        _close(service)
     if args.json:
-        _emit_json(report)
-        return code
-    _print_report(cand, report)
-    return code
+        _emit_json(report.to_dict())
+    else:
+        _print_report(cand, report)
+    return EXIT_OK if report.ok else EXIT_REJECTED
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _print_report(cand: Candidate, report: dict[str, Any]) -> None:
+def _print_report(cand: Candidate, report: EvalReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(highlight=False)
     if not console.is_terminal:  # files and pipes: wide enough for the table
         console = Console(highlight=False, width=120)
-    if report["epochs"]:
-        table = Table(title=f"{cand.label}: free-running BLEU on {report.get('dataset', {}).get('name', 'val')} "
-                            f"({report['epochs'][-1]['images']} val images)")
+    if report.epochs:
+        table = Table(title=f"{cand.label}: free-running BLEU on {report.dataset_name or 'val'} "
+                            f"({report.epochs[-1].images} val images)")
         for col in ("epoch", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "LEMUR B-4*", "loss", "train s",
                     "decode s", "words"):
             table.add_column(col, justify="right")
-        for e in report["epochs"]:
-            table.add_row(str(e["epoch"]), _fmt(e["bleu1"]), _fmt(e["bleu2"]), _fmt(e["bleu3"]), _fmt(e["bleu4"]),
-                          _fmt(e["lemur_bleu4"]), _fmt(e["train_loss"], 3), _fmt(e["seconds"], 1),
-                          _fmt(e["decode_seconds"], 1), _fmt(e["mean_length"], 1))
+        for e in report.epochs:
+            table.add_row(str(e.epoch), _fmt(e.bleu1), _fmt(e.bleu2), _fmt(e.bleu3), _fmt(e.bleu4),
+                          _fmt(e.lemur_bleu4), _fmt(e.train_loss, 3), _fmt(e.seconds, 1), _fmt(e.decode_seconds, 1),
+                          _fmt(e.mean_length, 1))
         console.print(table)
         console.print("* LEMUR-compatible: mean sentence BLEU-4 (smoothing 1) on token ids, for comparison with "
                       "LEMUR's stats only. The main figure is COCO-protocol corpus BLEU-4.", style="dim")
-        for ex in report.get("examples", []):
-            console.print(f"  image {ex['image_id']}: [bold]{ex['caption'] or '(empty)'}[/bold]  "
-                          f"(a reference: {ex['reference']})")
-    if report["status"] == "ok":
-        line = f"BLEU-4 {report['bleu4']:.4f}"
-        base = report.get("baseline")
-        if base:
-            ratio = report["bleu4"] / base["bleu4"] if base["bleu4"] else float("inf")
-            line += f"  vs constant-caption baseline {base['bleu4']:.4f} ('{base['caption']}'), ratio {ratio:.2f}"
-        console.print(line)
-        console.print(f"params {report['params']:,}; job dir {report['job_dir']}")
-    else:
-        from nncaption.cli import print_error
+        for ex in report.examples:
+            console.print(f"  image {ex.image_id}: {ex.caption or '(empty)'}  (a reference: {ex.reference})",
+                          markup=False)
+    if report.ok and report.bleu4 is not None:
+        line = f"BLEU-4 {report.bleu4:.4f}"
+        if report.baseline_bleu4 is not None:
+            base = report.baseline_bleu4
+            ratio = f"{report.bleu4 / base:.2f}" if base else "inf"
+            line += f"  vs constant-caption baseline {base:.4f} ('{report.baseline_caption}'), ratio {ratio}"
+        console.print(line, markup=False)
+        if report.suspect:
+            console.print(f"SUSPECT: {report.suspect_reason}", style="bold red", markup=False)
+        reused = " (recorded result of an identical job, reused: --no-reuse trains again)" if report.reused else ""
+        params = f"{report.params:,}" if report.params is not None else "?"
+        console.print(f"params {params}; job dir {report.job_dir}{reused}", markup=False)
+        return
+    from nncaption.cli import print_error
 
-        print_error(str(report["category"]), str(report["message"]), str(report.get("hint", "")))
-        if report.get("traceback"):
-            print(report["traceback"], file=sys.stderr)
-        if report.get("job_dir"):
-            print(f"  job dir: {report['job_dir']}", file=sys.stderr)
+    where = f" at the {report.stage.value} stage" + (f", line {report.line}" if report.line else "")
+    print_error(str(report.category or report.status.value), f"{cand.label} {report.status.value}{where}: "
+                f"{safe_text(report.message)}", report.hint)
+    if report.traceback_tail:
+        print(safe_text(report.traceback_tail), file=sys.stderr)
+    if report.job_dir:
+        print(f"  job dir: {report.job_dir}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- registration
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=DATASETS, default="synthetic",
-                   help="synthetic (generated on first use) or coco (needs --coco-root)")
-    p.add_argument("--coco-root", metavar="DIR", help="COCO 2017 folder: annotations/, train2017/, val2017/")
+def _add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="candidate .py file, or ref-lstm / ref-gru / ref-transformer")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="synthetic (default; generated on first use) or coco (needs --coco-root)")
+    p.add_argument("--coco-root", metavar="DIR", help="with --dataset coco: annotations/, train2017/, val2017/")
     p.add_argument("--prepared", metavar="DIR", help="an already prepared dataset folder (holding public/ and "
-                   "private/); overrides --dataset")
-    p.add_argument("--size", type=int, default=config.DEFAULT_IMAGE_SIZE, metavar="PX", help="image side in pixels")
-    p.add_argument("--data-seed", type=int, default=config.DEFAULT_SEED, metavar="S",
-                   help="seed of the synthetic data and of the validation subset")
+                   "private/); excludes --dataset, --coco-root, --size, --data-seed and --val-limit")
+    p.add_argument("--size", type=int, default=None, metavar="PX",
+                   help=f"image side in pixels (default {config.DEFAULT_IMAGE_SIZE})")
+    p.add_argument("--data-seed", type=int, default=None, metavar="S",
+                   help=f"seed of the synthetic data and of the validation subset (default {config.DEFAULT_SEED})")
+    p.add_argument("--val-limit", type=int, default=None, metavar="N",
+                   help="prepare a seeded validation subset of N images (COCO)")
     p.add_argument("--sandbox", choices=SANDBOXES, default="local", help="where candidate code runs")
     p.add_argument("--ray-address", metavar="ADDR", default=None,
                    help="with --sandbox ray: an existing Ray cluster (default: start Ray locally)")
     p.add_argument("--docker-runtime", metavar="NAME", default=None,
                    help="with --sandbox docker: container runtime, e.g. runsc (gVisor)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads in the sandbox")
+    p.add_argument("--batch", type=int, default=32, metavar="N",
+                   help=f"training batch size, prm['batch'] (1..{BATCH_MAX})")
+    p.add_argument("--lr", type=float, default=1e-3, metavar="F", help="prm['lr'], in (0, 1]")
+    p.add_argument("--momentum", type=float, default=0.9, metavar="F", help="prm['momentum'], in [0, 1)")
+    p.add_argument("--dropout", type=float, default=0.1, metavar="F", help="prm['dropout'], in [0, 1)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="training seed (torch, numpy, random)")
+    p.add_argument("--no-reuse", action="store_true",
+                   help="run again even when an identical job (same code, options and dataset) has a recorded result")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
-def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `check` and `eval-model`."""
     check = subparsers.add_parser("check", help="validate a candidate: static checks, then a smoke run in a sandbox",
                                   description="Exit 0 accepted, 1 rejected, 2 usage error.")
-    check.add_argument("file", metavar="FILE", help="candidate .py file, or ref-lstm / ref-gru / ref-transformer")
-    _add_data_options(check)
-    check.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    check.__class__ = _JsonAwareParser
+    _add_common_options(check)
     check.set_defaults(func=_cmd_check)
 
     ev = subparsers.add_parser("eval-model", help="train a candidate in a sandbox and score it (BLEU-4)",
-                               description="Exit 0 trained and scored, 1 the candidate failed, 2 usage error.")
-    ev.add_argument("file", metavar="FILE", help="candidate .py file, or ref-lstm / ref-gru / ref-transformer")
-    _add_data_options(ev)
+                               description="Runs the smoke check first, then trains and scores. Exit 0 trained and "
+                               "scored, 1 the candidate failed, 2 usage error.")
+    ev.__class__ = _JsonAwareParser
+    _add_common_options(ev)
     ev.add_argument("--epochs", type=int, default=3, metavar="N")
-    ev.add_argument("--batch", type=int, default=32, metavar="N", help="training batch size")
-    ev.add_argument("--lr", type=float, default=1e-3, metavar="F", help="prm['lr']")
-    ev.add_argument("--momentum", type=float, default=0.9, metavar="F", help="prm['momentum']")
-    ev.add_argument("--dropout", type=float, default=0.1, metavar="F", help="prm['dropout']")
-    ev.add_argument("--seed", type=int, default=0, metavar="S", help="training seed (torch, numpy, random)")
-    ev.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ev.add_argument("--max-train-batches", type=int, default=None, metavar="N", help="cap batches per epoch")
     ev.add_argument("--max-val-images", type=int, default=None, metavar="N", help="decode only the first N val images")
-    ev.add_argument("--val-limit", type=int, default=None, metavar="N",
-                    help="prepare a seeded validation subset of N images (COCO)")
     ev.add_argument("--epoch-time-limit", type=float, default=600.0, metavar="S",
                     help="seconds allowed per epoch of training (and per decode pass)")
-    ev.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads in the sandbox")
     ev.add_argument("--no-baseline", action="store_true", help="skip the constant-caption baseline")
     ev.add_argument("--quiet", action="store_true", help="no progress display")
     ev.set_defaults(func=_cmd_eval_model)

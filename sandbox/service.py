@@ -254,12 +254,12 @@ class CandidateService:
 
     def _smoke_job(self, run_dir: Path, code: str, spec: JobSpec) -> Job:
         limits = self._limits(self.settings.smoke_time_limit_s + self.settings.startup_slack_s)
-        gpus = [0] if spec.device.startswith("cuda") else []
+        gpus, num_gpus = self._gpus(spec)
         if _has_modes():
             from nncaption.netapi.evaluate import make_job_dir
 
             make_job_dir(run_dir, code, spec)
-            return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, entry=RUNNER_ENTRY)
+            return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, num_gpus=num_gpus, entry=RUNNER_ENTRY)
         from nncaption.netapi.smoke import write_smoke_job  # the separate smoke entry, until lifecycle merges it
 
         write_smoke_job(run_dir, code, Path(spec.data_dir), max_params=spec.max_params,
@@ -326,8 +326,9 @@ class CandidateService:
             from nncaption.netapi.evaluate import make_job_dir
 
             make_job_dir(run_dir, code, spec)
-            job = Job(job_dir=run_dir, spec=spec, limits=self._limits(self.train_backstop_s()),
-                      gpus=[0] if spec.device.startswith("cuda") else [])
+            gpus, num_gpus = self._gpus(spec)
+            job = Job(job_dir=run_dir, spec=spec, limits=self._limits(self.train_backstop_s()), gpus=gpus,
+                      num_gpus=num_gpus)
             result = await self._run(job, emit)
             timings = {**check.timings, "train_s": round(time.monotonic() - t1, 3),
                        **{f"sandbox_{k}": v for k, v in result.timings.items()}}
@@ -405,6 +406,14 @@ class CandidateService:
                                                                 "job_id": report.job_id, "epochs": len(report.epochs)})
 
     # ------------------------------------------------------------ running
+
+    def _gpus(self, spec: JobSpec) -> tuple[list[int], int]:
+        """(Job.gpus, Job.num_gpus): one GPU for a CUDA job, from the sandbox's GpuAllocator when it has one."""
+        if not spec.device.startswith("cuda"):
+            return [], 0
+        if getattr(self.sandbox, "gpus", None) is not None:  # BaseSandbox(gpu_allocator=...): it hands out devices
+            return [], 1
+        return [0], 1
 
     def _limits(self, timeout_s: float) -> Limits:
         limits = Limits(timeout_s=timeout_s)

@@ -3,53 +3,72 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runner import tiny_candidate
 
 from nncaption import config
 from nncaption.cli import main
 from nncaption.netapi.categories import Category
 
-from test_runner import tiny_candidate
+CANDIDATES = Path(__file__).parent / "candidates"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"not strict JSON: {name}")
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        code = int(e.code or 0)
     out = capsys.readouterr().out.strip()
     lines = out.splitlines()
     assert len(lines) == 1, out  # exactly one JSON object on stdout
-    return code, json.loads(lines[0])
+    return code, json.loads(lines[0], parse_constant=_no_constants)  # strict: no NaN / Infinity
 
 
 def data_args(tiny_dataset: Any) -> list[str]:
     return ["--prepared", str(tiny_dataset.root)]
 
 
+FAST = ["--epochs", "1", "--max-train-batches", "1", "--max-val-images", "8", "--threads", "1"]
+
+
+# --------------------------------------------------------------------------- eval-model
+
+
 def test_eval_model_json_reference(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--epochs", "2",
                         "--max-train-batches", "2", "--threads", "1", "--json")
     assert code == 0, out
-    assert out["status"] == "ok" and out["category"] is None
-    for key in ("message", "bleu4", "lemur_bleu4", "epochs", "params", "job_dir", "baseline"):
+    assert out["status"] == "ok" and out["category"] is None and out["stage"] == "score"
+    for key in ("message", "bleu4", "lemur_bleu4", "epochs", "params", "job_id", "job_dir", "baseline_bleu4",
+                "baseline_caption", "suspect", "prm", "timings", "reused"):
         assert key in out
     assert [e["epoch"] for e in out["epochs"]] == [1, 2]
     assert all({"bleu4", "seconds", "lemur_bleu4", "bleu1"} <= set(e) for e in out["epochs"])
     assert out["bleu4"] == out["epochs"][-1]["bleu4"] and 0 <= out["bleu4"] <= 1
-    assert out["params"] > 100_000
+    assert out["params"] > 100_000 and out["suspect"] is False
     assert out["sandbox"] == "local" and out["isolation"]
     job = Path(out["job_dir"])
-    assert (job / "predictions.json").is_file() and (job / "result.json").is_file()
-    assert job.is_relative_to(config.runs_root())  # under NNCAPTION_HOME, set per test session
+    assert job.name == out["job_id"] and job.is_relative_to(config.runs_root())  # under NNCAPTION_HOME
+    assert (job / "job" / "predictions.json").is_file() and (job / "job" / "result.json").is_file()
+    saved = json.loads((job / "report.json").read_text())  # the scores are saved with the job
+    assert saved["bleu4"] == out["bleu4"] and saved["job_id"] == out["job_id"]
 
 
 def test_eval_model_failure_is_categorised(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
                                            tmp_path: Path) -> None:
     bad = tmp_path / "needs_captions.py"
     bad.write_text(tiny_candidate(needs_captions=True))
-    code, out = run_cli(capsys, "eval-model", str(bad), *data_args(tiny_dataset), "--epochs", "1",
-                        "--max-train-batches", "1", "--threads", "1", "--json")
+    code, out = run_cli(capsys, "eval-model", str(bad), *data_args(tiny_dataset), *FAST, "--json")
     assert code == 1
     assert out["status"] == "failed" and out["category"] == Category.EVAL_CONTRACT.value
     assert out["hint"] == Category.EVAL_CONTRACT.hint and out["bleu4"] is None and out["epochs"] == []
@@ -66,6 +85,42 @@ def test_eval_model_never_runs_a_statically_rejected_file(capsys: pytest.Capture
     assert out["stage"] == "static" and out["job_dir"] is None and out["line"] is not None
 
 
+def test_eval_model_fails_fast_with_the_category_check_gives(capsys: pytest.CaptureFixture[str],
+                                                             tiny_dataset: Any) -> None:
+    """A learn that never steps: eval-model used to train it to `ok`; now it stops at the smoke stage."""
+    bad = str(CANDIDATES / "bad_no_update.py")
+    code, checked = run_cli(capsys, "check", bad, *data_args(tiny_dataset), "--json")
+    assert code == 1 and checked["ok"] is False and checked["stage"] == "smoke"
+    code, out = run_cli(capsys, "eval-model", bad, *data_args(tiny_dataset), *FAST, "--json")
+    assert code == 1
+    assert out["status"] == "failed" and out["category"] == checked["category"] and out["stage"] == "smoke"
+    assert out["epochs"] == [] and out["bleu4"] is None
+    assert not (Path(out["job_dir"]) / "job").exists()  # no training job was started
+
+
+def test_the_identical_eval_is_reused_and_no_reuse_trains_again(capsys: pytest.CaptureFixture[str],
+                                                                 tiny_dataset: Any) -> None:
+    argv = ["eval-model", "ref-lstm", *data_args(tiny_dataset), *FAST, "--json"]
+    code, first = run_cli(capsys, *argv)
+    assert code == 0, first
+    started = time.monotonic()
+    code, again = run_cli(capsys, *argv)
+    assert code == 0 and again["reused"] is True and again["job_id"] == first["job_id"]
+    assert again["bleu4"] == first["bleu4"] and time.monotonic() - started < 10
+    code, fresh = run_cli(capsys, *argv, "--no-reuse")
+    assert code == 0 and fresh["reused"] is False and fresh["job_id"] == first["job_id"]
+
+
+def test_human_readable_eval_report(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
+    code = main(["eval-model", "ref-lstm", *data_args(tiny_dataset), *FAST, "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "BLEU-4" in out and "LEMUR" in out and "constant-caption baseline" in out and "job dir" in out
+
+
+# --------------------------------------------------------------------------- usage errors: up front, one JSON object
+
+
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
@@ -73,6 +128,7 @@ def test_eval_model_never_runs_a_statically_rejected_file(capsys: pytest.Capture
         (["eval-model", "ref-resnet"], "unknown reference model"),
         (["eval-model", "ref-gru", "--epochs", "0"], "--epochs"),
         (["eval-model", "ref-gru", "--lr", "-1"], "--lr"),
+        (["eval-model", "ref-gru", "--lr", "nan"], "--lr"),
         (["eval-model", "ref-gru", "--prepared", "/nonexistent/prepared"], "not a prepared dataset"),
         (["eval-model", "ref-gru", "--dataset", "coco"], "--coco-root"),
         (["check", "no/such/file.py"], "does not exist"),
@@ -84,23 +140,128 @@ def test_usage_errors_exit_2_with_a_hint(argv: list[str], words: str, capsys: py
     assert out["category"] == "config" and words in out["message"] and out["hint"]
 
 
+NONSENSE: list[tuple[list[str], str]] = [
+    (["eval-model", "ref-gru", "--coco-root", "/data/coco"], "--coco-root"),
+    (["check", "ref-gru", "--coco-root", "/data/coco", "--dataset", "synthetic"], "--coco-root"),
+    (["eval-model", "ref-gru", "--docker-runtime", "runsc"], "--docker-runtime"),
+    (["check", "ref-gru", "--sandbox", "ray", "--docker-runtime", "runsc"], "--docker-runtime"),
+    (["eval-model", "ref-gru", "--ray-address", "head:6379"], "--ray-address"),
+    (["eval-model", "ref-gru", "--max-val-images", "0"], "--max-val-images"),
+    (["eval-model", "ref-gru", "--max-train-batches", "0"], "--max-train-batches"),
+    (["eval-model", "ref-gru", "--threads", "0"], "--threads"),
+    (["check", "ref-gru", "--threads", "0"], "--threads"),
+    (["eval-model", "ref-gru", "--val-limit", "0"], "--val-limit"),
+    (["eval-model", "ref-gru", "--batch", "0"], "--batch"),
+    (["eval-model", "ref-gru", "--batch", "100000"], "--batch"),
+    (["eval-model", "ref-gru", "--lr", "2"], "--lr"),
+    (["eval-model", "ref-gru", "--momentum", "1"], "--momentum"),
+    (["eval-model", "ref-gru", "--dropout", "1"], "--dropout"),
+    (["eval-model", "ref-gru", "--epoch-time-limit", "0"], "--epoch-time-limit"),
+    (["eval-model", "ref-gru", "--size", "4"], "--size"),
+    (["eval-model", "ref-gru", "--prepared", "/p", "--dataset", "coco"], "--dataset"),
+    (["eval-model", "ref-gru", "--prepared", "/p", "--size", "32"], "--size"),
+    (["check", "ref-gru", "--prepared", "/p", "--val-limit", "5"], "--val-limit"),
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), NONSENSE)
+def test_nonsense_options_are_refused_before_any_data_work(argv: list[str], flag: str,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_data(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the dataset was resolved before the options were checked")
+
+    monkeypatch.setattr("nncaption.netapi.data.resolve.resolve_dataset", no_data)
+    code, out = run_cli(capsys, *argv, "--json")
+    assert code == 2, out
+    assert out["category"] == "config" and flag in out["message"] and out["hint"]
+
+
+def test_a_usage_error_costs_no_torch_import() -> None:
+    """Cheap argument errors used to take 6-10 s because the data layer (torch) loaded first."""
+    script = ("import sys, time; t = time.monotonic(); from nncaption.cli import main; "
+              "rc = main(['eval-model', 'ref-gru', '--threads', '0', '--json']); "
+              "print(rc, 'torch' in sys.modules, round(time.monotonic() - t, 2), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    rc, torch_loaded, seconds = proc.stderr.split()[-3:]
+    assert (rc, torch_loaded) == ("2", "False"), proc.stderr
+    assert float(seconds) < 3
+    assert json.loads(proc.stdout)["category"] == "config"
+
+
+def test_argparse_errors_under_json_are_one_json_object(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "eval-model", "ref-gru", "--sandbox", "vm", "--json")
+    assert code == 2 and out["category"] == "usage" and "vm" in out["message"]
+    code, out = run_cli(capsys, "check", "--json")  # FILE missing
+    assert code == 2 and out["category"] == "usage"
+
+
+def test_bad_option_without_json_is_an_argparse_usage_error() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["eval-model", "ref-gru", "--sandbox", "vm"])
+    assert e.value.code == 2
+
+
 def test_usage_error_without_json_prints_category_and_next_step(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval-model", "no/such/file.py"]) == 2
     err = capsys.readouterr().err
     assert "error [config]" in err and "next:" in err
 
 
-def test_bad_option_is_an_argparse_usage_error() -> None:
-    with pytest.raises(SystemExit) as e:
-        main(["eval-model", "ref-gru", "--sandbox", "vm"])
-    assert e.value.code == 2
+def test_an_internal_error_under_json_is_one_json_object(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, tiny_dataset: Any) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug \x1b]0;title\x07")
+
+    monkeypatch.setattr("nncaption.cmd_eval.build_service", broken)
+    code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--json")
+    assert code == 1 and out["category"] == "internal" and "RuntimeError" in out["message"]
+    assert "\x1b" not in out["message"]
+
+
+def test_a_partial_prepared_dataset_is_a_usage_error_before_any_job(capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    (tmp_path / "public").mkdir()
+    (tmp_path / "private").mkdir()
+    (tmp_path / "public" / "meta.json").write_text('{"key": "abc"}')
+    code, out = run_cli(capsys, "check", "ref-gru", "--prepared", str(tmp_path), "--json")
+    assert code == 2 and out["category"] == "dataset" and out["job_id"] is None
+
+
+def test_cuda_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--device", "cuda", "--json")
+    assert code == 2 and out["category"] == "config" and "CUDA" in out["message"]
+
+
+# --------------------------------------------------------------------------- check
 
 
 def test_check_accepts_a_reference_model(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code, out = run_cli(capsys, "check", "ref-transformer", *data_args(tiny_dataset), "--json")
     assert code == 0, out
-    assert set(out) == {"ok", "stage", "category", "message", "line"}
+    assert {"ok", "stage", "category", "message", "line", "job_id", "timings", "reused", "hint"} == set(out)
     assert out["ok"] is True and out["stage"] == "smoke" and out["category"] is None
+
+
+def test_check_shows_progress_on_stderr(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
+    code = main(["check", "ref-gru", *data_args(tiny_dataset)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "smoke run in the local sandbox" in captured.err and "accepted" in captured.out
+
+
+def test_check_accepts_a_file_with_a_utf8_bom(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
+                                              tmp_path: Path) -> None:
+    from nncaption.netapi import reference
+
+    bom = tmp_path / "bom.py"
+    bom.write_bytes(b"\xef\xbb\xbf" + reference.source("transformer").encode("utf-8"))
+    code, out = run_cli(capsys, "check", str(bom), *data_args(tiny_dataset), "--json")
+    assert code == 0 and out["ok"] is True, out
 
 
 def test_check_rejects_at_the_static_stage(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
@@ -119,14 +280,6 @@ def test_check_rejects_at_the_smoke_stage(capsys: pytest.CaptureFixture[str], ti
     code, out = run_cli(capsys, "check", str(bad), *data_args(tiny_dataset), "--json")
     assert code == 1
     assert out["ok"] is False and out["stage"] == "smoke" and out["category"] == Category.SHAPE_ERROR.value
-
-
-def test_human_readable_eval_report(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
-    code = main(["eval-model", "ref-lstm", *data_args(tiny_dataset), "--epochs", "1", "--max-train-batches", "1",
-                 "--threads", "1", "--quiet"])
-    out = capsys.readouterr().out
-    assert code == 0
-    assert "BLEU-4" in out and "LEMUR" in out and "constant-caption baseline" in out and "job dir" in out
 
 
 def test_sandbox_options_from_the_command_line() -> None:
