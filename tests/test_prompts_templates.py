@@ -200,3 +200,12 @@ def test_dataset_facts_from_prepared_meta(tiny_data: Any) -> None:
     assert facts.n_caps == tiny_data.meta.n_caps and facts.max_len == tiny_data.meta.max_len
     user = designer_messages(facts, [])[1]["content"]
     assert f"out_shape = ({facts.vocab_size},)" in user and "Backbone snippets" not in user
+
+
+def test_bench_prompts_prints_the_shared_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    from nncaption.evals import bench_prompts
+
+    assert bench_prompts.main(["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["shared_prefix_chars"] >= r["constant_part_chars"] > r["system_plus_contract_chars"] > r["system_chars"]
+    assert r["target_met"] is True
