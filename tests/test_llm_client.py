@@ -289,3 +289,34 @@ def test_invalid_settings_are_config_errors() -> None:
     assert "temperature" in ei.value.message and "bogus" in ei.value.message
     s = LLMSettings.from_dict({"reviewer": {"model": "small"}})
     assert s.for_role("reviewer").model == "small" and s.for_role("designer") == s.shared
+
+
+def test_the_model_the_server_returned_is_recorded_beside_the_one_requested() -> None:
+    def renamed(body: dict[str, Any], server: ScriptedServer) -> Reply:
+        return Reply(200, completion_body("served-name", "hi", prompt_text="Hello"))
+
+    with ScriptedServer(renamed) as srv:
+        ex = chat(fast_settings(srv.base_url))
+    assert (ex.model, ex.model_returned) == ("test-model", "served-name")
+    assert LLMExchange.from_dict(ex.to_dict()).model_returned == "served-name"
+    old = ex.to_dict()
+    del old["model_returned"]  # a record written before the field existed
+    assert LLMExchange.from_dict(old).model_returned is None
+
+
+@pytest.mark.parametrize("code", [200, 404, 502])
+def test_an_html_page_is_one_brief_bad_response_never_retried(code: int) -> None:
+    page = b"<html><head><title>Welcome to nginx!</title></head><body>" + b"<p>x</p>" * 500 + b"</body></html>"
+    with ScriptedServer([lambda body, server: Reply(code, page, {"Content-Type": "text/html"})]) as srv:
+        with pytest.raises(BadResponse) as ei:
+            chat(fast_settings(srv.base_url, max_retries=4))
+    assert len(srv.bodies) == 1 and ei.value.exchange is not None and ei.value.exchange.attempts == 1
+    assert "HTML page titled 'Welcome to nginx!'" in ei.value.message and "<p>" not in ei.value.message
+    assert len(ei.value.message) < 300 and "/v1" in ei.value.hint
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "localhost:8000", "ftp://host/v1", "http:///v1", ""])
+def test_a_base_url_without_http_scheme_or_host_is_refused_at_once(url: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        LLMSettings.single(url, "m")
+    assert "http://" in ei.value.message and "base_url" in ei.value.message
