@@ -29,7 +29,7 @@ class Net(nn.Module):
     def learn(self, train_data):
         hook = globals().get("hostile_learn")
         if hook is not None:
-            open("hostile-started", "w").close()  # lets the test check the hostile code really ran
+            print("NNCAPTION-MARK hostile-started", flush=True)  # lets the test check the hostile code really ran
             hook()
         self.train()
         for images, captions in train_data:
@@ -39,7 +39,7 @@ class Net(nn.Module):
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
-            self.last_loss = float(loss)
+            self.last_loss = float(loss.detach())
 
     def forward(self, images, captions=None, hidden_state=None):
         h = self.encoder(images).unsqueeze(0)

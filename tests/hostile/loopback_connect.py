@@ -1,5 +1,5 @@
 # At import: connect to the loopback listener the test opened (__PORT__) and to an outside address;
-# record what happened in the working directory, then behave as a normal model.
+# report what happened on stdout, then behave as a normal model.
 import json
 import socket
 
@@ -10,5 +10,4 @@ for _host, _port in (("127.0.0.1", __PORT__), ("1.1.1.1", 80), ("8.8.8.8", 53)):
             _seen[f"{_host}:{_port}"] = "connected"
     except OSError as _e:
         _seen[f"{_host}:{_port}"] = f"refused: {_e}"
-with open("network.json", "w") as _f:
-    json.dump(_seen, _f)
+print("NNCAPTION-MARK network " + json.dumps(_seen), flush=True)
