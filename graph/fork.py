@@ -1,0 +1,243 @@
+"""Fork a run: continue it from step N's checkpoint, possibly on another LLM endpoint, into a NEW run directory.
+
+LangGraph time travel on a copy: step N ran in superstep S, so the fork starts
+from the checkpoint saved after superstep S-1 (its `checkpoint_id` is looked up in
+the original's checkpoint database, read-only). The new directory gets
+
+- consistent copies of both databases (SQLite's backup API from read-only
+  connections, so a running original is fine), the blobs (hard links: blobs are
+  immutable) and copies of the candidate files and sandbox jobs;
+- in the copied checkpoint database: the checkpoints after the fork point and the
+  writes of superstep S's tasks removed, so every task of superstep S runs again;
+- in the copied results database: everything superstep S and later wrote (steps,
+  LLM calls, attempts, verdicts, jobs, candidates planned from S on, the final
+  fields of candidates recorded from S on) removed, step numbering continuing;
+- config.json with the new endpoint, and fork.json saying where it came from.
+
+Then `SearchRun(..., resume=True)` continues the copy (with `checkpoint_id` in the
+config when the runner accepts one). Steps before superstep S are identical to the
+original's; later ones are made by the new endpoint. The original is never opened
+for writing: its databases hash the same before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nncaption.graph.trace import CHECKPOINT_DB, CONFIG_FILE, RESULTS_DB, RunReader, TraceLookupError, connect_ro
+from nncaption.netapi.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
+
+THREAD_ID = "search"
+FORK_FILE = "fork.json"
+Masker = Callable[[Any], dict[str, Any]]
+
+
+def fork_checkpoint(run_dir: Path, superstep: int) -> str:
+    """The checkpoint saved after `superstep - 1` in the original (read-only): where superstep `superstep` began."""
+    db = connect_ro(run_dir / CHECKPOINT_DB)
+    try:
+        rows = db.execute("SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id=? AND checkpoint_ns='' "
+                          "ORDER BY checkpoint_id", (THREAD_ID,)).fetchall()
+    finally:
+        db.close()
+    found = None
+    for r in rows:
+        try:
+            meta = json.loads(r["metadata"])
+        except (TypeError, ValueError):
+            log.debug("checkpoint %s: unreadable metadata", r["checkpoint_id"], exc_info=True)
+            continue
+        if isinstance(meta, dict) and meta.get("step") == superstep - 1:
+            found = str(r["checkpoint_id"])  # the latest one wins (a resumed run may have redone the step)
+    if found is None:
+        raise TraceLookupError(f"no checkpoint before superstep {superstep} in {run_dir / CHECKPOINT_DB}",
+                               "fork from a step of a run that checkpointed it (see `nncaption trace RUN_DIR`)")
+    return found
+
+
+def _backup(src: Path, dst: Path) -> None:
+    """A consistent copy of a SQLite database, read from a read-only connection."""
+    source = connect_ro(src)
+    target = sqlite3.connect(dst)
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def copy_run(src: Path, dst: Path) -> None:
+    """Databases (backup API), blobs (hard links), candidate files and sandbox jobs (copies)."""
+    dst.mkdir(parents=True)
+    _backup(src / RESULTS_DB, dst / RESULTS_DB)
+    _backup(src / CHECKPOINT_DB, dst / CHECKPOINT_DB)
+    if (src / "blobs").is_dir():
+        shutil.copytree(src / "blobs", dst / "blobs", copy_function=_link_or_copy, symlinks=True)
+    for name in ("candidates", "jobs"):
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, symlinks=True,
+                            ignore=shutil.ignore_patterns("lock", ".trash"))
+
+
+def trim_checkpoints(db_path: Path, checkpoint_id: str) -> int:
+    """In a COPY: drop the checkpoints after `checkpoint_id` and the writes made from it (they are redone)."""
+    db = sqlite3.connect(db_path)
+    try:
+        with db:
+            n = db.execute("DELETE FROM checkpoints WHERE thread_id=? AND checkpoint_id > ?",
+                           (THREAD_ID, checkpoint_id)).rowcount
+            db.execute("DELETE FROM writes WHERE thread_id=? AND checkpoint_id >= ?", (THREAD_ID, checkpoint_id))
+    finally:
+        db.close()
+    return int(n)
+
+
+def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
+    """In a COPY: remove what supersteps >= `superstep` wrote, so the journal is what the fork point saw."""
+    db = sqlite3.connect(run_dir / RESULTS_DB)
+    removed: dict[str, int] = {}
+    try:
+        with db:
+            db.execute("CREATE TEMP TABLE gone AS SELECT step FROM steps WHERE superstep >= ?", (superstep,))
+            for table in ("llm_calls", "attempts", "verdicts", "sandbox_jobs"):
+                removed[table] = db.execute(f"DELETE FROM {table} WHERE step IN (SELECT step FROM gone)").rowcount
+            removed["steps"] = db.execute("DELETE FROM steps WHERE superstep >= ?", (superstep,)).rowcount
+            new = [r[0] for r in db.execute("SELECT cid FROM candidates WHERE planned_step >= ?", (superstep,))]
+            for cid in new:
+                for table in ("epochs", "dedup", "attempts", "verdicts", "sandbox_jobs", "llm_calls"):
+                    db.execute(f"DELETE FROM {table} WHERE cid=?", (cid,))
+                shutil.rmtree(run_dir / "candidates" / cid, ignore_errors=True)
+            removed["candidates"] = db.execute("DELETE FROM candidates WHERE planned_step >= ?",
+                                               (superstep,)).rowcount
+            trained = {r[0] for r in db.execute("SELECT DISTINCT cid FROM steps WHERE node='train'")}
+            for (cid,) in db.execute("SELECT cid FROM candidates").fetchall():
+                if cid not in trained:
+                    db.execute("DELETE FROM epochs WHERE cid=?", (cid,))
+                    db.execute("DELETE FROM dedup WHERE cid=?", (cid,))
+                    db.execute("UPDATE candidates SET dedup_key=NULL WHERE cid=?", (cid,))
+                last = db.execute("SELECT attempt, code_ref, prm_json, summary FROM attempts WHERE cid=? "
+                                  "ORDER BY attempt DESC LIMIT 1", (cid,)).fetchone()
+                db.execute("UPDATE candidates SET attempts=?, code_ref=?, prm_json=COALESCE(?, prm_json), "
+                           "summary=COALESCE(?, summary) WHERE cid=?",
+                           (last[0] if last else 0, last[1] if last else None, last[2] if last else None,
+                            last[3] if last else None, cid))
+                folder = run_dir / "candidates" / cid
+                for f in folder.glob("attempt-*.py") if folder.is_dir() else []:
+                    if not last or int(f.stem.split("-", 1)[1] or 0) > last[0]:
+                        f.unlink()
+            removed["reopened"] = db.execute(
+                "UPDATE candidates SET status='planned', category=NULL, stage=NULL, message=NULL, "
+                "traceback_tail=NULL, bleu4=NULL, lemur_bleu4=NULL, params=NULL, duplicate_of=NULL, job_id=NULL, "
+                "fix_rounds=0, recorded_step=NULL, finished_at=NULL WHERE recorded_step >= ?", (superstep,)).rowcount
+            db.execute("UPDATE sqlite_sequence SET seq=(SELECT COALESCE(MAX(step), 0) FROM steps) WHERE name='steps'")
+    finally:
+        db.close()
+    return removed
+
+
+def forked_config(config: dict[str, Any], llm_base_url: str | None, llm_model: str | None) -> dict[str, Any]:
+    """The original's recorded config with the new endpoint (every role) and no replay."""
+    data = json.loads(json.dumps(config))
+    agents = data.setdefault("agents", {})
+    agents["replay"] = None
+    if llm_base_url or llm_model:
+        agents["kind"] = "llm"
+        llm = agents.setdefault("llm", {})
+        shared = llm.setdefault("shared", {})
+        if llm_base_url:
+            shared["base_url"] = llm_base_url
+        if llm_model:
+            shared["model"] = llm_model
+        for role in ("designer", "reviewer", "fixer"):
+            llm[role] = None
+    return dict(data)
+
+
+def _new_dir(src: Path, step: int) -> Path:
+    return src.parent / f"{src.name}-fork{step}-{secrets.token_hex(2)}"
+
+
+def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_url: str | None = None,
+             llm_model: str | None = None, json_logs: bool = False, mask: Masker | None = None,
+             emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Copy `run_dir` up to step `step`'s superstep into a new run directory and continue it there."""
+    from nncaption.graph.runner import SearchRun
+    from nncaption.graph.settings import RunSettings
+
+    src = Path(run_dir).expanduser().resolve()
+    with RunReader(src) as reader:
+        row = reader.one("SELECT superstep FROM steps WHERE step=?", (step,))
+        if row is None:
+            raise TraceLookupError(f"step {step} is not in {src}", "list the steps with `nncaption trace RUN_DIR`")
+        superstep = int(row["superstep"])
+        config = reader.config()
+    if not config:
+        raise UsageError(f"{src} has no readable {CONFIG_FILE}", "fork a run made by `nncaption run`")
+    checkpoint_id = fork_checkpoint(src, superstep)
+    dst = (new_dir.expanduser().resolve() if new_dir else _new_dir(src, step))
+    if dst.exists() and any(dst.iterdir()):
+        raise UsageError(f"{dst} already exists and is not empty", "give --into a new folder")
+    if dst.exists():
+        dst.rmdir()
+    data = forked_config(config, llm_base_url, llm_model)
+    try:
+        settings = RunSettings.model_validate(data)
+    except ValueError as e:
+        raise ConfigError(f"the forked configuration is invalid: {e}", "check --llm-base-url / --llm-model") from None
+    masked = mask(settings) if mask else settings.model_dump(mode="json")
+    copy_run(src, dst)
+    trim_checkpoints(dst / CHECKPOINT_DB, checkpoint_id)
+    removed = trim_results(dst, superstep)
+    _retarget_run_row(dst, settings, masked)
+    (dst / CONFIG_FILE).write_text(json.dumps(masked, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    origin = {"source": str(src), "step": step, "superstep": superstep, "checkpoint_id": checkpoint_id,
+              "llm_base_url": llm_base_url, "llm_model": llm_model, "created_at": time.time(), "removed": removed}
+    (dst / FORK_FILE).write_text(json.dumps(origin, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    kwargs: dict[str, Any] = {"emit": emit or _log_event, "resume": True, "masked_config": masked}
+    if "checkpoint_id" in inspect.signature(SearchRun.__init__).parameters:
+        kwargs["checkpoint_id"] = checkpoint_id
+    search = SearchRun(settings, dst, **kwargs)
+    outcome = asyncio.run(search.run())
+    return {"run_dir": str(dst), "source": str(src), "step": step, "superstep": superstep,
+            "checkpoint_id": checkpoint_id, "status": outcome.status, "stop_reason": outcome.stop_reason,
+            "best": outcome.best, "counts": outcome.counts, "removed": removed}
+
+
+def _retarget_run_row(dst: Path, settings: Any, masked: dict[str, Any]) -> None:
+    a = settings.agents
+    names = ({r: "baseline:random-search" for r in ("designer", "reviewer", "fixer")} if a.kind == "baseline" else
+             {r: f"llm:{a.llm.for_role(r).model}" for r in ("designer", "reviewer", "fixer")})
+    db = sqlite3.connect(dst / RESULTS_DB)
+    try:
+        with db:
+            db.execute("UPDATE runs SET run_id=?, status='running', stop_reason=NULL, best_cid=NULL, best_bleu4=NULL,"
+                       " config_json=?, designer=?, reviewer=?, fixer=?, created_at=?, updated_at=?",
+                       (dst.name, json.dumps(masked, sort_keys=True), names["designer"], names["reviewer"],
+                        names["fixer"], time.time(), time.time()))
+    finally:
+        db.close()
+
+
+def _log_event(event: dict[str, Any]) -> None:
+    log.info("fork: %s", event.get("event"))

@@ -1,0 +1,312 @@
+"""Read-only views of a run directory: the run list, one line per step, one step in full, one candidate's life.
+
+Everything here opens the results database read-only (`file:...?mode=ro`), so it
+works on a run that is still going and on a killed one, and never changes a run.
+The functions return plain, strict-JSON-able dicts; `nncaption trace` prints them
+(candidate and LLM text through `safe_text`) or dumps them with `--json`.
+Blob reads are bounded: a step shows at most `TEXT_LIMIT` characters of any text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from nncaption.netapi.errors import NNCaptionError
+
+log = logging.getLogger(__name__)
+
+RESULTS_DB = "results.sqlite"
+CHECKPOINT_DB = "checkpoints.sqlite"
+CONFIG_FILE = "config.json"
+TEXT_LIMIT = 200_000  # characters of one blob shown in a step
+LOG_TAIL_BYTES = 8_000
+JOB_LOG_FILES = ("sandbox-stderr.txt", "sandbox-stdout.txt", "progress.jsonl")
+
+
+class RunNotFound(NNCaptionError):
+    """The folder is not a run directory (no results database)."""
+
+    category = "usage"
+    exit_code = 2
+
+
+class TraceLookupError(NNCaptionError):
+    """A step or candidate asked for is not in the run."""
+
+    category = "usage"
+    exit_code = 2
+
+
+def connect_ro(path: Path) -> sqlite3.Connection:
+    """A read-only connection (URI mode=ro): safe on a running or killed run, never writes the database file."""
+    db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+class RunReader:
+    """A read-only view of one run directory's results database and blobs."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir).expanduser()
+        db = self.run_dir / RESULTS_DB
+        if not db.is_file():
+            raise RunNotFound(f"{self.run_dir} is not a run directory (no {RESULTS_DB})",
+                              "pass a folder made by `nncaption run`; `nncaption runs` lists them")
+        self.db = connect_ro(db)
+
+    def __enter__(self) -> RunReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(sql, params).fetchall()]
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        r = self.db.execute(sql, params).fetchone()
+        return dict(r) if r is not None else None
+
+    def blob(self, ref: str | None, limit: int = TEXT_LIMIT) -> str | None:
+        """The text stored under `ref`, at most `limit` characters (None when missing)."""
+        if not ref or len(ref) != 64 or not all(c in "0123456789abcdef" for c in ref):
+            return None
+        path = self.run_dir / "blobs" / ref[:2] / ref
+        try:
+            with open(path, "rb") as f:
+                data = f.read(limit * 4 + 4)
+        except OSError:
+            log.debug("blob %s unreadable", ref, exc_info=True)
+            return None
+        return data.decode("utf-8", errors="replace")[:limit]
+
+    def config(self) -> dict[str, Any]:
+        try:
+            data = json.loads((self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.debug("no readable config.json in %s", self.run_dir, exc_info=True)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def run_row(self) -> dict[str, Any]:
+        return self.one("SELECT * FROM runs LIMIT 1") or {}
+
+    def candidates(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM candidates ORDER BY idx")
+
+    def steps(self) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM steps ORDER BY step")
+
+    def epochs(self, cid: str) -> list[dict[str, Any]]:
+        return self.rows("SELECT * FROM epochs WHERE cid=? ORDER BY epoch", (cid,))
+
+    def models(self) -> list[str]:
+        """Models that answered in this run ('requested -> returned'), or the agents' names for a baseline run."""
+        out = [f"{r['model']} -> {r['model_returned'] or '?'}" for r in self.rows(
+            "SELECT DISTINCT model, model_returned FROM llm_calls WHERE model IS NOT NULL ORDER BY model")]
+        if out:
+            return out
+        run = self.run_row()
+        return sorted({str(run[k]) for k in ("designer", "reviewer", "fixer") if run.get(k)})
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One line of `nncaption runs`: status, candidates, best BLEU-4, endpoint models, start time."""
+    with RunReader(run_dir) as r:
+        run = r.run_row()
+        counts = {row["status"]: row["n"] for row in r.rows(
+            "SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")}
+        best = r.one("SELECT cid, bleu4 FROM candidates WHERE status='scored' AND bleu4 IS NOT NULL "
+                     "ORDER BY bleu4 DESC, idx LIMIT 1")
+        return {"run_dir": str(r.run_dir), "run_id": run.get("run_id") or r.run_dir.name,
+                "status": run.get("status") or "unknown", "candidates": sum(counts.values()), "counts": counts,
+                "best_cid": best["cid"] if best else None, "best_bleu4": best["bleu4"] if best else None,
+                "models": r.models(), "started_at": run.get("created_at"), "updated_at": run.get("updated_at"),
+                "dataset": run.get("dataset"), "seed": run.get("seed"), "stop_reason": run.get("stop_reason")}
+
+
+def list_runs(root: Path) -> list[dict[str, Any]]:
+    """Every run directory directly under `root` (and `root` itself if it is one), newest first."""
+    root = Path(root).expanduser()
+    dirs = [root] if (root / RESULTS_DB).is_file() else sorted(
+        (p for p in root.iterdir() if (p / RESULTS_DB).is_file()), key=lambda p: p.name) if root.is_dir() else []
+    out = []
+    for d in dirs:
+        try:
+            out.append(run_summary(d))
+        except (sqlite3.Error, NNCaptionError) as e:
+            log.warning("skipping %s: %s", d, e)
+            out.append({"run_dir": str(d), "run_id": d.name, "status": f"unreadable ({type(e).__name__})",
+                        "candidates": 0, "counts": {}, "best_cid": None, "best_bleu4": None, "models": [],
+                        "started_at": None})
+    return sorted(out, key=lambda s: s.get("started_at") or 0.0, reverse=True)
+
+
+# ---------------------------------------------------------------------------------------------- steps
+def _duration(row: dict[str, Any]) -> float | None:
+    start, end = row.get("started_at"), row.get("finished_at")
+    if start is None:
+        return None
+    return round((end if end is not None else time.time()) - start, 3)
+
+
+def step_lines(reader: RunReader) -> list[dict[str, Any]]:
+    """One entry per node execution: step, superstep, node, candidate, attempt, status, duration, tokens."""
+    return [{"step": s["step"], "superstep": s["superstep"], "node": s["node"], "candidate": s["cid"] or None,
+             "attempt": s["attempt"], "status": s["status"], "duration_s": _duration(s), "tokens": s["tokens"] or 0,
+             "started_at": s["started_at"]} for s in reader.steps()]
+
+
+def _code_of_attempt(reader: RunReader, cid: str, attempt: int) -> str | None:
+    row = reader.one("SELECT code_ref FROM attempts WHERE cid=? AND attempt=?", (cid, attempt))
+    return reader.blob(row["code_ref"]) if row else None
+
+
+def previous_code(reader: RunReader, cid: str, attempt: int | None) -> tuple[str | None, str]:
+    """The code this attempt is compared with: the candidate's previous attempt, or its parent's last code."""
+    if attempt and attempt > 1:
+        return _code_of_attempt(reader, cid, attempt - 1), f"{cid} attempt {attempt - 1}"
+    cand = reader.one("SELECT parent FROM candidates WHERE cid=?", (cid,))
+    if cand and cand.get("parent"):
+        parent = reader.one("SELECT code_ref FROM candidates WHERE cid=?", (cand["parent"],))
+        if parent and parent.get("code_ref"):
+            return reader.blob(parent["code_ref"]), f"parent {cand['parent']}"
+    return None, ""
+
+
+def code_diff(old: str | None, new: str | None, old_name: str, new_name: str) -> str:
+    if old is None or new is None:
+        return ""
+    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                        fromfile=old_name, tofile=new_name, n=2))
+
+
+def _tail_file(path: Path, n: int = LOG_TAIL_BYTES) -> str:
+    """The last `n` bytes of a regular file (never follows links, never blocks)."""
+    from nncaption.netapi.jobfiles import read_regular
+
+    try:
+        size = path.lstat().st_size
+    except OSError:
+        return ""
+    data = read_regular(path, max(0, size - n), n)
+    return data.decode("utf-8", errors="replace") if data else ""
+
+
+def job_log_tail(run_dir: Path, job_id: str | None) -> str:
+    """The end of a sandbox job's stderr, stdout and progress files (what the job wrote: hostile, bounded)."""
+    if not job_id or not all(c.isalnum() for c in job_id):
+        return ""
+    job = Path(run_dir) / "jobs" / job_id / "job"
+    parts = []
+    for name in JOB_LOG_FILES:
+        text = _tail_file(job / name, LOG_TAIL_BYTES // 2)
+        if text.strip():
+            parts.append(f"--- {name} (tail)\n{text}")
+    return "\n".join(parts)
+
+
+def _llm_calls(reader: RunReader, step: int) -> list[dict[str, Any]]:
+    out = []
+    for c in reader.rows("SELECT * FROM llm_calls WHERE step=? ORDER BY id", (step,)):
+        messages_text = reader.blob(c["messages_ref"])
+        try:
+            messages = json.loads(messages_text) if messages_text else []
+        except ValueError:
+            messages = [{"role": "?", "content": messages_text}]
+        out.append({"role": c["role"], "endpoint": c["endpoint"], "model_requested": c["model"],
+                    "model_returned": c["model_returned"], "ok": bool(c["ok"]), "error": c["error"],
+                    "tokens": {"prompt": c["prompt_tokens"], "completion": c["completion_tokens"],
+                               "reasoning": c["reasoning_tokens"], "total": c["total_tokens"]},
+                    "latency_s": c["latency_s"], "finish_reason": c["finish_reason"],
+                    "messages": messages if isinstance(messages, list) else [], "reply": reader.blob(c["reply_ref"]),
+                    "reasoning": reader.blob(c["reasoning_ref"])})
+    return out
+
+
+def step_detail(reader: RunReader, n: int) -> dict[str, Any]:
+    """Everything about step `n`: LLM calls (prompt, reply, reasoning, models), code and its diff, verdict, logs."""
+    s = reader.one("SELECT * FROM steps WHERE step=?", (n,))
+    if s is None:
+        last = reader.one("SELECT MAX(step) AS m FROM steps") or {}
+        raise TraceLookupError(f"step {n} is not in this run (steps 1..{last.get('m') or 0})",
+                               "list the steps with `nncaption trace RUN_DIR`")
+    cid, attempt = s["cid"], s["attempt"]
+    made = reader.one("SELECT attempt FROM attempts WHERE cid=? AND step=?", (cid, n)) if cid else None
+    if made is not None:  # design and fix steps make a new attempt: show that one (diff against the one before)
+        attempt = made["attempt"]
+    code = reader.blob(s["code_ref"])
+    old, old_name = previous_code(reader, cid, attempt) if cid and code is not None else (None, "")
+    verdicts = reader.rows("SELECT stage, ok, category, message, line FROM verdicts WHERE step=?", (n,))
+    jobs = reader.rows("SELECT kind, job_id, status, category, reused, seconds FROM sandbox_jobs WHERE step=?", (n,))
+    log_tail = reader.blob(s["log_ref"], LOG_TAIL_BYTES) or ""
+    if not log_tail and jobs:
+        log_tail = job_log_tail(reader.run_dir, jobs[0].get("job_id"))
+    try:
+        detail = json.loads(s["detail"]) if s["detail"] else {}
+    except ValueError:
+        detail = {}
+    metrics: dict[str, Any] = {}
+    if s["node"] == "train" and cid:
+        metrics["epochs"] = reader.epochs(cid)
+        cand = reader.one("SELECT bleu4, lemur_bleu4, params FROM candidates WHERE cid=?", (cid,)) or {}
+        metrics.update({"bleu4_coco": cand.get("bleu4"), "bleu4_lemur": cand.get("lemur_bleu4"),
+                        "params": cand.get("params")})
+    if "bleu4" in detail:
+        metrics.setdefault("bleu4_coco", detail["bleu4"])
+    return {"step": n, "superstep": s["superstep"], "node": s["node"], "candidate": cid or None, "attempt": attempt,
+            "status": s["status"], "started_at": s["started_at"], "finished_at": s["finished_at"],
+            "duration_s": _duration(s), "tokens": s["tokens"] or 0, "detail": detail,
+            "llm_calls": _llm_calls(reader, n), "code": code,
+            "diff": code_diff(old, code, old_name, f"{cid} attempt {attempt}") if old is not None else "",
+            "diff_against": old_name or None, "verdicts": [{**v, "ok": bool(v["ok"])} for v in verdicts],
+            "jobs": [{**j, "reused": bool(j["reused"])} for j in jobs], "log_tail": log_tail, "metrics": metrics}
+
+
+# ---------------------------------------------------------------------------------------------- candidates
+def parent_chain(reader: RunReader, cid: str) -> list[dict[str, Any]]:
+    """cid, its parent, the parent's parent, ... (each with origin, status, BLEU-4); cycles are cut."""
+    chain, seen, cur = [], set(), cid
+    while cur and cur not in seen:
+        seen.add(cur)
+        row = reader.one("SELECT cid, parent, origin, mode, status, bleu4, summary FROM candidates WHERE cid=?",
+                         (cur,))
+        if row is None:
+            break
+        chain.append(row)
+        cur = row["parent"]
+    return chain
+
+
+def candidate_life(reader: RunReader, cid: str) -> dict[str, Any]:
+    """One candidate from design to score: its row, parent chain, steps, attempts, verdicts, jobs and epochs."""
+    cand = reader.one("SELECT * FROM candidates WHERE cid=?", (cid,))
+    if cand is None:
+        known = [r["cid"] for r in reader.rows("SELECT cid FROM candidates ORDER BY idx")]
+        raise TraceLookupError(f"candidate {cid!r} is not in this run (it has {', '.join(known[:20]) or 'none'})",
+                               "list the candidates with `nncaption trace RUN_DIR`")
+    steps = [line for line in step_lines(reader) if line["candidate"] == cid]
+    attempts = reader.rows("SELECT attempt, made_by, code_ref, prm_json, summary, step FROM attempts WHERE cid=? "
+                           "ORDER BY attempt", (cid,))
+    for a in attempts:
+        a["prm"] = json.loads(a.pop("prm_json") or "{}")
+    return {"candidate": cand, "parent_chain": parent_chain(reader, cid), "steps": steps, "attempts": attempts,
+            "verdicts": reader.rows("SELECT attempt, stage, ok, category, message, line, step FROM verdicts "
+                                    "WHERE cid=? ORDER BY attempt, step", (cid,)),
+            "jobs": reader.rows("SELECT attempt, kind, job_id, status, category, reused, seconds, step "
+                                "FROM sandbox_jobs WHERE cid=? ORDER BY step", (cid,)),
+            "epochs": reader.epochs(cid),
+            "children": [r["cid"] for r in reader.rows("SELECT cid FROM candidates WHERE parent=? ORDER BY idx",
+                                                       (cid,))]}
+
