@@ -116,6 +116,8 @@ FORBIDDEN_MODULES: dict[str, str] = {
     "torch.serialization": "unpickles files (arbitrary code execution)",
     "torch.library": "defines or overrides native operators process-wide",
     "torch._C": "reaches torch's native internals",
+    "torch._ops": "reaches torch's operator loading internals",
+    "torch._classes": "reaches torch's native class loading",
     "torchvision.io": "reads and writes files with native decoders",
     "torchvision.extension": "loads native code",
     "signal": "installs signal handlers / signals processes",
@@ -190,6 +192,8 @@ FORBIDDEN_NAMES: dict[str, str] = {
     "types.CodeType": "builds code objects",
     "types.FunctionType": "builds functions from code objects",
     "logging.FileHandler": "writes logs to arbitrary files",
+    "torch.cuda.CUDAPluggableAllocator": "loads native code",
+    "torch.cuda.memory.CUDAPluggableAllocator": "loads native code",
 }
 # os.<prefix>* (execv, execvp, spawnl, posix_spawn ...)
 FORBIDDEN_OS_PREFIXES: tuple[str, ...] = ("os.exec", "os.spawn", "os.posix_spawn", "os.popen", "os.fork", "os.kill")
@@ -230,6 +234,9 @@ ESCAPE_ATTRS: dict[str, str] = {
     "ag_frame": "reaches interpreter frames",
 }
 
+# Namespace attributes that read a module's members by a string the scan cannot follow (`torch.__dict__.get(n)`).
+NAMESPACE_ATTRS: frozenset[str] = frozenset({"__dict__", "__getattr__", "__getattribute__"})
+
 # Module names that must not be reached as an attribute of an allowed module (`torch.os.system`, `typing.sys`).
 SMUGGLED_MODULES: frozenset[str] = frozenset(
     {"os", "sys", "subprocess", "builtins", "importlib", "posix", "nt", "ctypes", "socket", "shutil", "pickle",
@@ -238,6 +245,11 @@ SMUGGLED_MODULES: frozenset[str] = frozenset(
 )
 # Members that look like smuggled modules but are real, harmless parts of an allowed module.
 SMUGGLE_EXCEPTIONS: frozenset[str] = frozenset({"torch.signal"})
+
+# Attribute names `operator.attrgetter`/`methodcaller` must not be given (they would reach the names above).
+FORBIDDEN_LEAVES: frozenset[str] = frozenset(
+    {q.rsplit(".", 1)[-1] for q in FORBIDDEN_NAMES} | {"hub", "modules", "load", "load_library"} | SMUGGLED_MODULES
+)
 
 # Builtins that matter to the scan (unless the candidate defines its own of that name).
 RISKY_BUILTINS: frozenset[str] = frozenset(

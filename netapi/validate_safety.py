@@ -28,12 +28,14 @@ from nncaption.netapi.validate_rules import (
     ESCAPE_ATTRS,
     FIX_FORBIDDEN,
     FIX_INTERNET,
+    FORBIDDEN_LEAVES,
     FORBIDDEN_MODULES,
     FORBIDDEN_NAMES,
     FORBIDDEN_OS_PREFIXES,
     INTERNET_ATTRS,
     INTERNET_MODULES,
     INTERNET_NAMES,
+    NAMESPACE_ATTRS,
     OPEN_FUNCTIONS,
     OPTIONAL_IMPORT_HANDLERS,
     OPTIONAL_IMPORT_ROOTS,
@@ -277,7 +279,10 @@ class SafetyScan:
             return self._name_reason(q)
         if any(_under(q, m) for m in self.optional_modules):
             return None
-        return self._name_reason(q) or self._module_reason(q, importing=False)
+        reason = self._name_reason(q) or self._module_reason(q, importing=False)
+        if reason is None and any(p in NAMESPACE_ATTRS for p in q.split(".")[1:]):
+            reason = Category.FORBIDDEN_CALL, "reads a module's namespace by name, behind the validator's back"
+        return reason
 
     # ---- checks
 
@@ -348,15 +353,16 @@ class SafetyScan:
         last = name.rsplit(".", 1)[-1] if name else (node.func.attr if isinstance(node.func, ast.Attribute) else "")
         if q in ("builtins.getattr", "builtins.setattr", "builtins.delattr") and node.args:
             self._check_dynamic_attr(node, q)
-        if q == "numpy.load":
-            flag = kw(node, "allow_pickle") or (node.args[2] if len(node.args) > 2 else None)
-            if flag is not None and not falsy_constant(flag):
-                self.add(Category.FORBIDDEN_CALL, node, "loads with allow_pickle, which unpickles (arbitrary code "
-                          "execution)", "save arrays with numpy.save and load them without allow_pickle")
+        flag = kw(node, "allow_pickle")
+        if q == "numpy.load" and flag is None and len(node.args) > 2:
+            flag = node.args[2]
+        if flag is not None and not falsy_constant(flag):  # numpy.load, numpy.lib.format.read_array, ...
+            self.add(Category.FORBIDDEN_CALL, node, "loads with allow_pickle, which unpickles (arbitrary code "
+                     "execution)", "save arrays with numpy.save and load them without allow_pickle")
         if q in ("operator.attrgetter", "operator.methodcaller"):
             args = node.args[:1] if q == "operator.methodcaller" else node.args
-            if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) and "__" not in a.value
-                       for a in args):
+            if not all(isinstance(a, ast.Constant) and isinstance(a.value, str) and not any(
+                    part.startswith("_") or part in FORBIDDEN_LEAVES for part in a.value.split(".")) for a in args):
                 self.add(Category.FORBIDDEN_CALL, node, f"reads attributes by name through {q}",
                           "use the attribute directly")
         if q in OPEN_FUNCTIONS or (last == "open" and isinstance(node.func, ast.Attribute)):

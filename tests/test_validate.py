@@ -150,8 +150,8 @@ def test_net_must_derive_from_module() -> None:
         ("def learn(self, train_data):", "async def learn(self, train_data):", "async"),
         ("def train_setup(self, prm):", "def train_setup(self, prm, *, scheduler):", "`scheduler`"),
     ],
-    ids=["forward-captions-required", "forward-no-captions", "forward-hidden-default-not-none", "forward-default-not-none",
-         "init-no-device", "learn-extra-required", "learn-async", "setup-kwonly-required"],
+    ids=["forward-captions-required", "forward-no-captions", "forward-hidden-default-not-none",
+         "forward-default-not-none", "init-no-device", "learn-extra-required", "learn-async", "setup-kwonly-required"],
 )
 def test_bad_signatures(old: str, new: str, mention: str) -> None:
     src = GOOD.replace(old, new)

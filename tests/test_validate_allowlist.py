@@ -96,6 +96,12 @@ REJECTED = [
     ("", "f = getattr(self, '__globals__')", "getattr(self", "globals"),
     ("import sys", "sys.settrace(None)", "sys.settrace", "hooks"),
     ("import types", "c = types.CodeType", "types.CodeType", "code objects"),
+    ("import numpy as np", "a = np.lib.format.read_array(f, allow_pickle=True)", "read_array", "allow_pickle"),
+    ("import operator", "f = operator.attrgetter('load')(torch)", "operator.attrgetter", "by name"),
+    ("", "f = torch.__dict__.get('lo' + 'ad')", "torch.__dict__", "namespace"),
+    ("", "f = vars(torch).get('load')", "vars(torch)", "namespace"),
+    ("", "torch._ops.ops.load_library('x.so')", "torch._ops", "operator loading"),
+    ("", "a = torch.cuda.memory.CUDAPluggableAllocator('x.so', 'a', 'f')", "CUDAPluggableAllocator", "native"),
 ]
 
 
