@@ -64,7 +64,7 @@ def sandbox(
         assert r.status == OK, describe(r)
     yield sb
     if warm:
-        sb.close()  # type: ignore[attr-defined]
+        sb.close()
         assert leftover_processes(".nncaption-warm-") == []
 
 
@@ -89,7 +89,7 @@ def run(sandbox: Sandbox, job_dir: Path, data_dir: Path, name: str, *, spec: dic
     result = sandbox.run(job, on_event=events.append if events is not None else None)
     elapsed = time.monotonic() - t0
     assert elapsed < job.limits.timeout_s + 30, f"the job outlived its limit: {elapsed:.1f}s"
-    warm = getattr(sandbox, "warm_pids", lambda: set())()
+    warm: set[int] = getattr(sandbox, "warm_pids", lambda: set())()
     # the job dir and its stage (a sibling directory) are both under job_dir.parent
     left = [p for p in leftover_processes(str(job_dir.parent)) if int(p.split(":")[0]) not in warm]
     assert left == [], "processes of the job survived it"
