@@ -97,6 +97,9 @@ def test_public_holds_neither_the_secret_nor_the_seed(prepared: tuple[Path, Prep
             data = f.read_bytes()
             assert secret not in data and secret.hex().encode() not in data, f
     assert not list(paths.root.rglob(SECRET_FILE))
+    # where a job runs as another user with the host's files in view, it can read neither secret nor references
+    for private in (raw / SECRET_FILE, raw / "annotations", paths.private_dir):
+        assert private.stat().st_mode & 0o077 == 0, private
 
 
 def test_reprepare_same_raw_data_gives_same_references(prepared: tuple[Path, PreparedPaths], tmp_path: Path) -> None:

@@ -185,7 +185,8 @@ def _build(tmp: Path, source: Source, root: Path, key: str, *, size: int, seed: 
            progress: ProgressFn | None) -> None:
     public, private = tmp / "public", tmp / "private"
     public.mkdir(parents=True)
-    private.mkdir()
+    private.mkdir(mode=0o700)  # references: owner only, even where a job can see the host's files
+    os.chmod(private, 0o700)  # mkdir's mode is filtered by the umask
     records = load_records(root, source, karpathy_split)
     train, val = records["train"], select_val(records["val"], val_limit, seed)
 

@@ -397,6 +397,7 @@ def generate_synthetic(
     out_dir = Path(out_dir)
     names = split_names(layout)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    os.chmod(out_dir / "annotations", 0o700)  # the captions are the references: owner only, like the secret
     if secret is None:
         secret = read_secret(out_dir) or secrets.token_bytes(SECRET_BYTES)
     _write_secret(out_dir, secret)
