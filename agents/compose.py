@@ -543,7 +543,7 @@ def _guess_composition(code: str) -> tuple[str, str]:
 
 
 def compose_for_request(hints: Mapping[str, Any], *, seed: int) -> ComposedModel:
-    """A composition for a designer request's hints (`parse_request_hints`): decoder, backbones, seed.
+    """A composition for a designer request's hints (decoder, backbones = snippet names, seed).
 
     The backbone is drawn (seeded) among the hinted snippets the composer knows,
     else among all; the decoder is the hinted family, else drawn too.
