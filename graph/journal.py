@@ -83,6 +83,19 @@ class Entry:
                 and (self.category or "") not in NOT_DEBUGGABLE)
 
 
+@dataclass(frozen=True)
+class AttemptFailure:
+    """One rejected attempt (a failed check or training), whether or not the candidate was repaired later."""
+
+    cid: str
+    attempt: int
+    stage: str
+    category: str
+    text: str  # the verdict message: what went wrong, with the traceback tail when there was one
+    summary: str = ""
+    order: int = 0  # the superstep it was recorded in
+
+
 def ranked(entries: Iterable[Entry]) -> list[Entry]:
     """Scored candidates, best BLEU-4 first; ties go to the earlier candidate (deterministic)."""
     return sorted((e for e in entries if e.scored), key=lambda e: (-(e.bleu4 or 0.0), e.index))
@@ -94,14 +107,21 @@ def leaderboard(entries: Iterable[Entry], k: int = 10) -> list[dict[str, Any]]:
              "summary": e.summary[:120]} for e in ranked(entries)[:k]]
 
 
-def feedback_from(entries: Sequence[Entry], *, top: int = 3, failures: int = 3) -> Feedback:
-    """The designer's feedback section: best candidates so far, and the most recent failures (oldest first)."""
+def feedback_from(entries: Sequence[Entry], attempts: Sequence[AttemptFailure] = (), *, top: int = 3,
+                  failures: int = 3) -> Feedback:
+    """The designer's feedback section: the best candidates so far (summary, hyperparameters, BLEU-4 per epoch)
+    and the most recent failures, oldest first: rejected attempts (category and the end of the verdict or
+    traceback), then candidates that failed before any check (design or fixer call failed)."""
     best = [CandidateSummary(e.summary or "(no summary)", dict(e.prm), e.bleu4_per_epoch or (e.bleu4 or 0.0,))
             for e in ranked(entries)[:top]]
-    failed = [e for e in sorted(entries, key=lambda e: e.index) if e.status is Status.FAILED and e.category]
-    recent = [FailureSummary(e.category or "failed", e.traceback_tail or f"failed at the {e.stage} stage",
-                             e.summary) for e in failed[-failures:]]
-    return Feedback(top=best, failures=recent)
+    recent = [FailureSummary(a.category or "rejected", f"{a.stage}: {a.text}", a.summary) for a in attempts
+              if a.category not in NOT_DEBUGGABLE]
+    early = [e for e in sorted(entries, key=lambda e: e.index)
+             if e.status is Status.FAILED and e.category and e.stage in ("design", "fix")
+             and e.category not in NOT_DEBUGGABLE]
+    recent += [FailureSummary(e.category or "failed", e.traceback_tail or f"failed at the {e.stage} stage",
+                              e.summary) for e in early]
+    return Feedback(top=best, failures=recent[-failures:])
 
 
 def by_id(entries: Iterable[Entry]) -> dict[str, Entry]:

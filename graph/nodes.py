@@ -96,7 +96,7 @@ class Nodes:
                 st.refs["reply"], st.refs["reasoning"] = refs["reply"], refs["reasoning"]
             self.store.step_end(step, st.status, tokens=st.tokens, refs=st.refs, detail=st.detail)
             self.emit({"event": "node_finished", "node": node, "candidate": cid or None, "step": step,
-                       "status": st.status, "tokens": st.tokens})
+                       "status": st.status, "tokens": st.tokens, **st.detail})
 
     def _retry_transient(self, config: RunnableConfig, node: str, task: Task) -> bool:
         """True when a transient endpoint failure should be raised for RetryPolicy (tries remain)."""
@@ -196,7 +196,7 @@ class Nodes:
                 out = await self.pipeline.fix(self.store.blob(parent.code_ref), parent.prm, failure)
             else:
                 made_by = "design"
-                out = await self.pipeline.design(self._request(task, entries, parent))
+                out = await self.pipeline.design(self._request(task, entries, parent, superstep_of(config)))
             st.exchanges.extend(out.exchanges)
             st.detail = {"mode": task["mode"], "producer": out.producer}
             if not out.ok:
@@ -210,7 +210,7 @@ class Nodes:
             return self._next(task, "static", st.tokens, attempt=1, code_ref=code_ref, prm=out.prm,
                               summary=safe_text(out.summary, 300, keep="head"))
 
-    def _request(self, task: Task, entries: list[jr.Entry], parent: jr.Entry | None) -> Any:
+    def _request(self, task: Task, entries: list[jr.Entry], parent: jr.Entry | None, superstep: int) -> Any:
         """The DesignRequest of this turn: mode, snippets, decoder, the parent and feedback from the journal."""
         from nncaption.agents.protocols import DesignRequest
         from nncaption.prompts.library import ParentCandidate
@@ -220,7 +220,8 @@ class Nodes:
             parent_view = ParentCandidate(code=self.store.blob(parent.code_ref), summary=parent.summary,
                                           bleu4=parent.bleu4, bleu4_per_epoch=parent.bleu4_per_epoch,
                                           hparams=dict(parent.prm))
-        feedback = jr.feedback_from([e for e in entries if e.cid != task["cid"]])
+        feedback = jr.feedback_from([e for e in entries if e.cid != task["cid"]],
+                                    self.store.failed_attempts(superstep))
         return DesignRequest(mode="improve" if parent_view is not None else "compose",
                              k=self.settings.agents.snippets, seed=task["seed"],
                              decoder=task.get("decoder"), parent=parent_view, feedback=feedback)
@@ -278,8 +279,9 @@ class Nodes:
             self.store.add_job(task["cid"], task["attempt"], "train", job_id=r.job_id,
                                status="ok" if r.ok else "failed", category=r.category, reused=r.reused,
                                job_dir=r.job_dir, seconds=r.seconds, step=st.step)
-            self.store.add_verdict(task["cid"], task["attempt"], "train", ok=r.ok, category=r.category,
-                                   message=safe_text(r.message, 4000, keep="head"), line=None, step=st.step)
+            text = r.message if not r.tail or r.tail in r.message else f"{r.message}\n{r.tail}"
+            self.store.add_verdict(task["cid"], task["attempt"], r.stage or "train", ok=r.ok, category=r.category,
+                                   message=safe_text(text, 4000), line=None, step=st.step)
             if r.epochs:
                 self.store.add_epochs(task["cid"], r.epochs)
             if r.ok:
@@ -327,7 +329,7 @@ class Nodes:
                 fields.update(stage=failure.get("stage"), category=failure.get("category"),
                               message=failure.get("message"), traceback_tail=failure.get("tail") or "")
             self.store.record_candidate(task["cid"], superstep=superstep, **fields)
-            st.detail = {"status": status, "bleu4": task.get("bleu4"), "category": fields.get("category")}
+            st.detail = {"outcome": status, "bleu4": task.get("bleu4"), "category": fields.get("category")}
             event = {"event": "candidate_scored" if status == "scored" else "candidate_failed",
                      "candidate": task["cid"], "origin": task["origin"], "parent": task.get("parent"),
                      "bleu4": task.get("bleu4"), "category": fields.get("category"), "stage": fields.get("stage"),

@@ -70,6 +70,10 @@ async def default_pipeline(settings: RunSettings, store: RunStore) -> AsyncItera
         resolve_dataset, d.dataset, coco_root=Path(d.coco_root) if d.coco_root else None,
         prepared=Path(d.prepared) if d.prepared else None, size=d.size, seed=d.data_seed, val_limit=d.val_limit)
     options: dict[str, Any] = {}
+    if s.gpus and s.kind in ("local", "docker"):
+        from nncaption.sandbox import GpuAllocator
+
+        options["gpu_allocator"] = GpuAllocator(list(s.gpus), jobs_per_gpu=s.jobs_per_gpu)
     if s.kind == "ray" and s.ray_address:
         options["address"] = s.ray_address
     if s.kind == "docker" and s.docker_runtime:
@@ -79,7 +83,8 @@ async def default_pipeline(settings: RunSettings, store: RunStore) -> AsyncItera
                          epoch_time_limit_s=t.epoch_time_limit_s, max_params=t.max_params,
                          max_train_batches=t.max_train_batches, max_val_images=t.max_val_images, threads=t.threads,
                          smoke_time_limit_s=t.smoke_time_limit_s)
-    service = CandidateService(data, sandbox, jobs_root=store.jobs_root, settings=evals)
+    jobs_root = Path(t.jobs_root).expanduser() if t.jobs_root else store.jobs_root
+    service = CandidateService(data, sandbox, jobs_root=jobs_root, settings=evals)
     await asyncio.to_thread(service.preflight)
     client: Any = None
     try:

@@ -59,6 +59,8 @@ class TrainSettings(_Strict):
     max_params: int = Field(default=20_000_000, ge=1)
     threads: int | None = Field(default=None, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
+    jobs_root: str | None = Field(default=None, description="content-addressed sandbox jobs (default RUN_DIR/jobs); "
+                                  "share one between runs to reuse identical trainings")
 
 
 class DataSettings(_Strict):

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.journal import Entry, Origin, Status
+from nncaption.graph.journal import AttemptFailure, Entry, Origin, Status
 from nncaption.graph.schema import DDL
 from nncaption.netapi.safetext import strict_dumps
 
@@ -262,6 +262,17 @@ class RunStore:
                 traceback_tail=(r["traceback_tail"] or "") if final else "", code_ref=r["code_ref"],
                 decoder=r["decoder"], duplicate_of=r["duplicate_of"]))
         return out
+
+    def failed_attempts(self, before_step: int | None = None) -> list[AttemptFailure]:
+        """Every rejected attempt (static, review, smoke or train verdict) of the supersteps before `before_step`."""
+        limit = before_step if before_step is not None else 1 << 62
+        rows = self._query(
+            "SELECT v.cid, v.attempt, v.stage, v.category, v.message, s.superstep, a.summary FROM verdicts v "
+            "JOIN steps s ON s.step = v.step LEFT JOIN attempts a ON a.cid = v.cid AND a.attempt = v.attempt "
+            "WHERE v.ok = 0 AND s.superstep < ? ORDER BY s.superstep, v.cid, v.attempt", (limit,))
+        return [AttemptFailure(cid=r["cid"], attempt=r["attempt"], stage=r["stage"], category=r["category"] or "",
+                               text=r["message"] or "", summary=r["summary"] or "", order=r["superstep"])
+                for r in rows]
 
     def _epoch_curve(self, cid: str) -> list[float]:
         return [float(r["bleu4"]) for r in self._query("SELECT bleu4 FROM epochs WHERE cid=? ORDER BY epoch", (cid,))

@@ -110,10 +110,13 @@ def test_feedback_has_best_curves_and_recent_failure_tails() -> None:
                traceback_tail="RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
         _entry(2, bleu4=0.2, bleu4_per_epoch=(0.2,), summary="lstm"),
     ]
-    fb = jr.feedback_from(entries)
+    attempts = [jr.AttemptFailure("c0001", 1, "smoke", "shape-error", "RuntimeError: mat1 and mat2 shapes", order=4),
+                jr.AttemptFailure("c0003", 1, "review", "endpoint-timeout", "the reviewer timed out", order=5)]
+    fb = jr.feedback_from(entries, attempts)
     assert [c.summary for c in fb.top] == ["lstm", "gru small"]
     assert fb.top[1].bleu4_per_epoch == (0.05, 0.12) and fb.top[1].hparams == {"lr": 0.001}
-    assert fb.failures[0].category == "shape-error" and "mat1 and mat2" in fb.failures[0].traceback_tail
+    assert [f.category for f in fb.failures] == ["shape-error"]  # endpoint trouble is not the candidate's fault
+    assert "mat1 and mat2" in fb.failures[0].traceback_tail
     assert jr.leaderboard(entries, 1)[0]["cid"] == "c0002"
 
 
