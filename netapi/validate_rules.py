@@ -265,6 +265,8 @@ CALL_ONLY_BUILTINS: frozenset[str] = frozenset(
 # Modules whose attributes may be chosen by a computed name (`getattr(nn, name)` picks a layer or optimiser).
 DYNAMIC_ATTR_OK: tuple[str, ...] = ("torch.nn", "torch.optim", "torchvision.models", "torchvision.ops",
                                     "torchvision.transforms")
+# Private submodules that are plain Python layers and helpers (`torchvision.models._utils.IntermediateLayerGetter`).
+PRIVATE_IMPORT_OK: tuple[str, ...] = ("torchvision.models", "torchvision.ops", "torchvision.transforms")
 # Library attributes that may be assigned (`torch.backends.cudnn.benchmark = True`).
 ASSIGNABLE_PREFIXES: tuple[str, ...] = ("torch.backends",)
 

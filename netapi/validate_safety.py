@@ -41,6 +41,7 @@ from nncaption.netapi.validate_rules import (
     OPTIONAL_IMPORT_ROOTS,
     PATH_METHODS_WRITE,
     PATH_WRITERS,
+    PRIVATE_IMPORT_OK,
     RISKY_BUILTINS,
     SMUGGLE_EXCEPTIONS,
     SMUGGLED_MODULES,
@@ -222,7 +223,9 @@ class SafetyScan:
         q = f"{module}.{member}" if member else module
         module_reason = self._module_reason(module, importing=True)
         reason = module_reason
-        if reason is None and any(p.startswith("_") and p != "__future__" for p in module.split(".")):
+        if reason is None and any(p.startswith("_") and p != "__future__" for p in module.split(".")) and not any(
+            _under(module, ok) for ok in PRIVATE_IMPORT_OK
+        ):
             reason = Category.FORBIDDEN_CALL, f"imports the private module {module}"
         if reason is None and member:
             reason = self._name_reason(q) or self._module_reason(q, importing=True)

@@ -141,6 +141,8 @@ ACCEPTED = [
     ("from torchvision.models import resnet18\nimport torchvision.ops", "m = resnet18(weights=None)"),
     ("import tempfile\nfrom pathlib import Path", "d = tempfile.mkdtemp()\nPath('log.txt').write_text('x')"),
     ("import operator", "f = operator.attrgetter('weight')"),
+    ("from torchvision.models._utils import IntermediateLayerGetter\n"
+     "from torchvision.ops.misc import Conv2dNormActivation", ""),
 ]
 
 
