@@ -1,0 +1,86 @@
+"""Endpoint trouble during a search: garbage or an outage fails the affected candidates with a category and the
+run goes on; a run whose endpoints are all down stops with one clear error instead of spinning."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nncaption.agents.http_server import Reply, error_reply
+from nncaption.agents.offline_server import OfflineComposerServer
+from nncaption.graph.runner import EndpointsDown, SearchRun
+from nncaption.graph.settings import RunSettings
+from nncaption.graph.store import RunStore
+from nncaption.prompts.library import detect_role
+
+
+class FlakyServer(OfflineComposerServer):
+    """The offline composer, except that chosen designer calls get garbage (200, not JSON) or a 503."""
+
+    def __init__(self, *, garbage: frozenset[int] = frozenset(), down_from: int | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.garbage = set(garbage)
+        self.down_from = down_from
+        self.designs = 0
+        self._count_lock = threading.Lock()
+
+    def chat(self, body: dict[str, Any]) -> Reply:
+        if (detect_role(body["messages"]) or "designer") == "designer":
+            with self._count_lock:
+                n = self.designs
+                self.designs += 1
+            if n in self.garbage:
+                return Reply(200, b"<html>upstream says no</html>", {"Content-Type": "text/html"})
+        if self.down_from is not None and self.designs > self.down_from:
+            return error_reply(503, "the model is not loaded", "ServiceUnavailable")
+        return super().chat(body)
+
+
+def _settings(prepared: Path, base_url: str, candidates: int, concurrency: int) -> RunSettings:
+    return RunSettings.model_validate({
+        "seed": 0, "concurrency": concurrency, "node_retries": 2, "endpoint_down_after": 3,
+        "budget": {"candidates": candidates},
+        "policy": {"num_drafts": candidates},
+        "agents": {"kind": "llm", "snippets": 2, "llm_review": False,
+                   "llm": {"shared": {"base_url": base_url, "model": "m", "max_retries": 0, "timeout_s": 30}}},
+        "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
+        "data": {"prepared": str(prepared)},
+    })
+
+
+@pytest.mark.slow
+def test_garbage_reply_fails_one_candidate_and_the_run_goes_on(tiny_dataset: Any, tmp_path: Path) -> None:
+    with FlakyServer(garbage=frozenset({1})) as server:
+        search = SearchRun(_settings(tiny_dataset.root, server.base_url, 3, 3), tmp_path / "run")
+        outcome = asyncio.run(search.run())
+    assert outcome.status == "finished"
+    store = RunStore(tmp_path / "run")
+    rows = {r["cid"]: r for r in store.candidate_rows()}
+    store.close()
+    failed = [r for r in rows.values() if r["status"] == "failed"]
+    assert [(r["stage"], r["category"]) for r in failed] == [("design", "bad-response")]
+    assert sum(r["status"] == "scored" for r in rows.values()) == 2
+
+
+def test_all_endpoints_down_stops_with_a_clear_error(tiny_dataset: Any, tmp_path: Path) -> None:
+    with FlakyServer(down_from=0) as server:
+        search = SearchRun(_settings(tiny_dataset.root, server.base_url, 20, 2), tmp_path / "run")
+        with pytest.raises(EndpointsDown, match="in a row lost their LLM endpoint"):
+            asyncio.run(search.run())
+    store = RunStore(tmp_path / "run")
+    rows = store.candidate_rows()
+    run = store.run_row()
+    store.close()
+    assert 3 <= len(rows) < 20
+    assert {r["category"] for r in rows if r["status"] == "failed"} == {"endpoint-unavailable"}
+    assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
+
+
+def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_path: Path) -> None:
+    search = SearchRun(_settings(tiny_dataset.root, "http://127.0.0.1:9/v1", 2, 1), tmp_path / "run")
+    with pytest.raises(EndpointsDown, match="no LLM endpoint answers"):
+        asyncio.run(search.run())
