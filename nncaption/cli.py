@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _installed_handlers: list[logging.Handler] = []
+_saved_root_level: list[int] = []
 
 
 def command_modules() -> list[str]:
@@ -98,16 +99,20 @@ def configure_logging(level: str = "warning", log_file: Path | None = None) -> N
         handler.setLevel(numeric)
         root.addHandler(handler)
         _installed_handlers.append(handler)
+    _saved_root_level.append(root.level)
     root.setLevel(numeric)
 
 
 def reset_logging() -> None:
-    """Remove and close the handlers that configure_logging installed."""
+    """Remove and close the handlers that configure_logging installed, and restore the root logger's level."""
     root = logging.getLogger()
     while _installed_handlers:
         handler = _installed_handlers.pop()
         root.removeHandler(handler)
         handler.close()
+    if _saved_root_level:
+        root.setLevel(_saved_root_level[0])
+        _saved_root_level.clear()
 
 
 def print_error(category: str, message: str, hint: str = "") -> None:
@@ -215,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except NNCaptionError as e:
+        log.debug("command failed: [%s] %s", e.category, e.message, exc_info=True)
         _emit(e.category, e.message, e.hint, json_mode=json_mode)
         return e.exit_code
     except KeyboardInterrupt:
@@ -225,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup = environment_problem(e)
         if setup is None:
             return _internal_error(e, json_mode=json_mode)
-        log.debug("environment problem", exc_info=True)
+        log.debug("command failed: [%s] %s", setup.category, setup.message, exc_info=True)
         _emit(setup.category, setup.message, setup.hint, json_mode=json_mode)
         return setup.exit_code
     except Exception as e:  # last line of defence: no bare tracebacks for users

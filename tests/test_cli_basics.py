@@ -7,6 +7,7 @@ import argparse
 import errno
 import json
 import os
+import re
 import socket
 import stat
 import subprocess
@@ -144,7 +145,7 @@ def test_log_options_before_and_after_the_command(tmp_path: Path, monkeypatch: p
     assert main([*argv, "--log-level", "debug", "--log-file", str(after)]) == 2
     for log in (before, after):
         text = log.read_text()
-        assert "DEBUG nncaption.cli: environment problem" in text and "NotADirectoryError" in text
+        assert "DEBUG nncaption.cli: command failed: [environment]" in text and "Traceback" in text
     capsys.readouterr()
     assert main(["--log-file", str(tmp_path), *argv]) == 2  # a folder as --log-file: a setup problem, not a bug
     assert "error [environment]" in capsys.readouterr().err
@@ -168,3 +169,56 @@ def test_readme_says_how_to_run_the_cli_after_the_quick_start() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     assert ".venv/bin/nncaption" in quick and "source .venv/bin/activate" in quick
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """{"data synth": ["--out", ...], ...}: each runnable command with its long options (global ones left out)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    found: dict[str, list[str]] = {}
+    if path and not subs:
+        flags = []
+        for action in parser._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs and longs[0] not in ("--help", "--log-level", "--log-file", "--version"):
+                flags.append(longs[0])
+        found[" ".join(path)] = flags
+    for sub in subs:
+        for name, child in sub.choices.items():
+            found.update(_leaf_commands(child, (*path, name)))
+    return found
+
+
+def _synopses(readme: str) -> dict[str, str]:
+    """The README's synopsis per command: a `nncaption CMD ...` line in a code block and its indented follow-ups."""
+    out: dict[str, str] = {}
+    current: str | None = None
+    for line in readme.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("nncaption "):
+            words: list[str] = []
+            for word in stripped.split()[1:3]:
+                if not (word.replace("-", "").isalpha() and word.islower() and not word.startswith("-")):
+                    break
+                words.append(word)
+            current = " ".join(words)
+            out[current] = out.get(current, "") + " " + stripped
+        elif current is not None and line.startswith(" ") and stripped and not stripped.startswith("#"):
+            out[current] += " " + stripped
+        else:
+            current = None
+    return out
+
+
+def test_readme_synopses_list_every_flag() -> None:
+    """Every command and every flag its --help shows appears in the README's synopsis of that command."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    synopses = _synopses(readme)
+    missing: list[str] = []
+    for command, flags in _leaf_commands(cli.build_parser()).items():
+        text = synopses.get(command)
+        if text is None:
+            missing.append(f"{command}: no synopsis")
+            continue
+        missing += [f"{command}: {flag}" for flag in flags
+                    if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text)]
+    assert not missing, "README.md synopses lack:\n" + "\n".join(missing)
