@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from nncaption import config
-from nncaption.netapi.errors import ConfigError, NNCaptionError
+from nncaption.netapi.errors import ConfigError, NNCaptionError, UsageError
 from nncaption.netapi.safetext import safe_text, strict_dumps
 
 if TYPE_CHECKING:  # torch comes in with the data layer: keep `nncaption --help` and usage errors fast
@@ -90,26 +90,30 @@ def _fail(message: str, hint: str) -> NoReturn:
     raise ConfigError(message, hint)
 
 
+def _conflict(message: str, hint: str) -> NoReturn:
+    raise UsageError(message, hint)
+
+
 def validate_args(args: argparse.Namespace) -> None:
-    """Refuse every option value or combination that makes no sense (ConfigError); imports nothing heavy."""
+    """Refuse every option combination (UsageError) or value (ConfigError) that makes no sense; nothing heavy runs."""
     if args.prepared:
         for flag, value in (("--dataset", args.dataset), ("--coco-root", args.coco_root), ("--size", args.size),
                             ("--data-seed", args.data_seed), ("--val-limit", args.val_limit)):
             if value is not None:
-                _fail(f"{flag} has no effect with --prepared (a prepared dataset is fixed)",
+                _conflict(f"{flag} has no effect with --prepared (a prepared dataset is fixed)",
                       f"leave {flag} out, or leave --prepared out")
     dataset = args.dataset or "synthetic"
     if dataset == "coco" and not args.coco_root and not args.prepared:
         _fail("--dataset coco needs --coco-root DIR",
               "pass --coco-root pointing at annotations/, train2017/ and val2017/, or use --dataset synthetic")
     if args.coco_root and dataset != "coco":
-        _fail("--coco-root is only used with --dataset coco (the synthetic set would be used instead)",
+        _conflict("--coco-root is only used with --dataset coco (the synthetic set would be used instead)",
               "add --dataset coco, or leave --coco-root out")
     if args.docker_runtime and args.sandbox != "docker":
-        _fail(f"--docker-runtime applies to the docker sandbox, not --sandbox {args.sandbox}",
+        _conflict(f"--docker-runtime applies to the docker sandbox, not --sandbox {args.sandbox}",
               "add --sandbox docker, or leave --docker-runtime out")
     if args.ray_address and args.sandbox != "ray":
-        _fail(f"--ray-address applies to the ray sandbox, not --sandbox {args.sandbox}",
+        _conflict(f"--ray-address applies to the ray sandbox, not --sandbox {args.sandbox}",
               "add --sandbox ray, or leave --ray-address out")
     if args.size is not None and not 16 <= args.size <= 1024:
         _fail(f"--size {args.size} is out of range", "use an image side between 16 and 1024 pixels (e.g. 64)")
@@ -156,6 +160,7 @@ def build_service(args: argparse.Namespace, *, progress: bool) -> CandidateServi
     from nncaption.sandbox.service import CandidateService, EvalSettings
 
     _check_device(args.device)
+    config.ensure_home()  # an unusable NNCAPTION_HOME is the user's setup (exit 2), found before any work
     paths = resolve_dataset(args.dataset or "synthetic", coco_root=Path(args.coco_root) if args.coco_root else None,
                             prepared=Path(args.prepared) if args.prepared else None,
                             size=args.size if args.size is not None else config.DEFAULT_IMAGE_SIZE,
@@ -203,7 +208,7 @@ def _guarded(args: argparse.Namespace, body: Callable[[argparse.Namespace], int]
     try:
         validate_args(args)
         return body(args)
-    except NNCaptionError as e:
+    except NNCaptionError as e:  # everything else goes to the CLI's last line of defence (crash log, one JSON object)
         if args.json:
             _emit_json({**error_fields, "category": e.category, "message": safe_text(e.message, 2000, keep="head"),
                         "hint": e.hint})
@@ -212,13 +217,6 @@ def _guarded(args: argparse.Namespace, body: Callable[[argparse.Namespace], int]
 
             print_error(e.category, e.message, e.hint)
         return EXIT_USAGE
-    except Exception as e:
-        if not args.json:
-            raise  # the CLI's last line of defence logs it and prints category, message and next step
-        log.exception("internal error in %s", args.command)
-        _emit_json({**error_fields, "category": "internal", "message": safe_text(f"{type(e).__name__}: {e}", 2000),
-                    "hint": "this is a bug in nn-caption; run again without --json to see where it is logged"})
-        return 1
 
 
 class _JsonAwareParser(argparse.ArgumentParser):

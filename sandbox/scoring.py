@@ -125,10 +125,10 @@ def score_predictions(predictions: Sequence[EpochPredictions], facts: DatasetFac
                       params: int | None) -> ScoreReport:
     """Check and score; PredictionError for anything that breaks the output contract or cannot be scored."""
     check_predictions(predictions, facts, epochs)
-    try:
-        return score(predictions, facts.refs, facts.vocab, params=params)
-    except (KeyError, ValueError, TypeError, ZeroDivisionError, OverflowError) as e:
-        raise PredictionError(f"the predictions cannot be scored: {e}") from None
+    report = score(predictions, facts.refs, facts.vocab, params=params, expected_ids=facts.expected_ids)
+    if report.error is not None or report.bleu4 is None:
+        raise PredictionError(report.error or "the predictions could not be scored")
+    return report
 
 
 def suspicion(bleu4: float, facts: DatasetFacts, threshold: float | None = None,

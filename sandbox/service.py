@@ -12,6 +12,7 @@ JSON. Only the caller's own mistakes raise (`NNCaptionError`: bad settings,
 missing dataset, CUDA requested without CUDA), and `preflight()` finds those
 before any job starts.
 
+`EvalSettings` and `validate_prm` live in sandbox.settings (re-exported here).
 Jobs are content-addressed (sandbox.jobstore): an identical job (same code,
 normalised spec and dataset version) returns its recorded result with
 `reused=True` instead of running again.
@@ -22,18 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nncaption.netapi.categories import Category, Verdict
-from nncaption.netapi.errors import ConfigError
+from nncaption.netapi.errors import ConfigError, EnvironmentProblem
 from nncaption.netapi.job import DEFAULT_PRM, JobSpec
 from nncaption.netapi.safetext import safe_text
 
-from .base import RUNNER_ENTRY, SMOKE_ENTRY, Job, Limits, RunResult, Sandbox
+from .base import RUNNER_ENTRY, Job, Limits, RunResult, Sandbox
 from .jobstore import CHECK_FILE, REFERENCE_DIR, REPORT_FILE, JobStore, job_key, safe_name
 from .report import (
     CheckResult,
@@ -45,106 +47,21 @@ from .report import (
     reusable,
 )
 from .scoring import DatasetFacts, PredictionError, score_predictions, suspicion
+from .settings import EvalSettings, Prm, validate_prm
 
 if TYPE_CHECKING:
     from nncaption.netapi.data.prepare import PreparedPaths
 
+__all__ = ["CandidateService", "EvalSettings", "EventCallback", "Prm", "validate_prm"]
+
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
-Prm = dict[str, float | int]
-
-DEVICES: tuple[str, ...] = ("cpu", "cuda")
-PRM_RANGES: dict[str, tuple[float, float, bool, bool]] = {  # key: (low, high, low inclusive, high inclusive)
-    "lr": (0.0, 1.0, False, True),
-    "momentum": (0.0, 1.0, True, False),
-    "dropout": (0.0, 1.0, True, False),
-}
-BATCH_RANGE = (1, 512)
-MAX_PRM_KEYS = 32
-
-
-@dataclass
-class EvalSettings:
-    """How candidates are checked and trained (the same for every candidate of one service)."""
-
-    epochs: int = 3
-    batch_size: int = 32  # a prm "batch" overrides it per candidate
-    seed: int = 0
-    device: str = "cpu"
-    epoch_time_limit_s: float = 600.0  # per epoch of training
-    decode_time_limit_s: float | None = None  # per decode pass; None = epoch_time_limit_s
-    setup_time_limit_s: float = 120.0  # import, Net(...) and train_setup in a training job
-    max_params: int = 50_000_000
-    max_train_batches: int | None = None
-    max_val_images: int | None = None
-    threads: int | None = None  # torch threads in the sandbox
-    smoke_time_limit_s: float = 120.0
-    startup_slack_s: float = 120.0  # importing torch in a cold sandbox, writing files
-    memory_mb: int | None = None  # None = the sandbox's default limit
-    baseline: bool = True  # score the constant-caption baseline beside the candidate
-    reuse: bool = True  # return the recorded result of an identical finished job
-    suspect_bleu4: float | None = None  # None = derived from the dataset's references
-
-    def validate(self) -> None:
-        """ConfigError naming the first setting that makes no sense."""
-        for name in ("epochs", "batch_size", "max_params"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", f"set {name} to 1 or more")
-        for name in ("max_train_batches", "max_val_images", "threads", "memory_mb"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}", f"leave {name} unset or give 1 or more")
-        for name in ("epoch_time_limit_s", "decode_time_limit_s", "setup_time_limit_s", "smoke_time_limit_s",
-                     "startup_slack_s"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {value}", "e.g. 600")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}", f"use one of: {', '.join(DEVICES)}")
-        if self.suspect_bleu4 is not None and not 0 < self.suspect_bleu4 <= 1:
-            raise ConfigError("suspect_bleu4 must be in (0, 1]", "leave it unset to derive it from the dataset")
-
-
-def validate_prm(prm: Mapping[str, Any] | None) -> tuple[Prm, str | None]:
-    """(checked copy of `prm`, None), or ({}, what is wrong): numbers only, lr/momentum/dropout/batch in range."""
-    if prm is None:
-        return {}, None
-    if not isinstance(prm, Mapping):
-        return {}, f"the hyperparameters must be a mapping of names to numbers, got {type(prm).__name__}"
-    if len(prm) > MAX_PRM_KEYS:
-        return {}, f"too many hyperparameters ({len(prm)}; at most {MAX_PRM_KEYS})"
-    out: Prm = {}
-    for key, value in prm.items():
-        if not isinstance(key, str) or not key.isidentifier() or len(key) > 64:
-            return {}, f"hyperparameter name {safe_text(key, 40)!r} is not an identifier"
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return {}, f"hyperparameter {key!r} must be a finite number, got {safe_text(repr(value), 40)}"
-        if key in PRM_RANGES:
-            low, high, low_in, high_in = PRM_RANGES[key]
-            if not ((value >= low if low_in else value > low) and (value <= high if high_in else value < high)):
-                interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-                return {}, f"hyperparameter {key!r} = {value!r} is outside {interval}"
-            out[key] = float(value)
-        elif key == "batch":
-            if isinstance(value, float) and not value.is_integer():
-                return {}, f"hyperparameter 'batch' must be an integer, got {value!r}"
-            if not BATCH_RANGE[0] <= int(value) <= BATCH_RANGE[1]:
-                return {}, f"hyperparameter 'batch' = {value!r} is outside {BATCH_RANGE[0]}..{BATCH_RANGE[1]}"
-            out[key] = int(value)
-        else:
-            out[key] = value
-    return out, None
-
 
 def _spec(**values: Any) -> JobSpec:
     """A JobSpec from `values`, leaving out fields this version of JobSpec does not have."""
     known = {f.name for f in fields(JobSpec)}
     return JobSpec(**{k: v for k, v in values.items() if k in known})
-
-
-def _has_modes() -> bool:
-    return any(f.name == "mode" for f in fields(JobSpec))
 
 
 class CandidateService:
@@ -169,6 +86,14 @@ class CandidateService:
             if not torch.cuda.is_available():
                 raise ConfigError("device cuda was requested but no CUDA device is visible",
                                   "use --device cpu, or run on a machine with a GPU")
+        try:
+            self.store.root.mkdir(parents=True, exist_ok=True)
+            probe = self.store.root / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EnvironmentProblem(f"the jobs folder {self.store.root} is not writable ({e.strerror or e})",
+                                     "point NNCAPTION_HOME (or jobs_root) at a folder you can write") from None
         if self._facts is None:
             self._facts = DatasetFacts.load(self.data, self.settings.max_val_images)
         return self._facts
@@ -192,17 +117,9 @@ class CandidateService:
                      max_params=s.max_params, max_train_batches=s.max_train_batches, max_val_images=s.max_val_images,
                      threads=s.threads, mode="train")
 
-    def smoke_spec(self, prm: Prm) -> JobSpec:
-        s = self.settings
-        return _spec(data_dir=str(self.data.public_dir), epochs=1, batch_size=4, prm=dict(prm), seed=s.seed,
-                     device=s.device, smoke_time_limit_s=float(s.smoke_time_limit_s), max_params=s.max_params,
-                     threads=s.threads, mode="smoke")
-
-    def train_backstop_s(self) -> float:
-        """The wall-clock limit of a training job: set-up, then each epoch's learn and decode, plus start-up."""
-        s = self.settings
-        decode = s.decode_time_limit_s if s.decode_time_limit_s is not None else s.epoch_time_limit_s
-        return s.setup_time_limit_s + s.epochs * (s.epoch_time_limit_s + decode) + s.startup_slack_s
+    def smoke_spec(self, prm: Prm, batch: int) -> JobSpec:
+        """The tiny smoke job of the training spec (the runner's own definition: netapi.job.JobSpec.smoke)."""
+        return self.train_spec(prm, batch).smoke(time_limit_s=float(self.settings.smoke_time_limit_s))
 
     # ------------------------------------------------------------ check
 
@@ -212,7 +129,7 @@ class CandidateService:
         emit = on_event or (lambda event: None)
         t0 = time.monotonic()
         try:
-            eff, _ = self.effective_prm(prm)
+            eff, batch = self.effective_prm(prm)
         except ValueError as e:
             return CheckResult(False, Stage.HYPERPARAMETERS, Category.BAD_HYPERPARAMETERS, str(e))
         from nncaption.netapi.validate import static_check
@@ -223,7 +140,7 @@ class CandidateService:
             return CheckResult(False, Stage.STATIC, verdict.category, safe_text(verdict.message, 4000, keep="head"),
                                verdict.line, timings=timings)
         self.preflight()
-        spec = self.smoke_spec(eff)
+        spec = self.smoke_spec(eff, batch)
         job_id = job_key(code, spec, self.data.key)
         emit({"event": "stage", "stage": Stage.SMOKE.value, "job_id": job_id})
         async with self.store.lock(job_id):
@@ -232,7 +149,7 @@ class CandidateService:
                 return old
             t1 = time.monotonic()
             run_dir = self.store.fresh_run_dir(job_id)
-            job = self._smoke_job(run_dir, code, spec)
+            job = self._job(run_dir, code, spec)
             result = await self._run(job, emit)
             timings["smoke_s"] = round(time.monotonic() - t1, 3)
             check = self._check_from_result(result, job_id, timings)
@@ -252,20 +169,14 @@ class CandidateService:
         old.reused = True
         return old
 
-    def _smoke_job(self, run_dir: Path, code: str, spec: JobSpec) -> Job:
-        limits = self._limits(self.settings.smoke_time_limit_s + self.settings.startup_slack_s)
+    def _job(self, run_dir: Path, code: str, spec: JobSpec) -> Job:
+        """Lay out the sandbox's job directory (candidate.py, job.json) and the Job with its tight backstop."""
+        from nncaption.netapi.evaluate import make_job_dir
+
+        make_job_dir(run_dir, code, spec)
         gpus, num_gpus = self._gpus(spec)
-        if _has_modes():
-            from nncaption.netapi.evaluate import make_job_dir
-
-            make_job_dir(run_dir, code, spec)
-            return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, num_gpus=num_gpus, entry=RUNNER_ENTRY)
-        from nncaption.netapi.smoke import write_smoke_job  # the separate smoke entry, until lifecycle merges it
-
-        write_smoke_job(run_dir, code, Path(spec.data_dir), max_params=spec.max_params,
-                        time_limit_s=self.settings.smoke_time_limit_s, device=spec.device, seed=spec.seed,
-                        threads=spec.threads)
-        return Job(job_dir=run_dir, spec=JobSpec.read(run_dir), limits=limits, gpus=gpus, entry=SMOKE_ENTRY)
+        limits = self._limits(spec.wall_clock_limit_s(self.settings.startup_slack_s))
+        return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, num_gpus=num_gpus, entry=RUNNER_ENTRY)
 
     @staticmethod
     def _check_from_result(result: RunResult, job_id: str, timings: dict[str, float]) -> CheckResult:
@@ -322,13 +233,7 @@ class CandidateService:
                 return report
             emit({"event": "stage", "stage": Stage.TRAIN.value, "job_id": job_id})
             t1 = time.monotonic()
-            run_dir = self.store.fresh_run_dir(job_id)
-            from nncaption.netapi.evaluate import make_job_dir
-
-            make_job_dir(run_dir, code, spec)
-            gpus, num_gpus = self._gpus(spec)
-            job = Job(job_dir=run_dir, spec=spec, limits=self._limits(self.train_backstop_s()), gpus=gpus,
-                      num_gpus=num_gpus)
+            job = self._job(self.store.fresh_run_dir(job_id), code, spec)
             result = await self._run(job, emit)
             timings = {**check.timings, "train_s": round(time.monotonic() - t1, 3),
                        **{f"sandbox_{k}": v for k, v in result.timings.items()}}

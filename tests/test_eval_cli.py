@@ -140,12 +140,17 @@ def test_usage_errors_exit_2_with_a_hint(argv: list[str], words: str, capsys: py
     assert out["category"] == "config" and words in out["message"] and out["hint"]
 
 
-NONSENSE: list[tuple[list[str], str]] = [
+CONFLICTS: list[tuple[list[str], str]] = [
     (["eval-model", "ref-gru", "--coco-root", "/data/coco"], "--coco-root"),
     (["check", "ref-gru", "--coco-root", "/data/coco", "--dataset", "synthetic"], "--coco-root"),
     (["eval-model", "ref-gru", "--docker-runtime", "runsc"], "--docker-runtime"),
     (["check", "ref-gru", "--sandbox", "ray", "--docker-runtime", "runsc"], "--docker-runtime"),
     (["eval-model", "ref-gru", "--ray-address", "head:6379"], "--ray-address"),
+    (["eval-model", "ref-gru", "--prepared", "/p", "--dataset", "coco"], "--dataset"),
+    (["eval-model", "ref-gru", "--prepared", "/p", "--size", "32"], "--size"),
+    (["check", "ref-gru", "--prepared", "/p", "--val-limit", "5"], "--val-limit"),
+]
+BAD_VALUES: list[tuple[list[str], str]] = [
     (["eval-model", "ref-gru", "--max-val-images", "0"], "--max-val-images"),
     (["eval-model", "ref-gru", "--max-train-batches", "0"], "--max-train-batches"),
     (["eval-model", "ref-gru", "--threads", "0"], "--threads"),
@@ -158,14 +163,12 @@ NONSENSE: list[tuple[list[str], str]] = [
     (["eval-model", "ref-gru", "--dropout", "1"], "--dropout"),
     (["eval-model", "ref-gru", "--epoch-time-limit", "0"], "--epoch-time-limit"),
     (["eval-model", "ref-gru", "--size", "4"], "--size"),
-    (["eval-model", "ref-gru", "--prepared", "/p", "--dataset", "coco"], "--dataset"),
-    (["eval-model", "ref-gru", "--prepared", "/p", "--size", "32"], "--size"),
-    (["check", "ref-gru", "--prepared", "/p", "--val-limit", "5"], "--val-limit"),
 ]
 
 
-@pytest.mark.parametrize(("argv", "flag"), NONSENSE)
-def test_nonsense_options_are_refused_before_any_data_work(argv: list[str], flag: str,
+@pytest.mark.parametrize(("argv", "flag", "category"), [(*c, "usage") for c in CONFLICTS]
+                         + [(*c, "config") for c in BAD_VALUES])
+def test_nonsense_options_are_refused_before_any_data_work(argv: list[str], flag: str, category: str,
                                                            capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     def no_data(*args: Any, **kwargs: Any) -> None:
@@ -174,7 +177,7 @@ def test_nonsense_options_are_refused_before_any_data_work(argv: list[str], flag
     monkeypatch.setattr("nncaption.netapi.data.resolve.resolve_dataset", no_data)
     code, out = run_cli(capsys, *argv, "--json")
     assert code == 2, out
-    assert out["category"] == "config" and flag in out["message"] and out["hint"]
+    assert out["category"] == category and flag in out["message"] and out["hint"]
 
 
 def test_a_usage_error_costs_no_torch_import() -> None:
@@ -216,7 +219,7 @@ def test_an_internal_error_under_json_is_one_json_object(capsys: pytest.CaptureF
     monkeypatch.setattr("nncaption.cmd_eval.build_service", broken)
     code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--json")
     assert code == 1 and out["category"] == "internal" and "RuntimeError" in out["message"]
-    assert "\x1b" not in out["message"]
+    assert "\x1b" not in out["message"] and "bug" in out["hint"]
 
 
 def test_a_partial_prepared_dataset_is_a_usage_error_before_any_job(capsys: pytest.CaptureFixture[str],
@@ -292,3 +295,12 @@ def test_sandbox_options_from_the_command_line() -> None:
     docker = parser.parse_args(["check", "ref-gru", "--sandbox", "docker", "--docker-runtime", "runsc"])
     assert sandbox_options(docker) == {"runtime": "runsc"}
     assert sandbox_options(parser.parse_args(["check", "ref-gru"])) == {}
+
+
+def test_an_unusable_nncaption_home_is_an_environment_error(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home-is-a-file"
+    home.write_text("")
+    monkeypatch.setenv("NNCAPTION_HOME", str(home))
+    code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--json")
+    assert code == 2 and out["category"] == "environment" and out["hint"]

@@ -150,6 +150,7 @@ def test_running_the_identical_job_twice_trains_once(tiny_dataset: Any, tmp_path
     # the prm the job spec gave training: the candidate's lr and batch
     ran = json.loads((job_dir / "job" / "job.json").read_text())
     assert ran["prm"]["lr"] == 0.0123 and ran["batch_size"] == 8 and first.prm["lr"] == 0.0123
+    assert first.optimizer_lr == pytest.approx(0.0123)  # what the candidate's optimiser held, as the runner saw it
     result_mtime = (job_dir / "job" / "result.json").stat().st_mtime_ns
 
     events.clear()

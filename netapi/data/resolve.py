@@ -5,8 +5,9 @@ already prepared folder (`prepared=`), the default synthetic set (generated
 under NNCAPTION_HOME on first use) or a COCO folder, prepared into the cache.
 
 Two processes started together on a fresh NNCAPTION_HOME must not undo each
-other's work: generation and preparation each run under a file lock, build
-aside and rename into place, and the second process finds the finished set.
+other's work: generation and preparation each run under a file lock
+(netapi.data.locks), build aside and rename into place, and the second process
+finds the finished set.
 Every problem is a `ConfigError` or `DatasetError` (a usage error for the CLI),
 raised before any job starts.
 """
@@ -14,14 +15,14 @@ raised before any job starts.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from nncaption import config
 from nncaption.netapi.errors import ConfigError, DatasetError
@@ -57,22 +58,6 @@ def progress_bars(enabled: bool) -> Iterator[ProgressCb | None]:
         yield update
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing, never following a symlink)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise ConfigError(f"cannot create the lock file {path}: {e.strerror or e}",
-                          "make NNCAPTION_HOME a writable folder (or point NNCAPTION_HOME elsewhere)") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def synthetic_dir_for(seed: int, size: int) -> Path:
     """Where the default synthetic set lives; sets above the default size get their own folder."""
     base = config.default_synthetic_dir(seed)
@@ -80,29 +65,37 @@ def synthetic_dir_for(seed: int, size: int) -> Path:
 
 
 def synthetic_complete(root: Path) -> bool:
-    """Whether `root` holds a finished synthetic set (generate_synthetic writes the annotation files last)."""
-    return all((root / "annotations" / n).is_file() for n in ("captions_train.json", "captions_val.json"))
+    """Whether `root` holds a finished synthetic set made by this generator (with its secret)."""
+    from nncaption.netapi.data.synthetic import is_current
+
+    return is_current(root)
 
 
 def ensure_synthetic(root: Path, *, n_train: int, n_val: int, size: int, seed: int, progress: bool) -> Path:
-    """Generate the synthetic set at `root` unless complete there: under a lock, built aside, renamed into place."""
+    """Generate the synthetic set at `root` unless current there: under its lock, built aside, renamed into place.
+
+    A set without a generator secret (an older generator's) is generated again, keeping nothing of it.
+    """
     if synthetic_complete(root):
         return root
+    from nncaption.netapi.data.locks import file_lock, lock_path_for
     from nncaption.netapi.data.synthetic import generate_synthetic
 
-    with file_lock(root.with_name(f".{root.name}.lock")):
+    with file_lock(lock_path_for(root)):  # the lock `data synth` takes; `prepare` reads under a shared one
         if synthetic_complete(root):  # another process finished it while we waited
             return root
         tmp = root.with_name(f".tmp-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        old = root.with_name(f".old-{root.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             with progress_bars(progress) as cb:
                 generate_synthetic(tmp, n_train=n_train, n_val=n_val, size=size, seed=seed,
                                    progress=(lambda d, t: cb("synthetic images", d, t)) if cb else None)
-            if root.exists():  # incomplete leftovers of a crashed run (we hold the lock)
-                shutil.rmtree(root)
+            if root.exists():  # an incomplete or outdated set (we hold the lock)
+                os.rename(root, old)
             os.rename(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
     return root
 
 
@@ -170,6 +163,6 @@ def resolve_dataset(
     from nncaption.netapi.data.prepare import prepare_dataset
 
     cache = config.cache_root()
-    with file_lock(cache / f".prepare-{name}-{size}.lock"), progress_bars(progress) as cb:
+    with progress_bars(progress) as cb:  # prepare_dataset locks its cache folder itself
         return prepare_dataset(name, root, cache, size=size, seed=seed,  # type: ignore[arg-type]
                                val_limit=val_limit, karpathy_split=karpathy_split, progress=cb)
