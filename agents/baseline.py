@@ -31,7 +31,7 @@ from nncaption.agents.hparams import Prm, validate_prm
 from nncaption.agents.protocols import DesignRequest
 from nncaption.agents.reviewer import Review, review
 from nncaption.netapi.errors import ConfigError
-from nncaption.prompts.library import sample_snippets
+from nncaption.prompts.library import error_tail, sample_snippets
 
 log = logging.getLogger(__name__)
 
@@ -112,19 +112,21 @@ def baseline_design(
                           decoder=model.decoder, fault=fault, trace=trace)
 
 
-def baseline_fix(code: str, error_text: str, prm: Mapping[str, Any] | None) -> BaselineChoice:
+def baseline_fix(code: str, error_text: str, prm: Mapping[str, Any] | None,
+                 category: str | None = None) -> BaselineChoice:
     """The oracle fix: re-compose the file from its own composition marker (undoing a planted defect).
 
-    A NaN error lowers the learning rate in the returned prm; a too-large /
-    out-of-memory / timeout error halves the decoder sizes (see `compose.repair_model`).
+    `error_text` is what a fixer prompt shows (`error_tail`). A NaN error lowers the
+    learning rate in the returned prm; a too-large / out-of-memory / timeout error
+    halves the decoder sizes (see `compose.repair_model`).
     """
-    model = compose.repair_model(code, error_text, prm)
+    model = compose.repair_model(code, f"{category or ''}\n{error_text}", prm)
     prm_out = validate_prm(model.prm, model.code)
     first = error_text.strip().splitlines()[0][:160] if error_text.strip() else "the reported error"
     trace = (f"{TRACE_LABEL}: oracle fix, re-composed {model.backbone} + {model.decoder} from the file's own "
              f"composition marker after: {first}")
     return BaselineChoice(code=model.code.rstrip() + "\n", prm=prm_out,
-                          summary=f"{model.summary} (re-composed after: {first})",
+                          summary=f"{model.summary} (re-composed after {category or 'the reported error'})",
                           backbone=model.backbone, decoder=model.decoder, fault=None, trace=trace)
 
 
@@ -191,6 +193,6 @@ class BaselineFixer:
 
     async def fix(self, code: str, prm: Prm, error: ErrorInput) -> Fix:
         text, category = describe_error(error)
-        choice = baseline_fix(code, text, prm)
+        choice = baseline_fix(code, error_tail(text), prm, category)
         return Fix(code=choice.code, prm=choice.prm, summary=choice.summary, category=category, exchanges=[],
                    producer=BASELINE_NAME, trace=choice.trace)

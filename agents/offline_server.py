@@ -168,9 +168,8 @@ class OfflineComposerServer(OpenAICompatServer):
 
     def _fix(self, prompt: str) -> tuple[str, str]:
         cand = parse_candidate(prompt)
-        error = cand.error or (cand.category or "")
         if cand.code:
-            choice = baseline_fix(cand.code, error, cand.prm)
+            choice = baseline_fix(cand.code, cand.error, cand.prm, cand.category)
         else:
             choice = baseline_design(server_seed=self.seed, seed=0)
         return choice.trace, _answer(choice.code, choice.prm, choice.summary)

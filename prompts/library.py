@@ -64,6 +64,7 @@ __all__ = [
     "fixer_messages",
     "detect_role",
     "system_text",
+    "error_tail",
     "contract_text",
 ]
 
@@ -444,6 +445,11 @@ def _tail(text: str, max_lines: int, max_chars: int) -> str:
     return out if len(out) <= max_chars else "..." + out[-(max_chars - 3) :]
 
 
+def error_tail(error: str, max_lines: int = 30, max_chars: int = 3000) -> str:
+    """The part of an error text a fixer prompt shows: its last lines, control characters escaped."""
+    return safe_text(_tail(error, max_lines, max_chars), max_chars).strip()
+
+
 def system_text(role: str) -> str:
     """The system message of `role` (designer, reviewer or fixer): constant across a run."""
     if role not in ROLES:
@@ -552,7 +558,7 @@ def fixer_messages(
         contract=contract_text().strip(),
         code=code,
         prm=_prm_json(prm),
-        error=safe_text(_tail(error, error_lines, error_chars), error_chars),
+        error=error_tail(error, error_lines, error_chars),
         category=safe_text(category, 60, keep="head") if category else None,
     )
     return [{"role": "system", "content": system_text("fixer")}, {"role": "user", "content": user}]

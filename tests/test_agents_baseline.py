@@ -167,3 +167,33 @@ def test_baseline_reviewer_checks_code_and_prm_statically() -> None:
         llm = asyncio.run(LLMReviewer(client(srv.base_url)).review(good.code, {**good.prm, "lr": 3.0}))
         assert srv.requests_served == 0  # a static rejection never costs an LLM call
     assert not llm.ok and llm.category == Category.BAD_HYPERPARAMETERS.value and llm.source == "static"
+
+
+def test_baseline_fixer_in_process_and_over_http_give_the_same_fixes() -> None:
+    from nncaption.agents.extract import ExtractionError
+    from nncaption.netapi.categories import Verdict
+
+    good = compose.compose_model("regnet", "transformer", seed=6)
+    bad = compose.inject_defect(good.code, "output-contract", 0)
+    long_tb = "\n".join(f"  frame {i}" for i in range(80)) + "\nRuntimeError: out of memory"
+    errors: list[Any] = [
+        static_check(compose.inject_defect(good.code, "syntax", 0)),
+        Verdict(ok=False, stage="train", category=Category.NAN, message="loss became nan at epoch 1", line=None),
+        Verdict(ok=False, stage="train", category=Category.TOO_LARGE, message=long_tb, line=None),
+        long_tb,
+        ExtractionError("truncated", "cut off", candidate=bad),
+    ]
+
+    async def both() -> list[tuple[Any, Any]]:
+        pairs = []
+        with OfflineComposerServer() as srv:
+            llm = LLMFixer(client(srv.base_url))
+            for err in errors:
+                pairs.append((await BaselineFixer().fix(bad, good.prm, err), await llm.fix(bad, good.prm, err)))
+        return pairs
+
+    for local, remote in asyncio.run(both()):
+        assert (local.code, local.prm, local.summary, local.category) == \
+            (remote.code, remote.prm, remote.summary, remote.category)
+    nan_fix = asyncio.run(both())[1][0]
+    assert nan_fix.prm["lr"] < good.prm["lr"] and nan_fix.summary.endswith("(re-composed after nan)")
