@@ -165,6 +165,12 @@ def test_console_script_runs_from_the_venv() -> None:
     assert proc.returncode == 0 and proc.stdout.startswith("nncaption ")
 
 
+def test_python_dash_m_runs_the_cli() -> None:
+    proc = subprocess.run([sys.executable, "-m", "nncaption", "--version"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("nncaption "), proc.stderr
+
+
 def test_readme_says_how_to_run_the_cli_after_the_quick_start() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
