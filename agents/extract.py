@@ -40,6 +40,7 @@ from nncaption.agents.hparams import (
 from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.reasoning import has_unclosed_think, split_reasoning
 from nncaption.netapi.errors import NNCaptionError
+from nncaption.netapi.safetext import safe_text
 
 if TYPE_CHECKING:
     from nncaption.agents.records import LLMExchange
@@ -320,7 +321,7 @@ def extract_candidate(text: str, reasoning: str | None = None, *, truncated: boo
         prm = validate_prm(raw, code) if raw is not None else None
     except PrmError as e:
         raise ExtractionError(PRM_CATEGORY, e.message, candidate=code) from None
-    summary = " ".join(summary.split())[:300] if summary else extract_summary(text, reasoning)
+    summary = safe_text(" ".join(summary.split()), 300, keep="head") if summary else extract_summary(text, reasoning)
     return Candidate(code=code, prm=prm, summary=summary or None)
 
 
@@ -343,7 +344,7 @@ def extract_summary(text: str, reasoning: str | None = None) -> str | None:
     if not found:
         return None
     summary = found[-1].strip().strip("*`_ ").strip()
-    return summary[:300] or None
+    return safe_text(summary, 300, keep="head") or None
 
 
 def module_docstring_line(code: str) -> str | None:
@@ -352,4 +353,4 @@ def module_docstring_line(code: str) -> str | None:
         doc = ast.get_docstring(ast.parse(code))
     except (SyntaxError, ValueError):
         return None
-    return doc.strip().splitlines()[0][:300] if doc and doc.strip() else None
+    return safe_text(doc.strip().splitlines()[0], 300, keep="head") if doc and doc.strip() else None

@@ -34,7 +34,7 @@ import random
 import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -517,9 +517,9 @@ def designer_messages(
         snippets=shown,
         decoder_text=DECODER_TEXT[decoder],
         mode=mode,
-        parent=parent,
+        parent=replace(parent, summary=safe_text(parent.summary, 300, keep="head")) if parent is not None else None,
         parent_prm=_prm_json(parent.hparams) if parent is not None else "{}",
-        top=list(top)[:max_top],
+        top=[replace(c, summary=safe_text(c.summary, 300, keep="head")) for c in list(top)[:max_top]],
         failures=fails,
     )
     return [{"role": "system", "content": system_text("designer")}, {"role": "user", "content": user}]

@@ -272,3 +272,10 @@ def test_validate_prm_ranges_and_keys() -> None:
     assert supported_keys("def supported_hyperparameters():\n    return KEYS\n") is None
     with pytest.raises(PrmError, match="must be finite"):
         validate_prm({"lr": float("nan")})
+
+
+def test_summaries_are_escaped() -> None:
+    assert extract_summary("SUMMARY: resnet\x1b[2J + GRU") == "resnet\\x1b[2J + GRU"
+    assert module_docstring_line('"""evil\x07 docstring"""\nx = 1\n') == "evil\\x07 docstring"
+    obj = json.dumps({"code": NET, "summary": "json\x1b summary"})
+    assert extract_candidate(obj).summary == "json\\x1b summary"

@@ -153,7 +153,11 @@ def test_candidate_derived_text_is_made_safe_in_prompts() -> None:
     """Control characters from a traceback or verdict message are escaped before they reach an LLM."""
     hostile = "RuntimeError: \x1b[31mred\x1b[0m\r\x00 overwritten\u2028next"
     fixer_user = fixer_messages(BRACEY, hostile, category="learn\x1b-error")[1]["content"]
-    designer_user = designer_messages(FACTS, [], failures=[FailureFeedback("nan", hostile, "s\x07")])[1]["content"]
+    parent = ParentCandidate(code=BRACEY, summary="docstring\x1b[2J", hparams={})
+    designer_user = designer_messages(FACTS, [], failures=[FailureFeedback("nan", hostile, "s\x07")],
+                                      top=[CandidateFeedback("top\x1b]0;x\x07", {}, [0.1])])[1]["content"]
+    improve_user = designer_messages(FACTS, [], mode="improve", parent=parent)[1]["content"]
+    assert "\x1b" not in improve_user and "\\x1b[2J" in improve_user and "\x07" not in designer_user
     reviewer_user = reviewer_messages(BRACEY, static_message=hostile)[1]["content"]
     for text in (fixer_user, designer_user, reviewer_user):
         assert "\x1b" not in text and "\r" not in text and "\x00" not in text and "\u2028" not in text
