@@ -149,3 +149,24 @@ def test_in_process_baseline_makes_the_same_candidates(
              for r in _candidates(http_dir)]
     assert [{k: r[k] for k in strip[0]} for r in _candidates(tmp_path / "baseline")] == strip
     assert outcome.best == http_outcome.best
+
+
+def test_replay_of_recorded_exchanges_gives_the_same_run(
+        http_run: tuple[Path, RunOutcome, list[dict[str, Any]], list[str]], tmp_path: Path) -> None:
+    http_dir, http_outcome, *_ = http_run
+    assert (http_dir / "llm-record.jsonl").is_file()
+    recorded = json.loads((http_dir / "config.json").read_text())
+    recorded["agents"]["replay"] = str(http_dir)  # what `nncaption run --replay RUN_DIR` sets
+    outcome, _ = run_search(recorded, tmp_path / "replayed")
+
+    def trace(run_dir: Path) -> list[tuple[Any, ...]]:
+        store = RunStore(run_dir)
+        try:
+            return [tuple(r) for r in store.db.execute(
+                "SELECT cid, parent, origin, status, category, bleu4, fix_rounds, code_ref FROM candidates "
+                "ORDER BY idx")]
+        finally:
+            store.close()
+
+    assert trace(tmp_path / "replayed") == trace(http_dir)
+    assert outcome.best == http_outcome.best
