@@ -85,10 +85,18 @@ def test_eval_model_never_runs_a_statically_rejected_file(capsys: pytest.Capture
     assert out["stage"] == "static" and out["job_dir"] is None and out["line"] is not None
 
 
-def test_eval_model_fails_fast_with_the_category_check_gives(capsys: pytest.CaptureFixture[str],
-                                                             tiny_dataset: Any) -> None:
-    """A learn that never steps: eval-model used to train it to `ok`; now it stops at the smoke stage."""
-    bad = str(CANDIDATES / "bad_no_update.py")
+@pytest.mark.parametrize("kind", ["no_update", "empty_decode"])
+def test_eval_model_fails_fast_with_the_category_check_gives(kind: str, capsys: pytest.CaptureFixture[str],
+                                                             tiny_dataset: Any, tmp_path: Path) -> None:
+    """A learn that never steps, a decode of zero tokens: eval-model used to train both to `ok`; now it stops at
+    the smoke stage with the category `check` gives."""
+    if kind == "no_update":
+        bad = str(CANDIDATES / "bad_no_update.py")
+    else:
+        bad = str(tmp_path / "empty_decode.py")
+        Path(bad).write_text(tiny_candidate().replace('        if OUTPUT == "ids":\n            return ids\n',
+                                                      '        if OUTPUT == "ids":\n            return ids[:, :0]\n'))
+        assert "ids[:, :0]" in Path(bad).read_text()
     code, checked = run_cli(capsys, "check", bad, *data_args(tiny_dataset), "--json")
     assert code == 1 and checked["ok"] is False and checked["stage"] == "smoke"
     code, out = run_cli(capsys, "eval-model", bad, *data_args(tiny_dataset), *FAST, "--json")
