@@ -1,0 +1,67 @@
+"""langgraph.json: `langgraph dev` finds the search graph and the run's checkpointer where it says.
+
+Without the LangGraph server installed, this loads what langgraph.json names the way
+the server does (a module from a file path, an attribute), enters the checkpointer
+and the graph factory over a copy of a real run, and reads the CLI's thread back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from run_fixture import make_run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
+
+
+def load(ref: str) -> Any:
+    path, attr = ref.split(":")
+    spec = importlib.util.spec_from_file_location("studio_under_test", ROOT / path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, attr)
+
+
+def test_langgraph_json_names_graph_and_checkpointer() -> None:
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    assert config["dependencies"] == ["."]
+    for ref in (config["graphs"]["search"], config["checkpointer"]["path"]):
+        assert (ROOT / ref.split(":")[0]).is_file()
+        assert callable(load(ref))
+
+
+def test_studio_graph_reads_the_cli_thread(real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asyncio.run(_read_cli_thread(real_run, tmp_path, monkeypatch))
+
+
+async def _read_cli_thread(real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(real_run, copy, ignore=shutil.ignore_patterns("jobs", "report"))
+    monkeypatch.setenv("NNCAPTION_STUDIO_RUN_DIR", str(copy))
+    config = json.loads((ROOT / "langgraph.json").read_text())
+    checkpointer = load(config["checkpointer"]["path"])
+    factory = load(config["graphs"]["search"])
+    async with contextlib.AsyncExitStack() as stack:
+        saver = await stack.enter_async_context(checkpointer())
+        assert type(saver).__name__ == "AsyncSqliteSaver"
+        app = await stack.enter_async_context(factory({}))
+        assert set(app.get_graph().nodes) >= {"dispatch", "design", "static", "review", "smoke", "train", "fix",
+                                              "record"}
+        app = app.copy(update={"checkpointer": saver})  # what the server does with the configured checkpointer
+        state = await app.aget_state({"configurable": {"thread_id": "search"}})
+        assert state.values["leaderboard"] and not state.next  # the finished CLI run, read back
+        history = [s async for s in app.aget_state_history({"configurable": {"thread_id": "search"}})]
+        assert len(history) > 10 and all("step" in s.metadata for s in history)
