@@ -112,6 +112,7 @@ class CheckResult:
     job_id: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     reused: bool = False
+    job_dir: str | None = None  # jobs_root/<job_id>: check.json, and job/ with the sandbox's logs and files
 
     @property
     def hint(self) -> str:
@@ -131,7 +132,8 @@ class CheckResult:
         return cls(ok=d["ok"], stage=Stage(d["stage"]), category=_category(d.get("category")),
                    message=safe_text(d.get("message", ""), MESSAGE_LIMIT, keep="head"), line=_opt_int(d.get("line")),
                    job_id=d.get("job_id") if isinstance(d.get("job_id"), str) else None,
-                   timings=_timings(d.get("timings")), reused=bool(d.get("reused", False)))
+                   timings=_timings(d.get("timings")), reused=bool(d.get("reused", False)),
+                   job_dir=d.get("job_dir") if isinstance(d.get("job_dir"), str) else None)
 
 
 @dataclass
@@ -165,7 +167,8 @@ class EvalReport:
     optimizer_lr: float | None = None  # the lr the candidate's optimiser held, as the runner recorded it
     timings: dict[str, float] = field(default_factory=dict)
     job_id: str | None = None
-    job_dir: str | None = None
+    job_dir: str | None = None  # jobs_root/<job_id>: report.json, and job/ with the training job's files and logs
+    smoke_job_id: str | None = None  # the smoke check's job (its CheckResult and logs), when one ran
     reused: bool = False
     dataset_key: str = ""
     dataset_name: str = ""
@@ -209,6 +212,7 @@ class EvalReport:
             suspect=bool(d.get("suspect", False)), suspect_reason=str(d.get("suspect_reason", "")),
             params=_opt_int(d.get("params")), prm=_prm(d.get("prm")), optimizer_lr=_opt_float(d.get("optimizer_lr")),
             timings=_timings(d.get("timings")), job_id=d.get("job_id"), job_dir=d.get("job_dir"),
+            smoke_job_id=d.get("smoke_job_id") if isinstance(d.get("smoke_job_id"), str) else None,
             reused=bool(d.get("reused", False)), dataset_key=str(d.get("dataset_key", "")),
             dataset_name=str(d.get("dataset_name", "")), sandbox=str(d.get("sandbox", "")),
             isolation=[str(x) for x in d.get("isolation") or []], examples=examples,

@@ -153,6 +153,7 @@ class CandidateService:
             result = await self._run(job, emit)
             timings["smoke_s"] = round(time.monotonic() - t1, 3)
             check = self._check_from_result(result, job_id, timings)
+            check.job_dir = str(self.store.job_dir(job_id))
             if reusable(ReportStatus.OK if check.ok else ReportStatus(_status(result)), check.category):
                 self.store.write_record(job_id, CHECK_FILE, check.to_dict())
             return check
@@ -223,6 +224,7 @@ class CandidateService:
                 emit({"event": "reused", "stage": Stage.TRAIN.value, "job_id": job_id})
                 return old
             check = await self.check(code, eff, on_event=on_event)
+            common["smoke_job_id"] = check.job_id
             if not check.ok:  # the same verdict `check` gives, before any epoch is trained
                 report = failed_report(check.stage, check.category, check.message, line=check.line,
                                        timings=dict(check.timings), **common)

@@ -254,7 +254,7 @@ def test_cuda_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str], 
 def test_check_accepts_a_reference_model(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code, out = run_cli(capsys, "check", "ref-transformer", *data_args(tiny_dataset), "--json")
     assert code == 0, out
-    assert {"ok", "stage", "category", "message", "line", "job_id", "timings", "reused", "hint"} == set(out)
+    assert {"ok", "stage", "category", "message", "line", "job_id", "job_dir", "timings", "reused", "hint"} == set(out)
     assert out["ok"] is True and out["stage"] == "smoke" and out["category"] is None
 
 

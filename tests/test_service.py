@@ -180,7 +180,10 @@ def test_evaluate_fails_fast_with_the_category_check_gives(source: str, tiny_dat
     svc = service(tiny_dataset, tmp_path, epochs=2)
     check = asyncio.run(svc.check(code))
     assert not check.ok and check.stage == Stage.SMOKE and check.category is not None
+    assert check.job_id and check.job_dir == str(tmp_path / "jobs" / check.job_id)
+    assert (Path(check.job_dir) / "job" / "result.json").is_file()  # the smoke job's files, for traces
     report = asyncio.run(svc.evaluate(code))
+    assert report.smoke_job_id == check.job_id
     assert report.status == ReportStatus.FAILED and report.category == check.category
     assert report.stage == Stage.SMOKE and report.bleu4 is None and report.epochs == []
     assert report.job_id and not (tmp_path / "jobs" / report.job_id / "job").exists()  # no training job ran
