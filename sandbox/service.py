@@ -213,6 +213,11 @@ class CandidateService:
             eff, batch = self.effective_prm(prm)
         except ValueError as e:
             return failed_report(Stage.HYPERPARAMETERS, Category.BAD_HYPERPARAMETERS, str(e))
+        from nncaption.netapi.validate import static_check
+
+        static = await asyncio.to_thread(static_check, code)
+        if not static.ok:  # never run code the static check rejects; no job, no job dir
+            return failed_report(Stage.STATIC, static.category, static.message, line=static.line)
         facts = self.preflight()
         spec = self.train_spec(eff, batch)
         job_id = job_key(code, spec, self.data.key)
@@ -228,9 +233,6 @@ class CandidateService:
             if not check.ok:  # the same verdict `check` gives, before any epoch is trained
                 report = failed_report(check.stage, check.category, check.message, line=check.line,
                                        timings=dict(check.timings), **common)
-                if check.stage in (Stage.STATIC, Stage.HYPERPARAMETERS):
-                    report.job_id = report.job_dir = None  # nothing ran: no job to point at
-                    return report
                 self._record(job_id, report)
                 return report
             emit({"event": "stage", "stage": Stage.TRAIN.value, "job_id": job_id})

@@ -194,3 +194,4 @@ def test_static_rejection_runs_nothing(tiny_dataset: Any, tmp_path: Path) -> Non
     report = asyncio.run(service(tiny_dataset, tmp_path).evaluate(code))
     assert report.status == ReportStatus.FAILED and report.stage == Stage.STATIC
     assert report.category == Category.FORBIDDEN_CALL and report.job_id is None and report.line
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())  # no job dir either
