@@ -10,14 +10,17 @@ netapi/CONTRACT.md) from
 - an LSTM or GRU decoder whose state is initialised from the pooled features
   (optionally also fed the features at every step), or a Transformer decoder
   cross-attending to the flattened feature map;
-- seeded hyperparameters (lr, momentum, dropout, embedding/hidden sizes ...).
+- seeded hyperparameters (lr, momentum, dropout, embedding/hidden sizes, batch):
+  `ComposedModel.prm` is what training uses (the design's prm); the Net reads its
+  sizes, dropout and lr from `prm`, the file's constants are only defaults.
 
-Every composed file starts with a marker line
+The source pieces live in `compose_source`. Every composed file starts with a marker line
 
     # nncaption-composed: backbone=resnet decoder=gru seed=3 embed=96 hidden=192 ...
 
-so that `repair(code, error)` can re-compose the same (valid) model after a
-defect, and `improve(code, seed)` can mutate it. `inject_defect` plants the
+so that `repair_model(code, error, prm)` can re-compose the same (valid) model
+after a defect, adjusting the prm that trains next, and `improve(code, seed=,
+prm=)` can mutate it. `inject_defect` (`nncaption.agents.defects`) plants the
 realistic mistakes an LLM makes, to exercise the fixer path.
 
 This is not an LLM: it is a random composer over the same search space, which
@@ -26,7 +29,6 @@ makes it the random-search baseline that LLM-guided runs must beat.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
 import math
@@ -37,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nncaption.agents import compose_source as src
+from nncaption.agents.defects import DEFECT_KINDS, inject_defect
 from nncaption.netapi.errors import ConfigError
 from nncaption.prompts.library import backbone_source, get_snippet, load_snippets
 
@@ -60,7 +64,6 @@ __all__ = [
 
 Decoder = Literal["lstm", "gru", "transformer"]
 DECODERS: tuple[str, ...] = ("lstm", "gru", "transformer")
-DEFECT_KINDS: tuple[str, ...] = ("syntax", "shape", "missing-method", "forbidden-import", "output-contract")
 DEFAULT_BACKBONE = "resnet"
 DEFAULT_DECODER = "gru"
 MARKER = "# nncaption-composed:"
@@ -175,232 +178,6 @@ def _check_hparams(decoder: str, hp: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# --------------------------------------------------------------------------- code pieces
-
-_HEADER = '''{marker}
-"""{summary}
-
-{details}
-"""
-
-'''
-
-_CONSTANTS = '''PAD, SOS, EOS = 0, 1, 2
-MAX_DECODE_LEN = 20
-EMBED_DIM = {embed}
-HIDDEN_DIM = {hidden}
-NUM_LAYERS = {layers}
-NUM_HEADS = {heads}
-DROPOUT = {dropout}
-FEED_FEATURES = {feed}
-GRAD_CLIP = 1.0
-# decoder sizes: read from prm (the designer's hyperparameters), these are the defaults
-DECODER_SIZES = {sizes}
-
-
-def supported_hyperparameters():
-    return {supported}
-'''
-
-_PICK_RANDOM = '''def pick_captions(captions):
-    """One reference per image ([B, Ncap, T] -> [B, T]): a random non-empty caption, trailing PAD columns cut."""
-    if captions.dim() == 3:
-        b = captions.shape[0]
-        valid = (captions[:, :, 0] != PAD).float() + 1e-6
-        idx = torch.multinomial(valid, 1).squeeze(1)
-        captions = captions[torch.arange(b, device=captions.device), idx]
-    length = int((captions != PAD).sum(dim=1).max())
-    return captions[:, : max(length, 2)]
-'''
-
-_PICK_FIRST = '''def pick_captions(captions):
-    """The first reference of each image ([B, Ncap, T] -> [B, T]), trailing PAD columns cut."""
-    if captions.dim() == 3:
-        captions = captions[:, 0, :]
-    length = int((captions != PAD).sum(dim=1).max())
-    return captions[:, : max(length, 2)]
-'''
-
-_TEACHER_INPUTS = '''
-
-def teacher_inputs(captions):
-    """Decoder inputs for teacher forcing: tokens 0..T-2 of one caption per image."""
-    if captions.dim() == 3:
-        captions = captions[:, 0, :]
-    return captions[:, :-1]
-'''
-
-_RNN_DECODER = '''class CaptionDecoder(nn.Module):
-    """{cell} decoder: pooled image features set the initial state{feed_doc}."""
-
-    def __init__(self, feature_dim, vocab_size, dropout, embed_dim, hidden_dim, num_layers):
-        super().__init__()
-        self.num_layers = num_layers
-        self.feat_proj = nn.Linear(feature_dim, hidden_dim)
-{cell_proj}        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        rnn_input = embed_dim + (hidden_dim if FEED_FEATURES else 0)
-        rnn_dropout = dropout if num_layers > 1 else 0.0
-        self.rnn = nn.{cell}(rnn_input, hidden_dim, num_layers, batch_first=True, dropout=rnn_dropout)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_dim, vocab_size)
-
-    def context(self, fmap):
-        """Global image context [B, hidden_dim] from the feature map [B, D, h, w]."""
-        return torch.tanh(self.feat_proj(fmap.mean(dim=(2, 3))))
-
-    def init_state(self, ctx):
-        h = ctx.unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous()
-{init_return}
-
-    def step_inputs(self, tokens, ctx):
-        emb = self.drop(self.embed(tokens))
-        if FEED_FEATURES:
-            emb = torch.cat([emb, ctx.unsqueeze(1).expand(-1, emb.shape[1], -1)], dim=-1)
-        return emb
-
-    def forward(self, fmap, inputs, state=None):
-        """Teacher forcing: logits [B, T, V] for the given input tokens, and the final state."""
-        ctx = self.context(fmap)
-        state = self.init_state(ctx) if state is None else state
-        out, state = self.rnn(self.step_inputs(inputs, ctx), state)
-        return self.head(self.drop(out)), state
-
-    def greedy(self, fmap, state=None):
-        """Free-running greedy decoding from SOS: ids [B, L] and the final state."""
-        ctx = self.context(fmap)
-        state = self.init_state(ctx) if state is None else state
-        b = fmap.shape[0]
-        token = torch.full((b, 1), SOS, dtype=torch.long, device=fmap.device)
-        done = torch.zeros(b, dtype=torch.bool, device=fmap.device)
-        steps = []
-        for _ in range(MAX_DECODE_LEN):
-            out, state = self.rnn(self.step_inputs(token, ctx), state)
-            token = self.head(out[:, -1]).argmax(dim=-1, keepdim=True)
-            token = token.masked_fill(done.unsqueeze(1), PAD)
-            steps.append(token)
-            done = done | (token.squeeze(1) == EOS)
-            if bool(done.all()):
-                break
-        return torch.cat(steps, dim=1), state
-'''
-
-_TRANSFORMER_DECODER = '''def sinusoid_positions(n, dim, device):
-    """Fixed sinusoidal position codes [1, n, dim]."""
-    pos = torch.arange(n, dtype=torch.float32, device=device).unsqueeze(1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
-    pe = torch.zeros(n, dim, device=device)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
-    return pe.unsqueeze(0)
-
-
-class CaptionDecoder(nn.Module):
-    """Transformer decoder (pre-norm, causal self-attention) cross-attending to the flattened feature map."""
-
-    def __init__(self, feature_dim, vocab_size, dropout, embed_dim, hidden_dim, num_layers, num_heads):
-        super().__init__()
-        self.embed_dim = embed_dim
-        self.feat_proj = nn.Linear(feature_dim, embed_dim)
-        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        layer = nn.TransformerDecoderLayer(embed_dim, num_heads, hidden_dim, dropout, batch_first=True,
-                                           norm_first=True)
-        self.decoder = nn.TransformerDecoder(layer, num_layers)
-        self.norm = nn.LayerNorm(embed_dim)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(embed_dim, vocab_size)
-
-    def memory(self, fmap):
-        """Memory tokens [B, h*w, embed_dim] from the feature map [B, D, h, w]."""
-        tokens = fmap.flatten(2).transpose(1, 2)
-        mem = self.feat_proj(tokens)
-        return mem + sinusoid_positions(mem.shape[1], self.embed_dim, mem.device)
-
-    def forward(self, fmap, inputs, state=None):
-        """Teacher forcing: logits [B, T, V] for the given input tokens, and the memory."""
-        mem = self.memory(fmap) if state is None else state
-        t = inputs.shape[1]
-        x = self.drop(self.embed(inputs) + sinusoid_positions(t, self.embed_dim, inputs.device))
-        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=inputs.device), diagonal=1)
-        out = self.decoder(x, mem, tgt_mask=causal)
-        return self.head(self.norm(out)), mem
-
-    def greedy(self, fmap, state=None):
-        """Free-running greedy decoding from SOS: ids [B, L] and the memory."""
-        mem = self.memory(fmap) if state is None else state
-        b = fmap.shape[0]
-        tokens = torch.full((b, 1), SOS, dtype=torch.long, device=fmap.device)
-        done = torch.zeros(b, dtype=torch.bool, device=fmap.device)
-        for _ in range(MAX_DECODE_LEN):
-            logits, _ = self.forward(fmap, tokens, mem)
-            token = logits[:, -1].argmax(dim=-1, keepdim=True)
-            token = token.masked_fill(done.unsqueeze(1), PAD)
-            tokens = torch.cat([tokens, token], dim=1)
-            done = done | (token.squeeze(1) == EOS)
-            if bool(done.all()):
-                break
-        return tokens[:, 1:], mem
-'''
-
-_NET = '''class Net(nn.Module):
-    def __init__(self, in_shape, out_shape, prm, device):
-        super().__init__()
-        self.device = device
-        self.vocab_size = int(out_shape[0])
-        dropout = float(prm.get('dropout', DROPOUT))
-        sizes = [int(prm.get(key, default)) for key, default in DECODER_SIZES]
-        backbone = Backbone(in_shape, (1,), prm, device)
-        self.encoder = backbone.features  # images -> [B, feature_dim, h, w]; the classifier head is dropped
-        self.decoder = CaptionDecoder(backbone.feature_dim, self.vocab_size, dropout, *sizes)
-        self.last_loss = None
-        self.to(device)
-
-    def train_setup(self, prm):
-        self.to(self.device)
-        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD)
-        beta1 = min(float(prm.get('momentum', 0.9)), 0.999)
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=float(prm['lr']), betas=(beta1, 0.999))
-
-    def learn(self, train_data):
-        self.train()
-        total, batches = 0.0, 0
-        for images, captions in train_data:
-            images = images.to(self.device)
-            caps = pick_captions(captions.to(self.device).long())
-            logits, _ = self.forward(images, caps)
-            loss = self.criterion(logits.reshape(-1, self.vocab_size), caps[:, 1:].reshape(-1))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.parameters(), GRAD_CLIP)
-            self.optimizer.step()
-            self.last_loss = float(loss.detach())
-            total += self.last_loss
-            batches += 1
-        return total / max(batches, 1)
-
-    def forward(self, images, captions=None, hidden_state=None):
-        fmap = self.encoder(images.to(self.device))
-        if captions is not None:
-            return self.decoder(fmap, teacher_inputs(captions), hidden_state)
-        return self.decoder.greedy(fmap, hidden_state)
-'''
-
-_SECTION = "# " + "-" * 75 + " {title}\n"
-
-
-def _rnn_decoder_source(cell: str, feed: bool) -> str:
-    if cell == "LSTM":
-        cell_proj = "        self.cell_proj = nn.Linear(hidden_dim, hidden_dim)\n"
-        init_return = (
-            "        c = torch.tanh(self.cell_proj(ctx)).unsqueeze(0).repeat(self.num_layers, 1, 1).contiguous()\n"
-            "        return (h, c)"
-        )
-    else:
-        cell_proj = ""
-        init_return = "        return h"
-    feed_doc = " and are fed at every step" if feed else ""
-    return _RNN_DECODER.format(cell=cell, cell_proj=cell_proj, init_return=init_return, feed_doc=feed_doc)
-
-
 def _summary(backbone: str, family: str, decoder: str, hp: Mapping[str, Any]) -> str:
     if decoder == "transformer":
         dec = (
@@ -466,7 +243,7 @@ def compose_model(
         else "the first reference caption of each image"
     )
     parts = [
-        _HEADER.format(
+        src.HEADER.format(
             marker=_marker_line(snippet.name, decoder, seed, hp),
             summary=summary,
             details=textwrap.fill(
@@ -479,19 +256,19 @@ def compose_model(
             ),
         ),
         "import math\n\nimport torch\nimport torch.nn as nn\n" + "".join(f"{ln}\n" for ln in extra_imports),
-        "\n" + _SECTION.format(title=f"encoder: {snippet.name} snippet") + "\n" + body,
-        "\n\n" + _SECTION.format(title="captioning model") + "\n",
-        _CONSTANTS.format(
+        "\n" + src.SECTION.format(title=f"encoder: {snippet.name} snippet") + "\n" + body,
+        "\n\n" + src.SECTION.format(title="captioning model") + "\n",
+        src.CONSTANTS.format(
             embed=hp["embed"], hidden=hp["hidden"], layers=hp["layers"], heads=hp["heads"],
             dropout=hp["dropout"], feed=hp["fuse"] == "concat",
             sizes=_sizes_literal(decoder), supported=_supported_literal(decoder),
         ),
-        "\n\n" + (_PICK_RANDOM if hp["teacher"] == "random" else _PICK_FIRST) + _TEACHER_INPUTS,
+        "\n\n" + (src.PICK_RANDOM if hp["teacher"] == "random" else src.PICK_FIRST) + src.TEACHER_INPUTS,
         "\n\n" + (
-            _TRANSFORMER_DECODER if decoder == "transformer"
-            else _rnn_decoder_source("LSTM" if decoder == "lstm" else "GRU", hp["fuse"] == "concat")
+            src.TRANSFORMER_DECODER if decoder == "transformer"
+            else src.rnn_decoder_source("LSTM" if decoder == "lstm" else "GRU", hp["fuse"] == "concat")
         ),
-        "\n\n" + _NET,
+        "\n\n" + src.NET,
     ]
     code = "".join(parts)
     return ComposedModel(code=code, summary=summary, backbone=snippet.name, decoder=decoder, hparams=hp, seed=seed)
@@ -647,98 +424,3 @@ def repair_model(code: str, error: str, prm: Mapping[str, Any] | None = None) ->
 def repair(code: str, error: str, prm: Mapping[str, Any] | None = None) -> str:
     """`repair_model(...).code` (the file only; its prm is on the model)."""
     return repair_model(code, error, prm).code
-
-
-# --------------------------------------------------------------------------- defects
-
-# (old, new) text replacements; the first variant whose `old` occurs in the code is used,
-# starting at a seeded offset. Each makes the model fail in the way its kind names.
-_SHAPE_VARIANTS: tuple[tuple[str, str], ...] = (
-    # thinks the pooled vector is avg+max concatenated
-    ("self.feat_proj = nn.Linear(feature_dim, ", "self.feat_proj = nn.Linear(feature_dim * 2, "),
-    # output layer sized as if the RNN were bidirectional
-    ("self.head = nn.Linear(hidden_dim, vocab_size)", "self.head = nn.Linear(hidden_dim * 2, vocab_size)"),
-    # forgot that image features are concatenated / miscounted the decoder input
-    ("rnn_input = embed_dim + (hidden_dim if FEED_FEATURES else 0)", "rnn_input = embed_dim + 1"),
-    ("self.head = nn.Linear(embed_dim, vocab_size)", "self.head = nn.Linear(embed_dim * 2, vocab_size)"),
-)
-_OUTPUT_VARIANTS: tuple[tuple[str, str], ...] = (
-    # forgot the return: forward(images) gives None
-    ("        return self.decoder.greedy(fmap, hidden_state)\n", "        self.decoder.greedy(fmap, hidden_state)\n"),
-    # copy-paste: teacher forcing also without captions
-    (
-        "        return self.decoder.greedy(fmap, hidden_state)\n",
-        "        return self.decoder(fmap, teacher_inputs(captions), hidden_state)\n",
-    ),
-)
-_SYNTAX_VARIANTS: tuple[tuple[str, str], ...] = (
-    ("    def learn(self, train_data):\n", "    def learn(self, train_data)\n"),
-    (
-        "        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD)\n",
-        "        self.criterion = nn.CrossEntropyLoss(ignore_index=PAD\n",
-    ),
-    # indentation slip inside learn
-    ("        total, batches = 0.0, 0\n", "      total, batches = 0.0, 0\n"),
-)
-_FORBIDDEN_VARIANTS: tuple[tuple[str, str, str], ...] = (
-    # (import line, anchor inside train_setup, inserted statement)
-    ("import subprocess", "        self.to(self.device)\n", "        subprocess.run(['nvidia-smi'], check=False)\n"),
-    ("import os", "        self.to(self.device)\n", "        os.system('nvidia-smi')\n"),
-    (
-        "import socket",
-        "        self.to(self.device)\n",
-        "        self.host = socket.gethostbyname(socket.gethostname())\n",
-    ),
-)
-
-
-def _pick_replacement(code: str, variants: tuple[tuple[str, str], ...], seed: int, kind: str) -> str:
-    n = len(variants)
-    start = seed % n
-    for i in range(n):
-        old, new = variants[(start + i) % n]
-        if old in code:
-            return code.replace(old, new, 1)
-    raise ConfigError(
-        f"cannot inject a {kind!r} defect: the code does not contain any of the expected lines",
-        "inject_defect works on files made by compose_model.",
-    )
-
-
-def _drop_method(code: str, method: str) -> str:
-    tree = ast.parse(code)
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name == "Net":
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == method:
-                    lines = code.splitlines(keepends=True)
-                    start, end = item.lineno - 1, item.end_lineno or item.lineno
-                    while end < len(lines) and not lines[end].strip():
-                        end += 1
-                    return "".join(lines[:start] + lines[end:])
-    raise ConfigError(f"cannot remove Net.{method}: not found", "inject_defect works on files made by compose_model.")
-
-
-def inject_defect(code: str, kind: str, seed: int) -> str:
-    """`code` with one realistic defect of `kind` (one of DEFECT_KINDS), chosen by `seed`.
-
-    Expected verdicts: syntax -> syntax; shape -> shape-error (smoke, while learning);
-    missing-method -> missing-symbol; forbidden-import -> forbidden-call;
-    output-contract -> eval-contract (forward(images) gives None or needs captions).
-    The composition marker line is never touched, so `repair` can undo any of them.
-    """
-    if kind == "syntax":
-        return _pick_replacement(code, _SYNTAX_VARIANTS, seed, kind)
-    if kind == "shape":
-        return _pick_replacement(code, _SHAPE_VARIANTS, seed, kind)
-    if kind == "output-contract":
-        return _pick_replacement(code, _OUTPUT_VARIANTS, seed, kind)
-    if kind == "missing-method":
-        return _drop_method(code, ("learn", "train_setup", "forward")[seed % 3])
-    if kind == "forbidden-import":
-        imp, anchor, stmt = _FORBIDDEN_VARIANTS[seed % len(_FORBIDDEN_VARIANTS)]
-        if anchor not in code or "\nimport torch\n" not in code:
-            raise ConfigError("cannot inject a forbidden import here", "inject_defect works on composed files.")
-        code = code.replace("\nimport torch\n", f"\n{imp}\n\nimport torch\n", 1)
-        return code.replace(anchor, anchor + stmt, 1)
-    raise ConfigError(f"unknown defect kind {kind!r}", f"Use one of: {', '.join(DEFECT_KINDS)}.")
