@@ -143,6 +143,11 @@ class ChildProcess:
             except BaseException:  # noqa: BLE001 - the child must end here whatever happened
                 traceback.print_exc()
             finally:
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except Exception:  # noqa: BLE001 - a candidate may have replaced or closed the streams
+                        log.debug("flushing the candidate's output failed", exc_info=True)
                 os._exit(code)
         if self.own_process:
             _prctl(PR_SET_DUMPABLE, 0)

