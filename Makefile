@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/nncaption eval-model ref-transformer --epochs 3
+	$(VENV)/bin/nncaption run
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

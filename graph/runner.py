@@ -154,6 +154,19 @@ async def _probe_endpoints(llm: Any) -> None:
                         "or run the random-search baseline without --llm-base-url")
 
 
+@contextlib.asynccontextmanager
+async def open_checkpointer(path: Path) -> AsyncIterator[Any]:
+    """AsyncSqliteSaver on RUN_DIR/checkpoints.sqlite in WAL mode: a commit survives `kill -9` of this process
+    (synchronous=NORMAL skips the fsync per superstep, which only a power loss could need)."""
+    import aiosqlite
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+    async with aiosqlite.connect(str(path)) as conn:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        yield AsyncSqliteSaver(conn)
+
+
 class SearchRun:
     """A run directory plus the graph that fills it."""
 
@@ -166,6 +179,9 @@ class SearchRun:
         self.pipeline_factory = pipeline_factory or default_pipeline
         self.masked_config = masked_config or settings.model_dump(mode="json")
         self.state: dict[str, Any] = {}
+        # "async": a superstep's checkpoint is written while the next one runs. Safe to resume from: a lost last
+        # checkpoint means that superstep is redone, and its nodes overwrite what they wrote (keyed by superstep).
+        self.durability: Any = "async"
 
     def _agent_names(self) -> dict[str, str]:
         a = self.settings.agents
@@ -174,8 +190,6 @@ class SearchRun:
         return {r: f"llm:{a.llm.for_role(r).model}" for r in ("designer", "reviewer", "fixer")}
 
     async def run(self) -> RunOutcome:
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-
         store = RunStore(self.run_dir)
         if not self.resume:
             store.write_config(self.masked_config)
@@ -188,7 +202,7 @@ class SearchRun:
             async with self.pipeline_factory(self.settings, store) as (pipeline, _client):
                 nodes = Nodes(self.settings, store, pipeline, self.emit, started_at=t0,
                               elapsed_before=elapsed_before)
-                async with AsyncSqliteSaver.from_conn_string(str(store.checkpoint_path)) as saver:
+                async with open_checkpointer(store.checkpoint_path) as saver:
                     app = build_graph(nodes, retries=self.settings.node_retries).compile(checkpointer=saver)
                     config: Any = {"configurable": {"thread_id": THREAD_ID},
                                    "recursion_limit": self.settings.recursion_limit,
@@ -199,7 +213,7 @@ class SearchRun:
                         final = snapshot.values  # already finished: nothing to do
                     else:
                         final = await app.ainvoke(None if started else initial_state(), config,
-                                                  durability="sync")
+                                                  durability=self.durability)
                     self.state = dict(final)
             reason = self.state.get("stop_reason")
             status = "failed" if reason == "endpoints-down" else "finished"
