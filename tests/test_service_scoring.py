@@ -1,4 +1,4 @@
-"""Parent-side scoring (nncaption.sandbox.scoring): hostile predictions are candidate failures, forged scores suspect."""
+"""Parent-side scoring (sandbox.scoring): hostile predictions are candidate failures, forged scores suspect."""
 
 from __future__ import annotations
 
