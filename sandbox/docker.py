@@ -42,6 +42,10 @@ LABEL_JOB = "nncaption.job"
 LABEL_OWNER = "nncaption.owner"  # "<hostname>:<pid>" of the parent that started the container
 LABEL_HOST = "nncaption.host"
 CONTAINER_UID = f"{ownership.NOBODY}:{ownership.NOBODY}"
+# gVisor runs its kernel (the Go "sentry", many host threads) and its gofer inside the container's pids cgroup:
+# a low pids_limit starves them, and the start hangs or fails with "failed to find initial working directory:
+# input/output error" (measured: 64 hangs, 256 starts). The job's own processes are sentry tasks there.
+RUNSC_MIN_PIDS = 1024
 
 
 class DockerUnavailable(NNCaptionError):
@@ -174,7 +178,7 @@ class DockerSandbox(BaseSandbox["_Started"]):
             "network_mode": "none",
             "mem_limit": f"{limits.memory_mb}m",
             "memswap_limit": f"{limits.memory_mb}m",
-            "pids_limit": limits.max_pids,
+            "pids_limit": max(limits.max_pids, RUNSC_MIN_PIDS) if self.runtime == "runsc" else limits.max_pids,
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
             "cap_drop": ["ALL"],

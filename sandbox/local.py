@@ -322,7 +322,13 @@ class LocalSandbox(BaseSandbox[Launched]):
     def _exited(self, handle: Launched) -> bool:
         if handle.status is not None:
             return True
-        pid, status, rusage = os.wait4(handle.proc.pid, os.WNOHANG)
+        try:
+            pid, status, rusage = os.wait4(handle.proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere (e.g. Popen.poll): trust the code it recorded
+            log.warning("job process %s was reaped outside the sandbox", handle.proc.pid)
+            rc = handle.proc.returncode if handle.proc.returncode is not None else -9
+            handle.status = (-rc & 0x7F) if rc < 0 else (rc & 0xFF) << 8
+            return True
         if pid == handle.proc.pid:
             handle.status, handle.rusage = status, rusage
             return True

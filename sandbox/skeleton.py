@@ -90,6 +90,7 @@ class BaseSandbox(ABC, Generic[H]):
         self._closed = False
         self._reaped = False
         self._executor: ThreadPoolExecutor | None = None
+        self._spawn_thread: ThreadPoolExecutor | None = None
         weakref.finalize(self, _close_pool, self._warm, type(self)._dispose_static, self._lock)
 
     # -- backend hooks -----------------------------------------------------------------------------
@@ -226,7 +227,7 @@ class BaseSandbox(ABC, Generic[H]):
         obs.notes += notes
         _write_tail(job_dir / STDOUT_FILE, obs.stdout_tail)
         _write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
-        result = interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name)
+        result = interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name, spec=job.spec)
         if reclaim_error is not None:
             result.status, result.category = RunStatus.FAILED, Category.CRASHED.value
             result.message = f"the job's directory could not be reclaimed ({reclaim_error}); its result is not trusted"
@@ -298,7 +299,9 @@ class BaseSandbox(ABC, Generic[H]):
         try:
             stage = Stage.create(job_dir.parent, disk_mb=job.limits.disk_mb, mount=self.disk_quota)
             self._prepare_stage(stage)
-            handle = self._start(job, stage, data_dir, warm=True, cores=None)
+            # Started from one long-lived thread: bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the
+            # *thread* that started it exits, and run_many's worker threads end before the warm process is used.
+            handle = self._spawner().submit(self._start, job, stage, data_dir, warm=True, cores=None).result()
         except (OSError, ConfigError) as e:
             log.warning("could not pre-start a warm %s sandbox: %s", self.name, e)
             if stage is not None:
@@ -316,6 +319,12 @@ class BaseSandbox(ABC, Generic[H]):
             return sum(len(v) for v in self._warm.values())
 
     # -- concurrency -------------------------------------------------------------------------------
+    def _spawner(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._spawn_thread is None:
+                self._spawn_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"sandbox-{self.name}-warm")
+            return self._spawn_thread
+
     def _pool(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._executor is None:
@@ -365,8 +374,9 @@ class BaseSandbox(ABC, Generic[H]):
         """Stop the warm processes and remove their stages; the sandbox runs nothing afterwards."""
         self._closed = True
         _close_pool(self._warm, self._dispose, self._lock)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
+        for ex in (self._executor, self._spawn_thread):
+            if ex is not None:
+                ex.shutdown(wait=False)
 
     def __enter__(self) -> Self:
         return self

@@ -16,6 +16,7 @@ from test_sandbox_support import docker_engine_or_skip, ensure_offline_image, le
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import CANCELLED, OK, Job, Limits, RunStatus, cgroups, get_sandbox
 from nncaption.sandbox.local import LocalSandbox
+from nncaption.sandbox.probe import read_facts
 from nncaption.sandbox.quota import STAGE_PREFIX
 
 PROBE = "nncaption.sandbox.probe"
@@ -96,13 +97,15 @@ def test_run_many_and_concurrent_warm_runs(tmp_path: Path) -> None:
         assert all(c.count(",") == 0 for c in cores), cores  # 3 jobs on <= 2 cores: one core each
         assert sb.warm_count() >= 2  # warm slots for the next batch (one per job seen at once, <= 4)
 
+        batch_two = [probe_job(tmp_path, f"b{i}") for i in range(3)]
+
         async def batch() -> list[Any]:
-            return await sb.arun_many([probe_job(tmp_path, f"b{i}") for i in range(3)])
+            return await sb.arun_many(batch_two)
 
         second = asyncio.run(batch())
-        assert [r.status for r in second] == [OK] * 3
+        assert [r.status for r in second] == [OK] * 3, [(r.status, r.message, r.stderr_tail[-300:]) for r in second]
         assert sum("prewarmed" in r.isolation for r in second) >= 2
-        stages = {(r.verdict or {})["facts"]["cwd"] for r in second}
+        stages = {read_facts(j.job_dir)["cwd"] for j in batch_two}
         assert len(stages) == 3  # each job its own stage
     assert_reclaimed(tmp_path)
 
@@ -116,7 +119,8 @@ def test_gpu_allocator_gives_the_job_its_own_devices(tmp_path: Path) -> None:
         j.num_gpus = 1
     with get_sandbox("local", prewarm=False, gpu_allocator=alloc) as sb:
         results = sb.run_many(jobs)
-    seen = sorted((r.verdict or {})["facts"]["env"]["CUDA_VISIBLE_DEVICES"] for r in results)
+    assert [r.status for r in results] == [OK, OK]
+    seen = sorted(read_facts(j.job_dir)["env"]["CUDA_VISIBLE_DEVICES"] for j in jobs)
     assert seen == ["3", "5"] and alloc.usage() == {3: 0, 5: 0}
 
 

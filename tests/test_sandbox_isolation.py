@@ -15,6 +15,7 @@ import pytest
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import OK, Job, Limits, RunResult, get_sandbox
 from nncaption.sandbox.local import LocalSandbox
+from nncaption.sandbox.probe import read_facts
 from nncaption.sandbox.quota import STAGE_PREFIX, ReclaimError, remove_tree
 
 PROBE = "nncaption.sandbox.probe"
@@ -32,10 +33,9 @@ def probe_job(root: Path, instructions: dict | None = None, **limits: float) -> 
     return Job(job_dir, spec, Limits(**{"timeout_s": 30.0, **limits}), entry=PROBE)  # type: ignore[arg-type]
 
 
-def facts(result: RunResult) -> dict:
+def facts(result: RunResult, job: Job) -> dict:
     assert result.status == OK, (result.status, result.message, result.stderr_tail[-1000:])
-    assert result.verdict is not None
-    return result.verdict["facts"]
+    return read_facts(job.job_dir)
 
 
 def need(condition: bool, why: str) -> None:
@@ -50,8 +50,9 @@ def test_ci_runs_the_local_sandbox_isolated(tmp_path: Path) -> None:
     """Fails under CI=true when the local sandbox would run with no namespaces, filter, quota or uid drop."""
     sb = LocalSandbox(prewarm=False)
     need(sb.mode() == "bwrap", f"bubblewrap does not work here (mode {sb.mode()!r})")
-    result = sb.run(probe_job(tmp_path))
-    f = facts(result)
+    job = probe_job(tmp_path)
+    result = sb.run(job)
+    f = facts(result, job)
     assert {"netns:bwrap", "pidns", "seccomp", "fs-view:minimal", "env-allowlist"} <= set(result.isolation)
     assert f["interfaces"] == ["lo"] and f["status"]["Seccomp"] == "2" and f["status"]["NoNewPrivs"] == "1"
     need(os.geteuid() == 0, "not root: no uid drop and no tmpfs quota")
@@ -62,17 +63,20 @@ def test_ci_runs_the_local_sandbox_isolated(tmp_path: Path) -> None:
 def test_keyring_user_namespaces_and_ptrace_are_refused(tmp_path: Path) -> None:
     sb = LocalSandbox(prewarm=False)
     need(sb.mode() == "bwrap" and sb.use_seccomp, "no bubblewrap seccomp filter on this host")
-    f = facts(sb.run(probe_job(tmp_path / "a", {"kernel": True})))
+    job = probe_job(tmp_path / "a", {"kernel": True})
+    f = facts(sb.run(job), job)
     assert f["kernel"] == {k: "refused: EPERM" for k in f["kernel"]}, f["kernel"]
     # the control: without the filter the same calls work here, so the assertion above is not vacuous
-    control = facts(LocalSandbox(prewarm=False, use_seccomp=False).run(probe_job(tmp_path / "b", {"kernel": True})))
+    job = probe_job(tmp_path / "b", {"kernel": True})
+    control = facts(LocalSandbox(prewarm=False, use_seccomp=False).run(job), job)
     assert control["kernel"]["add_key"] == "ok" or control["kernel"]["unshare_user"] == "ok", control["kernel"]
 
 
 def test_tmp_is_private_writable_and_sized(tmp_path: Path) -> None:
     sb = LocalSandbox(prewarm=False)
     need(sb.mode() == "bwrap", "no bubblewrap here")
-    f = facts(sb.run(probe_job(tmp_path, {"tmp": True}, tmp_mb=64)))
+    job = probe_job(tmp_path, {"tmp": True}, tmp_mb=64)
+    f = facts(sb.run(job), job)
     assert f["tmp"]["tempfile"].startswith("written: /tmp/"), f["tmp"]
     assert f["tmp"]["size_mb"] == 64 and f["env"]["TMPDIR"] == "/tmp"
 
@@ -81,20 +85,22 @@ def test_disk_quota_caps_what_a_job_writes_and_nothing_stays(tmp_path: Path) -> 
     need(os.geteuid() == 0, "not root: the stage cannot be a sized tmpfs")
     job = probe_job(tmp_path, {"fill": [5, 100], "deep": 1500}, disk_mb=160)
     result = LocalSandbox(prewarm=False).run(job)
-    f = facts(result)
+    f = facts(result, job)
     assert f["fill"] == "stopped at file 1: ENOSPC" and f["deep"] == 1500
     assert "disk-quota:160m" in result.isolation
     host = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink())
     assert host < 1 * 2**20, host
     assert sorted(p.name for p in job.job_dir.iterdir()) == [
         "job.json",
+        "predictions.json",
         "probe.json",
+        "result.json",
         "sandbox-stderr.txt",
         "sandbox-stdout.txt",
         "verdict.json",
     ]
     assert not list(tmp_path.glob(f"{STAGE_PREFIX}*"))
-    assert STAGE_PREFIX not in Path("/proc/self/mountinfo").read_text()
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
 
 
 def test_remove_tree_is_iterative_and_capped(tmp_path: Path) -> None:

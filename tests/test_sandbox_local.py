@@ -6,30 +6,26 @@ from __future__ import annotations
 import json
 import os
 import select
-import signal
 import socket
 import uuid
 from pathlib import Path
 
 import pytest
 
-from nncaption.netapi.job import EpochPredictions, JobSpec, RunnerResult, write_json_atomic
+from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import (
-    CRASHED,
-    FAILED,
-    KILLED,
     OK,
-    OUT_OF_MEMORY,
-    RUNNER_ENTRY,
     SMOKE_ENTRY,
     TIMEOUT,
     Job,
     Limits,
+    RunResult,
+    cgroups,
     get_sandbox,
+    hostenv,
 )
-from nncaption.sandbox import cgroups, hostenv
 from nncaption.sandbox.local import LocalSandbox
-from nncaption.sandbox.outcome import Observed, interpret
+from nncaption.sandbox.probe import read_facts
 from nncaption.sandbox.streams import ProgressTail, TailBuffer
 
 PROBE = "nncaption.sandbox.probe"
@@ -49,9 +45,9 @@ def probe_job(tmp_path: Path, instructions: dict | None = None, data_dir: Path |
     return Job(job_dir, spec, Limits(timeout_s=limits.get("timeout_s", 30.0)), entry=PROBE)
 
 
-def facts(result) -> dict:
+def facts(result: RunResult, job: Job) -> dict:
     assert result.status == OK, (result.status, result.message, result.stderr_tail)
-    return result.verdict["facts"]
+    return read_facts(job.job_dir)
 
 
 # ---------------------------------------------------------------------------- real isolation, probed
@@ -78,7 +74,7 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         job = probe_job(tmp_path, {"connect": [["127.0.0.1", port]], "write": [str(tmp_path / "data" / "x")]})
         result = get_sandbox("local").run(job)
         assert select.select([srv], [], [], 0.1)[0] == []
-    f = facts(result)
+    f = facts(result, job)
     assert secret not in json.dumps(f["env"])
     # the job's CPU share decides its threads, and the job.json it read says so (one source of truth)
     threads = JobSpec.read(job.job_dir).threads
@@ -99,8 +95,9 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NNCAPTION_SECRET", "hidden-value")
-    result = get_sandbox("local", isolation="none", use_cgroups=False).run(probe_job(tmp_path))
-    f = facts(result)
+    job = probe_job(tmp_path)
+    result = get_sandbox("local", isolation="none", use_cgroups=False).run(job)
+    f = facts(result, job)
     assert "NNCAPTION_SECRET" not in f["env"]
     assert "rlimit-as" in result.isolation and not any(m.startswith("netns") for m in result.isolation)
 
@@ -155,70 +152,7 @@ def test_missing_job_file_is_a_config_error(tmp_path: Path) -> None:
         get_sandbox("local").run(Job(tmp_path / "nowhere", spec))
 
 
-# ---------------------------------------------------------------------------- outcome mapping
-
-
-def _job_dir(tmp_path: Path, *, result: RunnerResult | None = None, predictions: bool = False) -> Path:
-    d = tmp_path / "jd"
-    d.mkdir(exist_ok=True)
-    if result is not None:
-        write_json_atomic(d / "result.json", result.to_dict())
-    if predictions:
-        ep = EpochPredictions(epoch=1, seconds=1.0, decode_seconds=0.1, train_loss=1.0, ids={"1": [1, 5, 2]})
-        write_json_atomic(d / "predictions.json", {"epochs": [ep.__dict__]})
-    return d
-
-
-@pytest.mark.parametrize(
-    "obs, result, predictions, status, category",
-    [
-        (Observed(exit_code=0), RunnerResult("ok"), True, OK, None),
-        (Observed(exit_code=0), RunnerResult("ok"), False, FAILED, "eval-contract"),
-        (Observed(exit_code=1), RunnerResult("failed", "learn-error", "boom"), False, FAILED, "learn-error"),
-        (Observed(exit_code=1), RunnerResult("failed", "out-of-memory"), False, OUT_OF_MEMORY, "out-of-memory"),
-        (Observed(exit_code=1), RunnerResult("failed", "timeout"), False, TIMEOUT, "timeout"),
-        (Observed(exit_code=0), None, False, FAILED, "crashed"),
-        (Observed(exit_code=3), None, False, FAILED, "crashed"),
-        (Observed(exit_code=None, signal=signal.SIGSEGV), None, False, CRASHED, "crashed"),
-        (Observed(exit_code=None, signal=signal.SIGKILL), None, False, KILLED, "crashed"),
-        (Observed(exit_code=None, signal=signal.SIGXCPU), None, False, TIMEOUT, "timeout"),
-        (Observed(exit_code=None, signal=signal.SIGKILL, oom_killed=True), None, False, OUT_OF_MEMORY, "out-of-memory"),
-        (
-            Observed(exit_code=None, signal=signal.SIGKILL, peak_memory_bytes=990, memory_limit_bytes=1000),
-            None, False, OUT_OF_MEMORY, "out-of-memory",
-        ),
-        (Observed(exit_code=None, signal=signal.SIGKILL, timed_out=True), None, True, TIMEOUT, "timeout"),
-        (Observed(exit_code=None, signal=signal.SIGSEGV), RunnerResult("ok"), True, CRASHED, "crashed"),
-    ],
-)
-def test_outcome_mapping(tmp_path: Path, obs, result, predictions, status, category) -> None:
-    d = _job_dir(tmp_path, result=result, predictions=predictions)
-    r = interpret(d, RUNNER_ENTRY, obs, timeout_s=5, backend="t")
-    assert (r.status, r.category) == (status, category), r.message
-    if status == FAILED and result is None and obs.exit_code == 0:
-        assert "exited early" in r.message
-
-
-def test_smoke_verdict_is_returned(tmp_path: Path) -> None:
-    d = _job_dir(tmp_path)
-    (d / "verdict.json").write_text(json.dumps({"ok": False, "stage": "smoke", "category": "shape-error",
-                                                "message": "bad shape"}))
-    r = interpret(d, SMOKE_ENTRY, Observed(exit_code=1), timeout_s=5, backend="t")
-    assert (r.status, r.category, r.verdict["message"]) == (FAILED, "shape-error", "bad shape")
-    (d / "verdict.json").write_text(json.dumps({"ok": True, "stage": "smoke"}))
-    assert interpret(d, SMOKE_ENTRY, Observed(exit_code=0), timeout_s=5, backend="t").ok
-
-
-def test_links_and_fifos_in_the_job_dir_are_not_followed(tmp_path: Path) -> None:
-    d = _job_dir(tmp_path)
-    outside = tmp_path / "outside.json"
-    outside.write_text(json.dumps(RunnerResult("ok").to_dict()))
-    (d / "result.json").symlink_to(outside)
-    os.mkfifo(d / "predictions.json")
-    r = interpret(d, RUNNER_ENTRY, Observed(exit_code=0), timeout_s=5, backend="t")  # must not block
-    assert r.runner is None and r.status == FAILED
-    tail = ProgressTail(d / "predictions.json")
-    assert list(tail.poll()) == []
+# The mapping from job outputs to a RunResult (sandbox/outcome.py) is tested in tests/test_job_outputs.py.
 
 
 # ---------------------------------------------------------------------------- streams and environment
@@ -280,7 +214,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
         assert first.status == OK and "prewarmed" not in first.isolation
         job = probe_job(tmp_path / "b", {"write": [str(data / "x")]}, data_dir=data)
         second = sb.run(job)
-        f = facts(second)
+        f = facts(second, job)
         assert "prewarmed" in second.isolation
         assert (job.job_dir / "verdict.json").exists() and (job.job_dir / "job.json").exists()  # files came back
         assert "NNCAPTION_SECRET" not in f["env"] and f["write"][str(data / "x")].startswith("refused")
