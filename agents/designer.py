@@ -102,7 +102,10 @@ async def design(
 
     `snippets` overrides the seeded sample of `k` snippets. Raises the client's
     `LLMError`s (a `ContextLengthExceeded` only after the 0-snippet prompt also
-    failed) and `ExtractionError` (with `.exchange`) when the reply holds no code.
+    failed) and `ExtractionError` (with `.exchange`) when the reply holds no code or
+    asks for invalid hyperparameters (category bad-hyperparameters, `.candidate` = the code).
+    A reply that names no hyperparameters keeps the parent's that are still valid (improve
+    mode), else gets an empty prm (the training defaults).
     """
     feedback = feedback or Feedback()
     offered = list(snippets) if snippets is not None else (
