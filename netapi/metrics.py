@@ -50,7 +50,7 @@ def corpus_bleu(hyps: Sequence[Sequence[str]], refs: Sequence[Sequence[Sequence[
     correct = [0] * (MAX_N + 1)
     guess = [0] * (MAX_N + 1)
     hyp_len = ref_len = 0
-    for i, (hyp, ref_set) in enumerate(zip(hyps, refs)):
+    for i, (hyp, ref_set) in enumerate(zip(hyps, refs, strict=True)):
         hyp = list(hyp)
         ref_set = [list(r) for r in ref_set]
         if not ref_set:
@@ -86,7 +86,7 @@ def lemur_bleu4(hyp_ids: Sequence[Sequence[int]], ref_ids: Sequence[Sequence[Seq
         raise ValueError(f"lemur_bleu4: {len(hyp_ids)} hypotheses but {len(ref_ids)} reference sets")
     smooth = SmoothingFunction().method1
     scores: list[float] = []
-    for hyp, ref_set in zip(hyp_ids, ref_ids):
+    for hyp, ref_set in zip(hyp_ids, ref_ids, strict=True):
         h = [int(t) for t in hyp if int(t) != PAD_ID]
         rs = [[int(t) for t in r if int(t) != PAD_ID] for r in ref_set]
         rs = [r for r in rs if r]
