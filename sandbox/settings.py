@@ -65,6 +65,9 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}", "e.g. 600")
+        if not BATCH_RANGE[0] <= self.batch_size <= BATCH_RANGE[1]:
+            raise ConfigError(f"batch_size must be in {BATCH_RANGE[0]}..{BATCH_RANGE[1]}, got {self.batch_size}",
+                              "e.g. 32")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}", f"use one of: {', '.join(DEVICES)}")
         if self.suspect_bleu4 is not None and not 0 < self.suspect_bleu4 <= 1:
