@@ -274,7 +274,8 @@ class Nodes:
                 return self._next(task, "record", status="duplicate", duplicate_of=owner)
             r = await self.pipeline.train(code, prm)
             st.status = "ok" if r.ok else "failed"
-            st.detail = {"bleu4": r.bleu4, "category": r.category, "reused": r.reused, "job_id": r.job_id}
+            st.detail = {"bleu4": r.bleu4, "category": r.category, "reused": r.reused, "job_id": r.job_id,
+                         "placement": r.placement}
             st.refs["log"] = self.store.put_blob(r.tail) if r.tail else None
             self.store.add_job(task["cid"], task["attempt"], "train", job_id=r.job_id,
                                status="ok" if r.ok else "failed", category=r.category, reused=r.reused,

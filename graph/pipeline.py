@@ -86,6 +86,7 @@ class Trained:
     job_dir: str | None = None
     reused: bool = False
     seconds: float = 0.0
+    placement: str = ""  # where the job ran, when the backend says (e.g. "ray-node:0123abcd4567")
 
 
 def llm_failure(e: Exception) -> tuple[str, str, list[Any]]:
@@ -201,4 +202,6 @@ class Pipeline:
                        bleu4=r.bleu4, lemur_bleu4=getattr(r, "lemur_bleu4", None), params=getattr(r, "params", None),
                        job_id=getattr(r, "job_id", None),
                        job_dir=str(r.job_dir) if getattr(r, "job_dir", None) else None,
-                       reused=bool(getattr(r, "reused", False)), seconds=time.monotonic() - t0)
+                       reused=bool(getattr(r, "reused", False)), seconds=time.monotonic() - t0,
+                       placement=next((str(m) for m in getattr(r, "isolation", None) or []
+                                       if str(m).startswith("ray-node:")), str(getattr(r, "sandbox", "") or "")))

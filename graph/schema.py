@@ -23,7 +23,7 @@ llm_calls    one row per chat call: step, cid, role, endpoint, model (requested)
              prompt/completion/reasoning/total tokens, latency_s, queued_s, http_attempts, finish_reason,
              messages_ref (JSON list of messages), reply_ref, reasoning_ref, started_at, finished_at
 sandbox_jobs (cid, attempt, kind): job_id (content address), kind (smoke|train), status, category, reused,
-             job_dir (holds the sandbox logs and predictions), seconds, step
+             job_dir (holds the sandbox logs and predictions), seconds, step, placement (e.g. ray-node:<id>)
 steps        one row per node execution: step (number, in order of start), superstep (LangGraph step; the
              checkpoint to fork from), node, cid ('' for dispatch), attempt, status (running|ok|failed|
              interrupted), started_at, finished_at, tokens, prompt_ref, reply_ref, reasoning_ref, code_ref,
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 CREATE INDEX IF NOT EXISTS llm_calls_step ON llm_calls (step);
 CREATE TABLE IF NOT EXISTS sandbox_jobs (
     cid TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL, job_id TEXT, status TEXT, category TEXT,
-    reused INTEGER, job_dir TEXT, seconds REAL, step INTEGER, PRIMARY KEY (cid, attempt, kind)
+    reused INTEGER, job_dir TEXT, seconds REAL, step INTEGER, placement TEXT, PRIMARY KEY (cid, attempt, kind)
 );
 CREATE TABLE IF NOT EXISTS steps (
     step INTEGER PRIMARY KEY AUTOINCREMENT, superstep INTEGER NOT NULL, node TEXT NOT NULL, cid TEXT NOT NULL,

@@ -212,9 +212,10 @@ class RunStore:
                         ep.get("train_loss"), ep.get("seconds")))
 
     def add_job(self, cid: str, attempt: int, kind: str, *, job_id: str | None, status: str,
-                category: str | None, reused: bool, job_dir: str | None, seconds: float, step: int) -> None:
-        self._exec("INSERT OR REPLACE INTO sandbox_jobs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                   (cid, attempt, kind, job_id, status, category, int(reused), job_dir, seconds, step))
+                category: str | None, reused: bool, job_dir: str | None, seconds: float, step: int,
+                placement: str = "") -> None:
+        self._exec("INSERT OR REPLACE INTO sandbox_jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (cid, attempt, kind, job_id, status, category, int(reused), job_dir, seconds, step, placement))
 
     def add_llm_call(self, step: int, cid: str, ex: Any) -> dict[str, str | None]:
         """Store one `LLMExchange` (messages, reply and reasoning as blobs); returns its blob references."""

@@ -1,0 +1,108 @@
+"""The search on a two-node Ray cluster (`--sandbox ray --ray-address ADDR`): jobs run on both nodes; the worker
+node is killed while jobs are in flight, Ray retries its job elsewhere, and the run loses nothing.
+
+The graph stays in this process (the head); only the sandbox jobs are Ray tasks (`ray.cluster_utils.Cluster`,
+one CPU per node, so two jobs at once need both nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nncaption.graph.runner import RunOutcome, SearchRun
+from nncaption.graph.settings import RunSettings
+from nncaption.graph.store import RunStore
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture()
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    temp = Path(tempfile.mkdtemp(prefix="nnc-ray-", dir="/tmp"))  # short: Ray's socket paths live below it
+    (temp / "ray").mkdir()
+    monkeypatch.setenv("RAY_TMPDIR", str(temp))
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.worker = c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    try:
+        yield c
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_two_node_ray_cluster_survives_losing_a_node(cluster: Any, tiny_dataset: Any, tmp_path: Path) -> None:
+    settings = RunSettings.model_validate({
+        "seed": 0, "concurrency": 2, "budget": {"candidates": 4}, "policy": {"num_drafts": 4},
+        "agents": {"snippets": 2},
+        "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
+        "data": {"prepared": str(tiny_dataset.root)},
+        "sandbox": {"kind": "ray", "ray_address": cluster.address},
+    })
+    events: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def emit(event: dict[str, Any]) -> None:
+        with lock:
+            events.append({**event, "t": time.monotonic()})
+
+    outcome: list[RunOutcome] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(SearchRun(settings, tmp_path / "run", emit=emit).run()))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    worker_id = cluster.worker.node_id[:12]
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    killed_at: float | None = None
+    in_flight_at_kill: set[str] = set()
+    deadline = time.monotonic() + 900
+    while thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+        with lock:
+            snapshot = list(events)
+        on_worker = [e for e in snapshot if e["event"] == "node_finished" and e["node"] == "train"
+                     and e.get("placement") == f"ray-node:{worker_id}"]
+        started = {e["candidate"] for e in snapshot if e["event"] == "node_started" and e["node"] == "train"}
+        finished = {e["candidate"] for e in snapshot if e["event"] == "node_finished" and e["node"] == "train"}
+        if killed_at is None and on_worker and len(started - finished) == 2:
+            time.sleep(2.0)  # both jobs submitted: one holds the head's CPU, the other the worker's
+            in_flight_at_kill = started - finished
+            cluster.remove_node(cluster.worker, allow_graceful=False)
+            killed_at = time.monotonic()
+    thread.join(timeout=60)
+    assert not errors, errors
+    assert killed_at is not None, "never saw two trainings in flight after one had finished on the worker"
+    assert outcome and outcome[0].status == "finished"
+
+    trains = [e for e in events if e["event"] == "node_finished" and e["node"] == "train"]
+    before = {e["placement"] for e in trains if e["t"] < killed_at}
+    assert f"ray-node:{worker_id}" in before and len(before) == 2, before  # jobs ran on both nodes
+    after = [e for e in trains if e["t"] > killed_at]
+    assert {e["candidate"] for e in after} >= in_flight_at_kill
+    assert all(e["status"] == "ok" and e["placement"] != f"ray-node:{worker_id}" for e in after), after
+
+    store = RunStore(tmp_path / "run")
+    rows = store.candidate_rows()
+    store.close()
+    assert len(rows) == 4 and all(r["status"] == "scored" for r in rows), [(r["cid"], r["status"],
+                                                                               r["category"]) for r in rows]
