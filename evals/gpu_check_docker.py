@@ -1,12 +1,15 @@
 """Check the GPU path for real on a GPU machine: a reference model trained on CUDA inside the sandboxes.
 
-    python -m nncaption.evals.gpu_check_docker [--gpu 0] [--backends docker,local] [--image TAG]
+    python -m nncaption.evals.gpu_check_docker [--gpus 0,1] [--jobs-per-gpu 1] [--backends docker,local] [--image TAG]
 
-For each backend: one epoch of ref-gru on a tiny synthetic set with
-`JobSpec.device="cuda"` and `Job.gpus=[--gpu]`. docker gets the GPU through
+For each backend: one job per GPU slot (len(--gpus) x --jobs-per-gpu, at most 4), run at once with
+`run_many`, each one epoch of ref-gru on a tiny synthetic set with `JobSpec.device="cuda"` and
+`Job.num_gpus=1`; the sandbox's GpuAllocator gives each job its own device, never more than
+--jobs-per-gpu jobs on one. docker gets the GPU through
 `device_requests` (needs the NVIDIA container toolkit registered with dockerd);
 local binds /dev/nvidia* and /sys into bubblewrap and sets CUDA_VISIBLE_DEVICES.
-Passes when every job ends `ok` and the runner reports a CUDA device.
+Passes when every job ends `ok`, the runner reports a CUDA device, and no device ran more jobs at once
+than --jobs-per-gpu (checked from the device each job was given).
 Prints one JSON line per backend and exits non-zero on any failure (and with
 status 2 when the machine has no GPU or docker cannot reach one).
 """
@@ -31,9 +34,12 @@ def _has_gpu() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", type=int, default=0, help="GPU id given to the job")
+    parser.add_argument("--gpu", type=int, default=0, help="GPU id (when --gpus is not given)")
+    parser.add_argument("--gpus", default=None, help="GPU ids for the allocator, e.g. 0,1,2,3")
+    parser.add_argument("--jobs-per-gpu", type=int, default=1)
     parser.add_argument("--backends", default="docker,local")
-    parser.add_argument("--image", default=None, help="docker image (default: nncaption-sandbox:offline, built if missing)")
+    parser.add_argument("--image", default=None,
+                        help="docker image (default: nncaption-sandbox:offline, built if missing)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     if not _has_gpu():
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from nncaption.netapi.evaluate import make_job_dir
     from nncaption.netapi.job import JobSpec
     from nncaption.netapi.reference import path as reference_path
-    from nncaption.sandbox import Job, Limits, get_sandbox
+    from nncaption.sandbox import GpuAllocator, Job, Limits, get_sandbox, parse_gpus
 
     base = Path(tempfile.mkdtemp(prefix="nncaption-gpu-check-"))
     failures = 0
@@ -60,24 +66,39 @@ def main(argv: list[str] | None = None) -> int:
                 options["image"] = args.image or OFFLINE_IMAGE
                 if args.image is None:
                     build_offline_image(OFFLINE_IMAGE, log=lambda m: print(m, file=sys.stderr))
-            spec = JobSpec(data_dir=str(data_dir), epochs=1, batch_size=16, max_val_images=24, device="cuda")
-            job_dir = make_job_dir(base / f"job-{backend}", reference_path("gru").read_text(), spec)
-            job = Job(job_dir, spec, Limits(timeout_s=args.timeout), gpus=[args.gpu])
+            gpus = parse_gpus(args.gpus) if args.gpus else [args.gpu]
+            alloc = GpuAllocator(gpus, jobs_per_gpu=args.jobs_per_gpu)
+            jobs = []
+            for i in range(min(4, alloc.capacity)):
+                spec = JobSpec(data_dir=str(data_dir), epochs=1, batch_size=16, max_val_images=24, device="cuda")
+                job_dir = make_job_dir(base / f"job-{backend}-{i}", reference_path("gru").read_text(), spec)
+                jobs.append(Job(job_dir, spec, Limits(timeout_s=args.timeout), num_gpus=1))
             try:
-                result = get_sandbox(backend, **options).run(job)
+                with get_sandbox(backend, gpu_allocator=alloc, prewarm=False, **options) as sb:
+                    results = sb.run_many(jobs)
             except Exception as e:  # noqa: BLE001 - report and go on with the next backend
                 print(json.dumps({"backend": backend, "ok": False, "error": f"{type(e).__name__}: {e}"}))
                 failures += 1
                 continue
-            device = result.runner.device if result.runner else None
-            ok = result.ok and bool(device) and str(device).startswith("cuda")
-            failures += not ok
-            print(json.dumps({
-                "backend": backend, "ok": ok, "status": result.status, "category": result.category,
-                "message": result.message, "runner_device": device, "isolation": result.isolation,
-                "timings": result.timings, "peak_memory_mb": result.peak_memory_mb,
-                "stderr_tail": result.stderr_tail[-1500:] if not ok else "",
-            }))
+            given: dict[str, int] = {}
+            for i, result in enumerate(results):
+                device = result.runner.device if result.runner else None
+                ok = result.ok and bool(device) and str(device).startswith("cuda")
+                got = [m for m in result.isolation if m.startswith("gpus:")]
+                for tag in got:
+                    given[tag] = given.get(tag, 0) + 1
+                failures += not ok
+                print(json.dumps({
+                    "backend": backend, "job": i, "ok": ok, "status": str(result.status), "category": result.category,
+                    "message": result.message, "runner_device": device, "isolation": result.isolation,
+                    "timings": result.timings, "peak_memory_mb": result.peak_memory_mb,
+                    "stderr_tail": result.stderr_tail[-1500:] if not ok else "",
+                }))
+            over = {k: v for k, v in given.items() if k.startswith("gpus:") and v > args.jobs_per_gpu}
+            if over:
+                failures += 1
+            print(json.dumps({"backend": backend, "devices_given": given, "over_shared": over,
+                              "allocator_usage_after": alloc.usage()}))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 1 if failures else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from nncaption.netapi.errors import ConfigError
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sandbox", help="sandbox images and maintenance")
     sub = p.add_subparsers(dest="sandbox_command", metavar="SUBCOMMAND")
 
@@ -19,7 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="no registry: debootstrap a minimal Debian and `docker import` it (the host's Python is "
                         "mounted at run time)")
     b.add_argument("--force", action="store_true", help="rebuild even if the image exists")
-    b.add_argument("--tag", default=None, help="image tag (default nncaption-sandbox:offline, or nncaption-sandbox:latest)")
+    b.add_argument("--tag", default=None,
+                   help="image tag (default nncaption-sandbox:offline, or nncaption-sandbox:latest)")
     b.add_argument("--mirror", default=None, help="Debian mirror for --offline (default: the one apt uses)")
     b.set_defaults(func=cmd_build_image)
 
@@ -55,17 +56,18 @@ def cmd_build_image(args: argparse.Namespace) -> int:
         except docker.errors.DockerException as e:
             raise ConfigError(f"docker is unavailable: {e}", "start dockerd (bash .ci/services.sh).") from e
     for chunk in logs:
-        if "stream" in chunk:
-            print(chunk["stream"], end="")
+        if isinstance(chunk, dict) and "stream" in chunk:
+            print(str(chunk["stream"]), end="")
     print(f"{tag} {image.id}")
     return 0
 
 
 def cmd_reap(args: argparse.Namespace) -> int:
-    from nncaption.sandbox import cgroups
+    from nncaption.sandbox import cgroups, quota
 
     groups = cgroups.reap_orphans()
     print(f"cgroups removed: {len(groups)}")
+    print(f"job stages unmounted: {len(quota.reap_orphan_stages())}")
     try:
         from nncaption.sandbox.docker import DockerSandbox, DockerUnavailable
 
@@ -79,19 +81,21 @@ def cmd_reap(args: argparse.Namespace) -> int:
 def cmd_probe(args: argparse.Namespace) -> int:
     from nncaption.netapi.job import JobSpec
     from nncaption.sandbox import Job, Limits, get_sandbox
+    from nncaption.sandbox.probe import read_facts
 
     with tempfile.TemporaryDirectory(prefix="nncaption-probe-") as tmp:
         job_dir, data_dir = Path(tmp) / "job", Path(tmp) / "data"
         job_dir.mkdir()
         data_dir.mkdir()
         spec = JobSpec(data_dir=str(data_dir))
-        spec.write(job_dir)
-        result = get_sandbox(args.sandbox).run(
-            Job(job_dir, spec, Limits(timeout_s=60), entry="nncaption.sandbox.probe")
-        )
-    facts = (result.verdict or {}).get("facts", {})
+        with get_sandbox(args.sandbox, prewarm=False) as sb:
+            result = sb.run(Job(job_dir, spec, Limits(timeout_s=60), entry="nncaption.sandbox.probe"))
+        try:
+            facts = read_facts(job_dir)
+        except (OSError, ValueError, KeyError):
+            facts = {}
     print(json.dumps({
-        "status": result.status,
+        "status": result.status.value,
         "message": result.message,
         "isolation": result.isolation,
         "uid": facts.get("uid"),

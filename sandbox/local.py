@@ -270,6 +270,8 @@ class LocalSandbox(BaseSandbox[Launched]):
             extra=self.extra_env,
         )
         isolation.append("private-home")
+        if job.gpus:
+            isolation.append("gpus:" + ",".join(map(str, job.gpus)))
         return LaunchPlan(argv=argv, env=env, cwd=job_dir, wrapped=wrapped, isolation=isolation, cgroup=cg,
                           output_tail_bytes=limits.output_tail_bytes, seccomp_fd=seccomp_fd)
 

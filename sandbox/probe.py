@@ -174,7 +174,7 @@ def main(argv: list[str]) -> int:
     out = {"ok": True, "stage": "probe", "message": "probe finished", "facts": facts(instructions)}
     (job_dir / FACTS_FILE).write_text(json.dumps(out))
     # a runner-shaped success, so that the parent's outcome reading reports "ok" (facts stay in FACTS_FILE)
-    epoch = {"epoch": 1, "seconds": 0.0, "decode_seconds": 0.0, "train_loss": None, "ids": {}}
+    epoch: dict[str, Any] = {"epoch": 1, "seconds": 0.0, "decode_seconds": 0.0, "train_loss": None, "ids": {}}
     (job_dir / "predictions.json").write_text(json.dumps({"epochs": [epoch]}))
     (job_dir / "result.json").write_text(json.dumps({"status": "ok", "message": "probe finished"}))
     if instructions.get("daemon") and os.fork() == 0:
