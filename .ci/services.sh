@@ -11,6 +11,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v chromium >/dev/null || need+=(chromium)  # tests/test_viewer_browser.py (Playwright drives it)
 command -v runsc >/dev/null || need+=(runsc)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
