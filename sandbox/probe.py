@@ -122,8 +122,8 @@ def deep(levels: int) -> int:
             os.close(fd)
             fd = nfd
             made += 1
-    except OSError:
-        pass  # the probe only reports how deep it got
+    except OSError as e:  # the probe reports how deep it got, and why it stopped
+        print(f"probe: directory chain stopped at {made}: {e}", file=sys.stderr)
     finally:
         os.close(fd)
     return made
