@@ -378,7 +378,7 @@ def _init_process(setup: ChildSetup) -> None:
     np.random.seed(setup.seed % 2**32)
     torch.manual_seed(setup.seed)
     # After a fork, OpenMP must not reuse a thread pool the parent may have started: the runner never
-    # computes before forking; a caller that did (tests calling run_job in-process) passes threads=1.
+    # computes before forking; in a shared process (run_job in tests) the runner passes threads=1.
     if setup.threads:
         torch.set_num_threads(int(setup.threads))
 

@@ -1,8 +1,8 @@
 """Import a candidate file and turn its exceptions into categories and fixer-ready text.
 
-Shared by the smoke harness (`netapi/harness.py`) and the runner (`netapi/run.py`)
-so that a failure in `learn` reads the same whether the smoke check or a full
-training run found it.
+Used by the candidate's process of every job (`netapi/child.py`), smoke and
+train alike, so that a failure in `learn` reads the same whether the smoke
+check or a full training run found it.
 
 Phases (the `phase` argument of `classify_exception`):
     "import"  executing the candidate module itself      -> init-error

@@ -121,7 +121,9 @@ class Runner:
         spec = self.spec
         setup = ChildSetup(candidate=self.job_dir / spec.candidate, in_shape=self.in_shape,  # type: ignore[arg-type]
                            vocab_size=self.vocab_size, prm=dict(self.prm), device=spec.device,
-                           max_params=spec.max_params, seed=spec.seed, threads=spec.threads,
+                           max_params=spec.max_params, seed=spec.seed,
+                           # OpenMP thread pools do not survive a fork: a shared process may have started one
+                           threads=spec.threads if self.own_process else 1,
                            batch_size=spec.batch_size, normalise=self.data.normalise)
         if not setup.candidate.is_file():
             raise RunnerSetupError(f"candidate file {setup.candidate} is missing")
@@ -393,9 +395,9 @@ def run_job(job_dir: Path, *, own_process: bool = False) -> int:
     cleanly (result.json says why), 2 when the job itself is unusable.
     `own_process=True` (the `nncaption.netapi.run` entry) lets the runner act as
     the subreaper of everything the candidate starts and kill all of it; in a
-    shared process (tests) only the candidate's process group is killed. A
-    process that already ran torch computations must pass `threads=1` in the
-    spec (OpenMP thread pools do not survive a fork).
+    shared process (tests) only the candidate's process group is killed, and the
+    candidate trains with one thread whatever the spec says (this process may
+    have started an OpenMP thread pool, which does not survive a fork).
     """
     job_dir = Path(job_dir)
     t0 = time.time()
