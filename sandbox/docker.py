@@ -30,6 +30,7 @@ from nncaption.netapi.procs import pid_alive
 
 from . import hostenv, ownership
 from .base import Job
+from .docker_io import AttachReader, cgroup_peak, container_pids, max_or_none
 from .image_build import OFFLINE_IMAGE
 from .outcome import Observed
 from .quota import Stage
@@ -266,7 +267,7 @@ class DockerSandbox(BaseSandbox["_Started"]):
             raise DockerUnavailable(f"docker could not create the job container: {e}", hint) from e
         out, err = TailBuffer(job.limits.output_tail_bytes), TailBuffer(job.limits.output_tail_bytes)
         try:
-            reader = _AttachReader(container, out, err, stdin=warm)
+            reader = AttachReader(container, out, err, stdin=warm)
             container.start()
         except docker.errors.APIError as e:
             _remove(container)
@@ -295,7 +296,7 @@ class DockerSandbox(BaseSandbox["_Started"]):
             handle.state = {"Status": "dead", "ExitCode": 128 + signal.SIGKILL}
         if handle.pid is None:
             handle.pid = int(handle.state.get("Pid") or 0)
-        handle.peak = _max(handle.peak, _cgroup_peak(handle.pid))
+        handle.peak = max_or_none(handle.peak, cgroup_peak(handle.pid))
         return handle.state
 
     def _exited(self, handle: _Started) -> bool:
@@ -341,7 +342,7 @@ class DockerSandbox(BaseSandbox["_Started"]):
         with self._lock:
             slots = [s for ss in self._warm.values() for s in ss]
         for slot in slots:
-            pids.update(_container_pids(int(self._state(slot.handle).get("Pid") or 0)))
+            pids.update(container_pids(int(self._state(slot.handle).get("Pid") or 0)))
         return pids
 
 
@@ -355,7 +356,7 @@ def gpu_device_requests(gpus: list[int]) -> list[Any]:
 @dataclass
 class _Started:
     container: Any
-    reader: _AttachReader
+    reader: AttachReader
     out: TailBuffer
     err: TailBuffer
     isolation: list[str]
@@ -372,123 +373,7 @@ def _remove(container: Any) -> None:
             log.warning("cannot remove container %s: %s", getattr(container, "id", "?")[:12], e)
 
 
-class _AttachReader:
-    """Drains a container's stdout/stderr into bounded tails, in a thread.
-
-    Attached before start through the raw multiplexed socket (8-byte frame
-    headers: stream, 0, 0, 0, big-endian size). After the container has exited
-    the reader stops at EOF or after the stream has been idle for a moment:
-    the engine does not always close an attach stream promptly.
-    """
-
-    def __init__(self, container: Any, out: TailBuffer, err: TailBuffer, *, stdin: bool = False) -> None:
-        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1, "stdin": int(stdin)}
-        sock = container.client.api.attach_socket(container.id, params=params)
-        self._sock = getattr(sock, "_sock", sock)
-        self._sock.settimeout(0.1)
-        self._keep = sock
-        self._targets = {1: out, 2: err}
-        self._finishing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sandbox-attach", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        buf = bytearray()
-        idle = 0
-        while True:
-            try:
-                data = self._sock.recv(1 << 16)
-            except TimeoutError:
-                idle += 1
-                if self._finishing.is_set() and idle >= 3:
-                    break
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            idle = 0
-            buf += data
-            while len(buf) >= 8:
-                size = int.from_bytes(buf[4:8], "big")
-                if len(buf) < 8 + size:
-                    break
-                target = self._targets.get(buf[0])
-                if target is not None:
-                    target.write(bytes(buf[8 : 8 + size]))
-                del buf[: 8 + size]
-
-    def send_go(self) -> bool:
-        """Tell a warm container's entry to start (prewarm)."""
-        try:
-            self._sock.sendall(b"go\n")
-            return True
-        except OSError:
-            return False
-
-    def join(self, timeout: float) -> None:
-        self._finishing.set()
-        self._thread.join(timeout)
-        try:
-            self._keep.close()
-        except Exception as e:  # noqa: BLE001 - closing a dead socket
-            log.debug("closing an attach socket: %s", e)
-
-
 def _runtime_hint(runtime: str | None) -> str:
     if runtime:
         return f"check that the {runtime!r} runtime is registered with dockerd (docker info | grep -i runtimes)."
     return "check `docker info` and the daemon log."
-
-
-def _max(a: int | None, b: int | None) -> int | None:
-    if a is None:
-        return b
-    return a if b is None else max(a, b)
-
-
-def _cgroup_peak(pid: int) -> int | None:
-    """Peak memory of the container's cgroup, read from the host while it runs (v1 or v2)."""
-    if not pid:
-        return None
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.max_usage_in_bytes"
-        elif controllers == "":
-            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.peak"
-        else:
-            continue
-        try:
-            return int(f.read_text().strip())
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def _container_pids(pid: int) -> set[int]:
-    """Every process in the cgroup of host pid `pid` (a container's init), read from the host."""
-    if not pid:
-        return set()
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return set()
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            procs = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "cgroup.procs"
-        elif controllers == "":
-            procs = Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.procs"
-        else:
-            continue
-        try:
-            return {int(t) for t in procs.read_text().split()} | {pid}
-        except (OSError, ValueError):
-            continue
-    return {pid}
-

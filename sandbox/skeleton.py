@@ -22,7 +22,7 @@ import weakref
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
@@ -35,6 +35,7 @@ from .cpus import CpuAllocator
 from .gpus import GpuAllocator
 from .outcome import Observed, interpret
 from .quota import OUTPUT_FILES, ReclaimError, Stage, reap_orphan_stages
+from .skeleton_util import WarmSlot, close_pool, drain, remove_stage, tagged, threadsafe, write_tail
 from .streams import ProgressTail
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ STDOUT_FILE = "sandbox-stdout.txt"
 STDERR_FILE = "sandbox-stderr.txt"
 STALE_OUTPUTS = (*OUTPUT_FILES, STDOUT_FILE, STDERR_FILE)
 CANCEL_GRACE_S = 30.0
-
-
-@dataclass
-class WarmSlot(Generic[H]):
-    """A pre-started job process waiting for "go" in its own stage."""
-
-    stage: Stage
-    handle: H
 
 
 def cpu_limit_s(limits: Limits, cores: int | None = None) -> float:
@@ -91,7 +84,7 @@ class BaseSandbox(ABC, Generic[H]):
         self._reaped = False
         self._executor: ThreadPoolExecutor | None = None
         self._spawn_thread: ThreadPoolExecutor | None = None
-        weakref.finalize(self, _close_pool, self._warm, type(self)._dispose_static, self._lock)
+        weakref.finalize(self, close_pool, self._warm, type(self)._dispose_static, self._lock)
 
     # -- backend hooks -----------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -225,8 +218,8 @@ class BaseSandbox(ABC, Generic[H]):
                     reclaim_error = str(e)
         assert obs is not None
         obs.notes += notes
-        _write_tail(job_dir / STDOUT_FILE, obs.stdout_tail)
-        _write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
+        write_tail(job_dir / STDOUT_FILE, obs.stdout_tail)
+        write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
         result = interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name, spec=job.spec)
         if reclaim_error is not None:
             result.status, result.category = RunStatus.FAILED, Category.CRASHED.value
@@ -246,7 +239,7 @@ class BaseSandbox(ABC, Generic[H]):
         deadline = t0 + job.limits.timeout_s
         timed_out = cancelled = False
         while not self._exited(handle):
-            _drain(progress, on_event)
+            drain(progress, on_event)
             if cancel.is_set():
                 cancelled = True
                 self._kill(handle)
@@ -258,7 +251,7 @@ class BaseSandbox(ABC, Generic[H]):
             cancel.wait(self.poll_interval_s)
         elapsed = time.monotonic() - t0
         obs = self._observe(handle, job, timed_out=timed_out)
-        _drain(progress, on_event)
+        drain(progress, on_event)
         obs.timings["total_s"] = round(elapsed, 3)
         for event, name in (("start", "start_to_runner_start_s"), ("first_batch", "start_to_first_batch_s")):
             t = progress.first_time(event)
@@ -305,14 +298,14 @@ class BaseSandbox(ABC, Generic[H]):
         except (OSError, ConfigError) as e:
             log.warning("could not pre-start a warm %s sandbox: %s", self.name, e)
             if stage is not None:
-                _remove_stage(stage)
+                remove_stage(stage)
             return
         with self._lock:
             self._warm.setdefault(key, []).append(WarmSlot(stage, handle))
 
     def _discard(self, slot: WarmSlot[H]) -> None:
         self._dispose(slot.handle)
-        _remove_stage(slot.stage)
+        remove_stage(slot.stage)
 
     def warm_count(self) -> int:
         with self._lock:
@@ -334,9 +327,13 @@ class BaseSandbox(ABC, Generic[H]):
     async def arun(self, job: Job, on_event: EventCallback | None = None) -> RunResult:
         """`run` without blocking the loop. Cancelling the awaiting task kills the job, waits until its
         processes, container, cgroup and stage are gone (bounded), then re-raises CancelledError."""
+        if not job.gpus and job.num_gpus and self.gpus is not None:
+            # wait for GPUs here, not in a worker thread, so that cancelling the wait is immediate
+            async with self.gpus.acquire(job.num_gpus) as ids:
+                return await self.arun(replace(job, gpus=ids), on_event)
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
-        fut = loop.run_in_executor(self._pool(), self._run, job, _threadsafe(loop, on_event), cancel)
+        fut = loop.run_in_executor(self._pool(), self._run, job, threadsafe(loop, on_event), cancel)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -355,7 +352,7 @@ class BaseSandbox(ABC, Generic[H]):
         self._batch = len(jobs)
         try:
             with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix=f"sandbox-{self.name}") as ex:
-                futs = [ex.submit(self._run, job, _tagged(on_event, i), threading.Event())
+                futs = [ex.submit(self._run, job, tagged(on_event, i), threading.Event())
                         for i, job in enumerate(jobs)]
                 return [f.result() for f in futs]
         finally:
@@ -365,7 +362,7 @@ class BaseSandbox(ABC, Generic[H]):
         """`run_many` for asyncio; cancelling it cancels (kills and reclaims) every job."""
         self._batch = max(1, len(jobs))
         try:
-            return list(await asyncio.gather(*(self.arun(j, _tagged(on_event, i)) for i, j in enumerate(jobs))))
+            return list(await asyncio.gather(*(self.arun(j, tagged(on_event, i)) for i, j in enumerate(jobs))))
         finally:
             self._batch = 1
 
@@ -373,7 +370,7 @@ class BaseSandbox(ABC, Generic[H]):
     def close(self) -> None:
         """Stop the warm processes and remove their stages; the sandbox runs nothing afterwards."""
         self._closed = True
-        _close_pool(self._warm, self._dispose, self._lock)
+        close_pool(self._warm, self._dispose, self._lock)
         for ex in (self._executor, self._spawn_thread):
             if ex is not None:
                 ex.shutdown(wait=False)
@@ -389,66 +386,6 @@ class BaseSandbox(ABC, Generic[H]):
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)
-
-
-def _close_pool(warm: dict[Any, list[WarmSlot[Any]]], dispose: Any, lock: threading.Lock) -> None:
-    with lock:
-        slots = [s for ss in warm.values() for s in ss]
-        warm.clear()
-    for s in slots:
-        try:
-            dispose(s.handle)
-        finally:
-            _remove_stage(s.stage)
-
-
-def _remove_stage(stage: Stage) -> None:
-    try:
-        stage.remove()
-    except (ReclaimError, OSError) as e:
-        log.error("stage %s could not be removed: %s", stage.path, e)
-
-
-def _drain(progress: ProgressTail, on_event: EventCallback | None) -> None:
-    try:
-        progress.drain(on_event)
-    except Exception:  # noqa: BLE001 - a caller's callback must not take the supervision down
-        log.exception("a progress-event callback raised; the job goes on")
-
-
-def _tagged(on_event: EventCallback | None, index: int) -> EventCallback | None:
-    if on_event is None:
-        return None
-    return lambda e: on_event({**e, "job": index})
-
-
-def _threadsafe(loop: asyncio.AbstractEventLoop, on_event: EventCallback | None) -> EventCallback | None:
-    """Deliver events on the caller's loop (the job is supervised in a worker thread)."""
-    if on_event is None:
-        return None
-
-    def deliver(e: dict[str, Any]) -> None:
-        try:
-            loop.call_soon_threadsafe(on_event, e)
-        except RuntimeError:
-            log.debug("event loop closed; progress event dropped")
-
-    return deliver
-
-
-def _write_tail(path: Path, text: str) -> None:
-    """Write a bounded tail into the host job dir without following links."""
-    import os
-
-    try:
-        if os.path.lexists(path):
-            os.unlink(path)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        log.warning("cannot write %s: %s", path, e)
-        return
-    with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-        f.write(text)
 
 
 __all__ = ["BaseSandbox", "CANDIDATE_FILE", "JOB_FILE", "STDERR_FILE", "STDOUT_FILE", "cpu_limit_s"]
