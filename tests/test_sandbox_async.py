@@ -154,3 +154,27 @@ def test_cancelling_arun_removes_the_docker_container(tmp_path: Path) -> None:
     mine = engine.api.containers(all=True, filters={"label": f"{LABEL_OWNER}={owner_label()}"})  # type: ignore[attr-defined]
     assert mine == []
     assert_reclaimed(tmp_path)
+
+
+def test_arun_waiting_for_a_gpu_is_cancelled_without_starting_the_job(tmp_path: Path) -> None:
+    from nncaption.sandbox import GpuAllocator
+
+    alloc = GpuAllocator([0])
+    job = probe_job(tmp_path, "job")
+    job.num_gpus = 1
+
+    async def main() -> None:
+        async with get_sandbox("local", prewarm=False, gpu_allocator=alloc) as sb:
+            async with alloc.acquire() as held:  # the only GPU is busy
+                assert held == [0]
+                task = asyncio.create_task(sb.arun(job))
+                await asyncio.sleep(0.3)
+                assert not task.done()
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    asyncio.run(main())
+    assert alloc.usage() == {0: 0}
+    assert not (job.job_dir / "result.json").exists() and not (job.job_dir / "job.json").exists()
+    assert_reclaimed(tmp_path)
