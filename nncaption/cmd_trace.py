@@ -57,12 +57,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs under {root}")
         return 0
-    print(f"{'started':19}  {'status':11}  {'cands':>5}  {'best BLEU-4':>11}  {'models':40}  run")
+    print(f"{'started':19}  {'status':11}  {'cands':>5}  {'best BLEU-4':>14}  run  [models: requested -> answered]")
     for r in runs:
         models = ", ".join(r.get("models") or []) or "-"
         best = f"{_num(r.get('best_bleu4'))} {r.get('best_cid') or ''}".strip()
         print(f"{_when(r.get('started_at')):19}  {safe_text(r['status'], 11):11}  {r['candidates']:>5}  "
-              f"{best:>11}  {safe_text(models, 40):40}  {safe_text(r['run_dir'], 300)}")
+              f"{best:>14}  {safe_text(r['run_dir'], 300)}  [{safe_text(models, 300, keep='head')}]")
     return 0
 
 
@@ -147,7 +147,8 @@ def _print_candidate(life: dict[str, Any]) -> None:
         v = verdicts.get(s["step"])
         note = ""
         if v is not None:
-            note = "ok" if v["ok"] else f"FAILED [{v['category']}] {safe_text(v['message'] or '', 100, keep='head')}"
+            message = " ".join((v["message"] or "").split())
+            note = "ok" if v["ok"] else f"FAILED [{v['category']}] {safe_text(message, 100, keep='head')}"
         dur = f"{s['duration_s']:.1f}s" if s["duration_s"] is not None else "-"
         print(f"  step {s['step']:>4}  {s['node']:7} attempt {s['attempt'] if s['attempt'] is not None else '-'}  "
               f"{s['status']:11} {dur:>8}  {s['tokens']:>6} tok  {safe_text(note, 140)}")
