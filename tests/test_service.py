@@ -195,3 +195,25 @@ def test_static_rejection_runs_nothing(tiny_dataset: Any, tmp_path: Path) -> Non
     assert report.status == ReportStatus.FAILED and report.stage == Stage.STATIC
     assert report.category == Category.FORBIDDEN_CALL and report.job_id is None and report.line
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())  # no job dir either
+
+
+def test_only_outcomes_that_speak_for_the_candidate_are_reused() -> None:
+    from nncaption.sandbox.report import reusable
+
+    assert reusable(ReportStatus.OK, None) and reusable(ReportStatus.FAILED, Category.LEARN_ERROR)
+    for status, category in [(ReportStatus.TIMEOUT, Category.TIMEOUT), (ReportStatus.FAILED, Category.CRASHED),
+                             (ReportStatus.OUT_OF_MEMORY, Category.OUT_OF_MEMORY), (ReportStatus.CANCELLED, None),
+                             (ReportStatus.KILLED, Category.CRASHED)]:
+        assert not reusable(status, category)
+
+
+def test_a_smoke_job_without_a_verdict_is_a_candidate_failure() -> None:
+    from nncaption.sandbox.base import RunResult, RunStatus
+
+    result = RunResult(status=RunStatus.FAILED, category="crashed", message="exited early \x1b[2J",
+                       stderr_tail="Traceback ...\nSystemExit: 3", verdict=None)
+    check = CandidateService._check_from_result(result, "a" * 32, {})
+    assert not check.ok and check.stage == Stage.SMOKE and check.category == Category.CRASHED
+    assert "\x1b" not in check.message and "SystemExit" in check.message
+    forged = RunResult(status=RunStatus.FAILED, category="shape-error", verdict={"ok": True, "stage": "smoke"})
+    assert not CandidateService._check_from_result(forged, "a" * 32, {}).ok  # a verdict contradicting the job
