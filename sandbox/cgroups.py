@@ -91,7 +91,7 @@ class JobCgroup:
     applied: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, name: str, *, memory_mb: int, max_pids: int) -> JobCgroup | None:
+    def create(cls, name: str, *, memory_mb: int, max_pids: int, cpus: int | None = None) -> JobCgroup | None:
         """Create and configure the job's leaves; None when this host does not allow it."""
         own = _own_paths(_read(Path("/proc/self/cgroup")) or "")
         limit = int(memory_mb) * 1024 * 1024
@@ -101,8 +101,26 @@ class JobCgroup:
             except OSError:
                 cg = None
             if cg is not None:
+                if cpus:
+                    cg.limit_cpu(cpus)
                 return cg
         return None
+
+    def limit_cpu(self, cpus: int, period_us: int = 100_000) -> bool:
+        """A CPU quota of `cpus` cores (cgroup v2 cpu.max) where the cpu controller is delegated; True if applied."""
+        if self.version != 2:
+            return False  # v1: the cpu hierarchy is a separate tree, rarely writable in containers; affinity pins
+        leaf = self.memory_dir
+        try:
+            parent_control = leaf.parent / "cgroup.subtree_control"
+            if "cpu" not in (_read(parent_control) or "").split():
+                parent_control.write_text("+cpu")
+            (leaf / "cpu.max").write_text(f"{int(cpus) * period_us} {period_us}")
+        except OSError as e:
+            log.info("no cgroup CPU quota for %s (%s): the job is pinned to its cores only", leaf.name, e)
+            return False
+        self.applied.append(f"cgroup-v2-cpu-max:{cpus}")
+        return True
 
     @classmethod
     def _create_v2(cls, own: dict[str, str], name: str, limit: int, max_pids: int) -> JobCgroup | None:

@@ -241,7 +241,8 @@ class LocalSandbox(BaseSandbox[Launched]):
 
         cg = None
         if self.use_cgroups:
-            cg = cgroups.JobCgroup.create(cgroup_name, memory_mb=limits.memory_mb, max_pids=limits.max_pids)
+            cg = cgroups.JobCgroup.create(cgroup_name, memory_mb=limits.memory_mb, max_pids=limits.max_pids,
+                                          cpus=len(cores) if cores else None)
         cpu = cpu_limit_s(limits, len(cores) if cores else None)
         prl = ["prlimit", f"--cpu={int(cpu)}:{int(cpu) + 5}", f"--fsize={limits.file_size_mb * 2**20}", "--core=0"]
         isolation += ["rlimit-cpu", "rlimit-fsize"]

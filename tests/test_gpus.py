@@ -138,3 +138,16 @@ def test_seccomp_program_shape() -> None:
     for name in ("add_key", "keyctl", "request_key", "mount", "ptrace", "bpf", "perf_event_open", "userfaultfd"):
         assert seccomp.DENIED_X86_64[name] in compared, name
     assert any(code == 0x45 and k == seccomp.CLONE_NEWUSER for code, _, _, k in insns)  # clone flags checked
+
+
+def test_cgroup_v2_cpu_quota_is_written_where_delegated(tmp_path: Path) -> None:
+    """On a plain-file stand-in of a v2 tree (this host may be v1): cpu.max = cores x period."""
+    from nncaption.sandbox.cgroups import JobCgroup
+
+    leaf = tmp_path / "parent" / "nncaption-1-x"
+    leaf.mkdir(parents=True)
+    (tmp_path / "parent" / "cgroup.subtree_control").write_text("memory pids cpu")
+    cg = JobCgroup(2, [leaf], leaf, leaf, 0)
+    assert cg.limit_cpu(2) and (leaf / "cpu.max").read_text() == "200000 100000"
+    assert "cgroup-v2-cpu-max:2" in cg.applied
+    assert not JobCgroup(1, [leaf], leaf, leaf, 0).limit_cpu(2)

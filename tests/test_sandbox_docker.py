@@ -168,3 +168,20 @@ def test_build_image_cli_is_idempotent(engine: Any, capsys: pytest.CaptureFixtur
     assert main(["sandbox", "build-image", "--offline"]) == 0
     out = capsys.readouterr().out
     assert "already exists" in out and OFFLINE_IMAGE in out
+
+
+@pytest.mark.docker
+def test_disk_quota_and_outputs_whitelist_in_the_container(engine: Any, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("not root: the job stage cannot be a sized tmpfs")
+    job = _job(tmp_path)
+    job.limits.disk_mb = 160
+    (job.job_dir / "probe.json").write_text(json.dumps({"fill": [5, 100], "tmp": True}))
+    with get_sandbox("docker", prewarm=False) as sb:
+        result = sb.run(job)
+    assert result.status == OK, (result.message, result.stderr_tail)
+    f = read_facts(job.job_dir)
+    assert f["fill"] == "stopped at file 1: ENOSPC" and f["tmp"]["tempfile"].startswith("written: /tmp/")
+    assert "disk-quota:160m" in result.isolation
+    assert not list(tmp_path.rglob("fill-*")) and not list(tmp_path.glob(".nncaption-stage-*"))
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
