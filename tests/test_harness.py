@@ -87,6 +87,7 @@ SMOKE_CASES = [
                                             "[4, 3, 32, 32]"]),
     ("bad_needs_captions.py", Category.EVAL_CONTRACT, ["captions=None", "@captions.dim()", "greedily from SOS"]),
     ("bad_eval_none.py", Category.EVAL_CONTRACT, ["returned None", "free-running"]),
+    ("bad_empty_decode.py", Category.EVAL_CONTRACT, ["returned no tokens", "decode at least until EOS"]),
     ("bad_forward_signature.py", Category.EVAL_CONTRACT, ["missing 1 required positional argument: 'captions'"]),
     ("bad_output_vocab.py", Category.SHAPE_ERROR, ["logits of shape (4, 12,", "[4, L,", "vocabulary"]),
     ("bad_nan.py", Category.NAN, ["non-finite loss", "lower the learning rate"]),

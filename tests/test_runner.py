@@ -31,9 +31,11 @@ from nncaption.netapi.job import (
     JobSpec,
     RunnerResult,
     RunnerStatus,
+    Stage,
     read_predictions,
     read_result,
 )
+from nncaption.netapi.lifecycle import smoke_here
 from nncaption.netapi.train import run_job
 
 TEMPLATE = '''
@@ -348,6 +350,26 @@ def test_seed_is_recorded_and_runs_are_reproducible(tiny_dataset: Any, tmp_path:
     assert runs[0][2][0].ids == runs[1][2][0].ids
     assert runs[0][2][0].train_loss == runs[1][2][0].train_loss
     assert other[2][0].train_loss != runs[0][2][0].train_loss
+
+
+# --------------------------------------------------------------------------- one lifecycle: smoke and training agree
+
+CANDIDATES = Path(__file__).parent / "candidates"
+
+
+@pytest.mark.parametrize("name, category", [
+    ("bad_no_update.py", Category.LEARN_ERROR),
+    ("bad_empty_decode.py", Category.EVAL_CONTRACT),
+    ("bad_missing_learn.py", Category.MISSING_SYMBOL),
+    ("bad_nan.py", Category.NAN),
+])
+def test_smoke_check_and_training_reject_the_same_way(name: str, category: Category, tiny_dataset: Any,
+                                                      tmp_path: Path) -> None:
+    verdict = smoke_here(CANDIDATES / name, tiny_dataset.public_dir, job_dir=tmp_path / "smoke")
+    code, result, preds = run_here(tmp_path / "train", (CANDIDATES / name).read_text(), tiny_dataset, epochs=2)
+    assert not verdict.ok and verdict.stage == "smoke" and verdict.category is category, verdict.message
+    assert code == 1 and result.category is category and result.stage is Stage.TRAIN, result.message
+    assert result.epochs_done == 0 and preds == []  # before any epoch counts
 
 
 # --------------------------------------------------------------------------- the entry point
