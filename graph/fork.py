@@ -150,6 +150,7 @@ def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
                 "UPDATE candidates SET status='planned', category=NULL, stage=NULL, message=NULL, "
                 "traceback_tail=NULL, bleu4=NULL, lemur_bleu4=NULL, params=NULL, duplicate_of=NULL, job_id=NULL, "
                 "fix_rounds=0, recorded_step=NULL, finished_at=NULL WHERE recorded_step >= ?", (superstep,)).rowcount
+            db.execute("UPDATE candidates SET status='planned' WHERE recorded_step IS NULL")  # in flight at the fork
             db.execute("UPDATE sqlite_sequence SET seq=(SELECT COALESCE(MAX(step), 0) FROM steps) WHERE name='steps'")
     finally:
         db.close()

@@ -155,6 +155,8 @@ class Nodes:
         sends: list[Send] = []
         planned: dict[str, str | None] = {}
         free = self.settings.concurrency - len(inflight)
+        if inflight and free < self.settings.refill_slots:
+            free = 0  # wait for more slots: candidates planned together move through the supersteps together
         known = jr.by_id(entries)
         while free > 0 and index < self.settings.budget.candidates:
             rng = random.Random(f"{self.settings.seed}:plan:{index}")
@@ -180,6 +182,8 @@ class Nodes:
             free -= 1
         if not sends and not inflight:  # nothing left to do (budget of candidates used up)
             return Command(goto=END, update={"stop_reason": "candidates"})
+        if not sends:
+            return Command(goto=[])
         return Command(goto=sends, update={"next_index": index, "inflight": planned})
 
     # ------------------------------------------------------------------ per candidate

@@ -179,9 +179,10 @@ class SearchRun:
         self.pipeline_factory = pipeline_factory or default_pipeline
         self.masked_config = masked_config or settings.model_dump(mode="json")
         self.state: dict[str, Any] = {}
-        # "async": a superstep's checkpoint is written while the next one runs. Safe to resume from: a lost last
-        # checkpoint means that superstep is redone, and its nodes overwrite what they wrote (keyed by superstep).
-        self.durability: Any = "async"
+        # "sync": a superstep's checkpoint and its tasks' pending writes (the Sends) are on disk before the next
+        # superstep starts. ("async" lost the pending Sends of the last superstep on SIGKILL: a resume then found
+        # nothing to do.)
+        self.durability: Any = "sync"
 
     def _agent_names(self) -> dict[str, str]:
         a = self.settings.agents
@@ -210,6 +211,9 @@ class SearchRun:
                     snapshot = await app.aget_state(config)
                     started = bool(snapshot.values)
                     if started and not snapshot.next:
+                        if snapshot.values.get("stop_reason") is None:
+                            raise ConfigError(f"{self.run_dir}: the checkpoint has no pending work but the run did "
+                                              "not finish", "start a new run; this checkpoint cannot be continued")
                         final = snapshot.values  # already finished: nothing to do
                     else:
                         final = await app.ainvoke(None if started else initial_state(), config,

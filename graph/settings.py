@@ -101,6 +101,9 @@ class RunSettings(_Strict):
 
     seed: int = 0
     concurrency: int = Field(default=2, ge=1, le=256, description="candidates in flight at once")
+    refill_at: int | None = Field(default=None, ge=1, le=256,
+                                  description="free slots needed before new candidates are planned (default: half "
+                                  "of concurrency, so new candidates start together and move in step)")
     max_fix_rounds: int = Field(default=2, ge=0, le=10, description="fixer rounds per candidate (checks and training)")
     node_retries: int = Field(default=3, ge=1, le=10, description="tries of a node on a transient endpoint error")
     endpoint_down_after: int = Field(default=3, ge=1, description="stop when this many candidates in a row lost their "
@@ -111,6 +114,10 @@ class RunSettings(_Strict):
     train: TrainSettings = Field(default_factory=lambda: TrainSettings())
     data: DataSettings = Field(default_factory=lambda: DataSettings())
     sandbox: SandboxSettings = Field(default_factory=lambda: SandboxSettings())
+
+    @property
+    def refill_slots(self) -> int:
+        return min(self.concurrency, self.refill_at or max(1, (self.concurrency + 1) // 2))
 
     @property
     def recursion_limit(self) -> int:

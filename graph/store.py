@@ -162,10 +162,12 @@ class RunStore:
                     refs.get("code"), refs.get("log"), _json(dict(detail or {})), step))
 
     def mark_interrupted(self) -> int:
-        """Steps and candidates left running by a stopped session: status interrupted. Returns the count."""
+        """Steps and candidates left in flight by a stopped session: status interrupted (a resumed run redoes
+        them and overwrites this). Returns the number of steps."""
         with self._lock:
             n = self.db.execute("UPDATE steps SET status='interrupted', finished_at=? WHERE status='running'",
                                 (time.time(),)).rowcount
+            self.db.execute("UPDATE candidates SET status='interrupted' WHERE status='planned'")
         return int(n)
 
     # ------------------------------------------------------------------ candidates
@@ -249,6 +251,9 @@ class RunStore:
         """
         limit = before_step if before_step is not None else 1 << 62
         rows = self._query("SELECT * FROM candidates WHERE planned_step < ? ORDER BY idx", (limit,))
+        curves: dict[str, list[float]] = {}
+        for r in self._query("SELECT cid, bleu4 FROM epochs WHERE bleu4 IS NOT NULL ORDER BY cid, epoch"):
+            curves.setdefault(r["cid"], []).append(float(r["bleu4"]))
         out = []
         for r in rows:
             final = r["recorded_step"] is not None and r["recorded_step"] < limit
@@ -257,7 +262,7 @@ class RunStore:
                 status=Status(r["status"]) if final else Status.PLANNED,
                 category=r["category"] if final else None, stage=r["stage"] if final else None,
                 bleu4=r["bleu4"] if final else None,
-                bleu4_per_epoch=tuple(self._epoch_curve(r["cid"])) if final and r["bleu4"] is not None else (),
+                bleu4_per_epoch=tuple(curves.get(r["cid"], ())) if final and r["bleu4"] is not None else (),
                 summary=r["summary"] or "", prm=json.loads(r["prm_json"] or "{}"),
                 attempts=r["attempts"] or 0, fix_rounds=r["fix_rounds"] or 0, debug_depth=r["debug_depth"] or 0,
                 traceback_tail=(r["traceback_tail"] or "") if final else "", code_ref=r["code_ref"],
@@ -274,10 +279,6 @@ class RunStore:
         return [AttemptFailure(cid=r["cid"], attempt=r["attempt"], stage=r["stage"], category=r["category"] or "",
                                text=r["message"] or "", summary=r["summary"] or "", order=r["superstep"])
                 for r in rows]
-
-    def _epoch_curve(self, cid: str) -> list[float]:
-        return [float(r["bleu4"]) for r in self._query("SELECT bleu4 FROM epochs WHERE cid=? ORDER BY epoch", (cid,))
-                if r["bleu4"] is not None]
 
     # ------------------------------------------------------------------ answers
     def best(self, k: int = 5) -> list[dict[str, Any]]:

@@ -55,12 +55,12 @@ def settings_for(run_dir: Path) -> Any:
 
 @contextlib.asynccontextmanager
 async def checkpointer() -> AsyncIterator[Any]:
-    """The run directory's AsyncSqliteSaver, exactly as `nncaption run` opens it."""
-    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+    """The run directory's AsyncSqliteSaver, opened by the same function `nncaption run` uses (WAL mode)."""
+    from nncaption.graph.runner import open_checkpointer
 
     run_dir = studio_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    async with AsyncSqliteSaver.from_conn_string(str(run_dir / CHECKPOINT_DB)) as saver:
+    async with open_checkpointer(run_dir / CHECKPOINT_DB) as saver:
         yield saver
 
 

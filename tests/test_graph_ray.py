@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture()
-def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -35,10 +35,10 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("RAY_TMPDIR", str(temp))
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.worker = c.add_node(num_cpus=1)
+    worker = c.add_node(num_cpus=1)
     c.wait_for_nodes()
     try:
-        yield c
+        yield c, worker
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -46,13 +46,15 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_two_node_ray_cluster_survives_losing_a_node(cluster: Any, tiny_dataset: Any, tmp_path: Path) -> None:
+def test_two_node_ray_cluster_survives_losing_a_node(cluster: tuple[Any, Any], tiny_dataset: Any,
+                                                     tmp_path: Path) -> None:
+    head, worker = cluster
     settings = RunSettings.model_validate({
         "seed": 0, "concurrency": 2, "budget": {"candidates": 4}, "policy": {"num_drafts": 4},
         "agents": {"snippets": 2},
         "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
         "data": {"prepared": str(tiny_dataset.root)},
-        "sandbox": {"kind": "ray", "ray_address": cluster.address},
+        "sandbox": {"kind": "ray", "ray_address": head.address},
     })
     events: list[dict[str, Any]] = []
     lock = threading.Lock()
@@ -70,7 +72,7 @@ def test_two_node_ray_cluster_survives_losing_a_node(cluster: Any, tiny_dataset:
         except BaseException as e:  # reported below
             errors.append(e)
 
-    worker_id = cluster.worker.node_id[:12]
+    worker_id = worker.node_id[:12]
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     killed_at: float | None = None
@@ -87,7 +89,7 @@ def test_two_node_ray_cluster_survives_losing_a_node(cluster: Any, tiny_dataset:
         if killed_at is None and on_worker and len(started - finished) == 2:
             time.sleep(2.0)  # both jobs submitted: one holds the head's CPU, the other the worker's
             in_flight_at_kill = started - finished
-            cluster.remove_node(cluster.worker, allow_graceful=False)
+            head.remove_node(worker, allow_graceful=False)
             killed_at = time.monotonic()
     thread.join(timeout=60)
     assert not errors, errors
