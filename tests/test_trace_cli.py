@@ -40,6 +40,15 @@ def steps_of(run_dir: Path) -> list[tuple[int, str, str, int | None, str]]:
         db.close()
 
 
+def first(steps: list[tuple[int, str, str, int | None, str]], node: str | tuple[str, ...], status: str) -> tuple:
+    """The first step of `node` with `status` (the fixture's planted faults make every kind appear)."""
+    nodes = (node,) if isinstance(node, str) else node
+    found = [s for s in steps if s[1] in nodes and s[4] == status]
+    if not found:
+        pytest.fail(f"the fixture run has no {status} {'/'.join(nodes)} step: {steps}")
+    return found[0]
+
+
 def one_json(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.strip()]
     assert len(lines) == 1, stdout[:2000]
@@ -81,14 +90,14 @@ def test_trace_one_line_per_step(real_run: Path) -> None:
 def test_trace_step_shows_code_diff_verdict_and_metrics(real_run: Path) -> None:
     before = db_hashes(real_run)
     steps = steps_of(real_run)
-    fix = next(s for s in steps if s[1] == "fix" and s[4] == "ok")  # the fault rate makes the fixer work
+    fix = first(steps, "fix", "ok")  # the fault rate makes the fixer work
     out = run_cli(["trace", str(real_run), "--step", str(fix[0])]).stdout
     assert f"step {fix[0]} " in out and "== code" in out and "class Net" in out
     assert f"--- {fix[2]} attempt" in out and f"+++ {fix[2]} attempt" in out  # diff against the previous attempt
-    failed = next(s for s in steps if s[4] == "failed" and s[1] in ("static", "smoke", "review"))
+    failed = first(steps, ("static", "smoke", "review"), "failed")
     out = run_cli(["trace", str(real_run), "--step", str(failed[0])]).stdout
     assert "== verdict" in out and "FAILED" in out
-    train = next(s for s in steps if s[1] == "train" and s[4] == "ok")
+    train = first(steps, "train", "ok")
     d = one_json(run_cli(["trace", str(real_run), "--step", str(train[0]), "--json"]).stdout)
     assert d["node"] == "train" and d["metrics"]["epochs"] and d["metrics"]["bleu4_coco"] is not None
     assert d["jobs"] and d["jobs"][0]["kind"] == "train" and d["log_tail"]
@@ -119,7 +128,7 @@ def test_trace_escapes_hostile_text(real_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(real_run, copy, ignore=shutil.ignore_patterns("jobs"))
     steps = steps_of(copy)
-    step = next(s for s in steps if s[1] == "static")
+    step = first(steps, "static", "ok")
     db = sqlite3.connect(copy / "results.sqlite")
     ref = db.execute("SELECT code_ref FROM steps WHERE step=?", (step[0],)).fetchone()[0]
     db.close()

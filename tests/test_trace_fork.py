@@ -63,7 +63,7 @@ def test_fork_onto_another_endpoint(real_run: Path, tmp_path: Path) -> None:
     kept = [s for s in steps if s[1] < superstep]
     assert new[: len(kept)] == kept
     later = [s for s in new if s[1] >= superstep]
-    assert later and later[0][2] == "design" and later[0][3] == last and later[0][0] > kept[-1][0]
+    assert later and any(s[2] == "design" and s[3] == last for s in later) and later[0][0] > kept[-1][0]
     calls = rows(into, f"SELECT step, role, model, model_returned FROM llm_calls WHERE step >= {later[0][0]}")
     assert calls and {c[2] for c in calls} == {FORK_MODEL}
     assert {c[3] for c in calls} == {"nncaption-offline-composer"}
@@ -75,7 +75,8 @@ def test_fork_onto_another_endpoint(real_run: Path, tmp_path: Path) -> None:
     assert json.loads((into / "fork.json").read_text())["source"] == str(real_run.resolve())
 
     # the new run's step shows both model names
-    design = run_cli(["trace", str(into), "--step", str(later[0][0])]).stdout
+    redesign = next(s for s in later if s[2] == "design" and s[3] == last)
+    design = run_cli(["trace", str(into), "--step", str(redesign[0])]).stdout
     assert f"model requested {FORK_MODEL}" in design and "model that answered nncaption-offline-composer" in design
     assert "-- prompt message [system]" in design or "-- prompt message [user]" in design
     runs = json.loads(run_cli(["runs", str(tmp_path), "--json"]).stdout)
