@@ -255,6 +255,8 @@ class Nodes:
             st.refs["code"] = task.get("code_ref")
             result = await self.pipeline.smoke(self._code(task), task.get("prm") or {})
             self._verdict(task, result, st)
+            st.refs["log"] = self.store.put_blob(result.message) if not result.ok and result.message else None
+            st.detail.update({"job_id": result.job_id, "reused": result.reused})
             self.store.add_job(task["cid"], task["attempt"], "smoke", job_id=result.job_id,
                                status="ok" if result.ok else "failed", category=result.category,
                                reused=result.reused, job_dir=result.job_dir, seconds=result.seconds, step=st.step)

@@ -177,10 +177,15 @@ class Pipeline:
             log.exception("smoke check raised")
             return Checked(ok=False, stage="smoke", category="internal", message=f"{type(e).__name__}: {e}")
         category = getattr(c, "category", None)
+        job_id = getattr(c, "job_id", None)
+        job_dir = None
+        jobs = getattr(self.service, "store", None)
+        if job_id and jobs is not None and hasattr(jobs, "job_dir"):
+            job_dir = str(jobs.job_dir(job_id))
         return Checked(ok=bool(c.ok), stage=str(getattr(c, "stage", "smoke")),
                        category=str(category.value if hasattr(category, "value") else category) if category else None,
-                       message=safe_text(c.message, 3000), line=getattr(c, "line", None),
-                       job_id=getattr(c, "job_id", None), seconds=time.monotonic() - t0)
+                       message=safe_text(c.message, 3000), line=getattr(c, "line", None), job_id=job_id,
+                       job_dir=job_dir, reused=bool(getattr(c, "reused", False)), seconds=time.monotonic() - t0)
 
     async def train(self, code: str, prm: Mapping[str, Any]) -> Trained:
         t0 = time.monotonic()

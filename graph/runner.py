@@ -171,13 +171,15 @@ class SearchRun:
     """A run directory plus the graph that fills it."""
 
     def __init__(self, settings: RunSettings, run_dir: Path, *, emit: EventSink | None = None, resume: bool = False,
-                 pipeline_factory: PipelineFactory | None = None, masked_config: dict[str, Any] | None = None) -> None:
+                 pipeline_factory: PipelineFactory | None = None, masked_config: dict[str, Any] | None = None,
+                 checkpoint_id: str | None = None) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.emit: EventSink = emit or (lambda event: None)
         self.resume = resume
         self.pipeline_factory = pipeline_factory or default_pipeline
         self.masked_config = masked_config or settings.model_dump(mode="json")
+        self.checkpoint_id = checkpoint_id  # continue from this checkpoint (a fork: LangGraph time travel)
         self.state: dict[str, Any] = {}
         # "sync": a superstep's checkpoint and its tasks' pending writes (the Sends) are on disk before the next
         # superstep starts. ("async" lost the pending Sends of the last superstep on SIGKILL: a resume then found
@@ -208,9 +210,11 @@ class SearchRun:
                     config: Any = {"configurable": {"thread_id": THREAD_ID},
                                    "recursion_limit": self.settings.recursion_limit,
                                    "max_concurrency": self.settings.concurrency + 1}
+                    if self.checkpoint_id:
+                        config["configurable"]["checkpoint_id"] = self.checkpoint_id
                     snapshot = await app.aget_state(config)
                     started = bool(snapshot.values)
-                    if started and not snapshot.next:
+                    if started and not snapshot.next and not self.checkpoint_id:
                         if snapshot.values.get("stop_reason") is None:
                             raise ConfigError(f"{self.run_dir}: the checkpoint has no pending work but the run did "
                                               "not finish", "start a new run; this checkpoint cannot be continued")
