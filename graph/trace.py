@@ -129,7 +129,10 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
             "SELECT status, COUNT(*) AS n FROM candidates GROUP BY status")}
         best = r.one("SELECT cid, bleu4 FROM candidates WHERE status='scored' AND bleu4 IS NOT NULL "
                      "ORDER BY bleu4 DESC, idx LIMIT 1")
+        act = r.one("SELECT MAX(COALESCE(finished_at, started_at)) AS t FROM steps") or {}
+        last = max(t for t in (act.get("t"), run.get("updated_at"), run.get("created_at"), 0.0) if t is not None)
         return {"run_dir": str(r.run_dir), "run_id": run.get("run_id") or r.run_dir.name,
+                "last_activity": last or None, "idle_s": round(time.time() - last, 1) if last else None,
                 "status": run.get("status") or "unknown", "candidates": sum(counts.values()), "counts": counts,
                 "best_cid": best["cid"] if best else None, "best_bleu4": best["bleu4"] if best else None,
                 "models": r.models(), "started_at": run.get("created_at"), "updated_at": run.get("updated_at"),

@@ -26,6 +26,8 @@ from typing import Any
 from nncaption.netapi.errors import UsageError
 from nncaption.netapi.safetext import safe_text, strict_dumps
 
+IDLE_HINT_S = 600.0  # a "running" run with no step activity for this long was probably killed
+
 
 def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
@@ -60,8 +62,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'started':19}  {'status':11}  {'cands':>5}  {'best BLEU-4':>14}  run  [models: requested -> answered]")
     for r in runs:
         models = ", ".join(r.get("models") or []) or "-"
+        status = r["status"]
+        if status == "running" and (r.get("idle_s") or 0) > IDLE_HINT_S:  # killed, or one very long step
+            status = f"running? idle {r['idle_s'] / 60:.0f} min"
         best = f"{_num(r.get('best_bleu4'))} {r.get('best_cid') or ''}".strip()
-        print(f"{_when(r.get('started_at')):19}  {safe_text(r['status'], 11):11}  {r['candidates']:>5}  "
+        print(f"{_when(r.get('started_at')):19}  {safe_text(status, 40):11}  {r['candidates']:>5}  "
               f"{best:>14}  {safe_text(r['run_dir'], 300)}  [{safe_text(models, 300, keep='head')}]")
     return 0
 

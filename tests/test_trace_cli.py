@@ -64,6 +64,7 @@ def test_runs_lists_the_run(real_run: Path) -> None:
     assert run["status"] == "finished" and run["candidates"] == 3
     assert run["best_cid"] and run["best_bleu4"] is not None
     assert run["models"] == ["baseline:random-search"] and run["started_at"] > 0
+    assert run["last_activity"] >= run["started_at"] and run["idle_s"] >= 0
     text = run_cli(["runs", str(real_run.parent)]).stdout
     assert str(real_run) in text and "finished" in text and run["best_cid"] in text
     assert db_hashes(real_run) == before
