@@ -266,7 +266,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "verdict, sandbox log tail, metrics, models")
     tr.add_argument("--candidate", metavar="ID", help="one candidate's life from design to score (e.g. c0003)")
     tr.add_argument("--fork", type=int, metavar="N", help="continue the run from step N's checkpoint into a new run "
-                    "directory (the original is left untouched)")
+                    "directory (the original is left untouched); the fork point is the start of step N's LangGraph "
+                    "superstep, so steps that ran alongside N are made again too")
     tr.add_argument("--into", metavar="DIR", help="with --fork: the new run directory (default: a new folder under "
                     "$NNCAPTION_HOME/runs)")
     tr.add_argument("--llm-base-url", metavar="URL", help="with --fork: the endpoint the continued run uses")

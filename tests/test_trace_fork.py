@@ -48,7 +48,8 @@ def test_fork_onto_another_endpoint(real_run: Path, tmp_path: Path) -> None:
     with OfflineComposerServer(seed=5) as server:
         proc = run_cli(["trace", str(real_run), "--fork", str(n), "--into", str(into), "--llm-base-url",
                         server.base_url, "--llm-model", FORK_MODEL, "--json"], timeout=900)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    [line] = proc.stdout.strip().splitlines()  # --json: exactly one JSON object on stdout
+    out = json.loads(line)
     assert out["ok"] is True and out["run_dir"] == str(into) and out["superstep"] == superstep
     assert out["checkpoint_id"]
 
