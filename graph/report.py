@@ -71,6 +71,9 @@ def _plots(out: Path, cands: list[dict[str, Any]], epochs: dict[str, list[dict[s
             ax.annotate(c["cid"], (c["idx"] + 1, c["bleu4"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     else:
         ax.text(0.5, 0.5, "no candidate scored", ha="center", transform=ax.transAxes)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("candidate (creation order)")
     ax.set_ylabel("BLEU-4")
     ax.set_title("BLEU-4 of every scored candidate")
