@@ -9,7 +9,8 @@ told to go, polled, killed, observed and disposed of.
 Concurrency: `run` is thread-safe; `arun` runs it in a worker thread and turns task cancellation into
 a kill; `run_many` / `arun_many` run jobs at once, each with its CPU share (`sandbox.cpus`) and, when a
 `GpuAllocator` is given and `job.num_gpus` is set, its own GPUs. Warm processes are kept per setting
-(up to `max_warm`, default the most jobs seen running at once) and each serves exactly one job.
+(up to `max_warm`, default the most jobs seen running at once, at least 2; the oldest is used first) and
+each serves exactly one job.
 """
 
 from __future__ import annotations
@@ -271,7 +272,7 @@ class BaseSandbox(ABC, Generic[H]):
     def _take_warm(self, key: Any) -> WarmSlot[H] | None:
         with self._lock:
             slots = self._warm.get(key) or []
-            slot = slots.pop() if slots else None
+            slot = slots.pop(0) if slots else None  # the oldest: the most likely to have finished importing
         if slot is not None and self._exited(slot.handle):  # died while waiting (killed, failed import)
             self._discard(slot)
             return None
@@ -279,15 +280,21 @@ class BaseSandbox(ABC, Generic[H]):
 
     def _spawn_warm(self, key: Any, job: Job, job_dir: Path, data_dir: Path) -> None:
         """Pre-start the process of a next job with the same settings, in a fresh stage of its own."""
-        limit = self.max_warm or min(4, self._peak_active)
+        # at least two, so that back-to-back jobs get a slot started a whole job earlier (importing torch takes
+        # seconds under load); more when jobs run at once
+        limit = self.max_warm or min(4, max(2, self._peak_active))
         with self._lock:
             others = [s for k, ss in self._warm.items() if k != key for s in ss]
             for k in [k for k in self._warm if k != key]:
                 del self._warm[k]  # in place: the finalizer holds this very dict
-            if len(self._warm.get(key, [])) >= limit:
-                return
+            missing = limit - len(self._warm.get(key, []))
         for s in others:  # only the latest settings are kept warm
             self._discard(s)
+        for _ in range(max(0, missing)):
+            if not self._spawn_one(key, job, job_dir, data_dir):
+                return
+
+    def _spawn_one(self, key: Any, job: Job, job_dir: Path, data_dir: Path) -> bool:
         stage = None
         try:
             stage = Stage.create(job_dir.parent, disk_mb=job.limits.disk_mb, mount=self.disk_quota)
@@ -299,9 +306,10 @@ class BaseSandbox(ABC, Generic[H]):
             log.warning("could not pre-start a warm %s sandbox: %s", self.name, e)
             if stage is not None:
                 remove_stage(stage)
-            return
+            return False
         with self._lock:
             self._warm.setdefault(key, []).append(WarmSlot(stage, handle))
+        return True
 
     def _discard(self, slot: WarmSlot[H]) -> None:
         self._dispose(slot.handle)
