@@ -267,6 +267,8 @@ def run_suite(args: argparse.Namespace, title: str, arms_for: Callable[[str | No
         if any(a.uses_llm for a in arms) and not base_url:
             raise SystemExit("an LLM arm needs an endpoint: give --llm-base-url URL --llm-model NAME, or --offline")
         base = base_settings(args, base_url, model)
+        if args.share_jobs:
+            base = merge(base, {"train": {"jobs_root": str((out / "jobs").resolve())}})
         for arm in arms:
             for seed in seeds:
                 run_dir = out / "runs" / f"{arm.name}-s{seed}"
@@ -274,10 +276,6 @@ def run_suite(args: argparse.Namespace, title: str, arms_for: Callable[[str | No
                     log.info("%s exists: measured again, not rerun", run_dir)
                     r = measure(run_dir, "finished (earlier)", 0.0)
                 else:
-                    if args.share_jobs:
-                        run_dir.mkdir(parents=True)
-                        (out / "jobs").mkdir(exist_ok=True)
-                        (run_dir / "jobs").symlink_to(out / "jobs", target_is_directory=True)
                     log.info("running %s seed %d", arm.name, seed)
                     r = run_one(merge(merge(base, arm.settings), {"seed": seed}), run_dir)
                 r.arm, r.seed = arm.name, seed

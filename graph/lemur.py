@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.trace import RunReader
+from nncaption.graph.trace import RunReader, job_record_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,14 @@ def stat_dir_name(model_name: str) -> str:
     return f"{TASK}_{DATASET}_{METRIC}_{model_name}"
 
 
-def _epoch_scores(run_dir: Path, job_id: str | None) -> dict[int, dict[str, Any]]:
+def _epoch_scores(reader: RunReader, job_id: str | None) -> dict[int, dict[str, Any]]:
     """Per-epoch scores from the training job's report.json (parent-written, bounded read); {} when absent."""
-    if not job_id or not job_id.isalnum():
+    record = job_record_dir(reader, job_id)
+    if record is None:
         return {}
     from nncaption.netapi.jobfiles import read_regular
 
-    raw = read_regular(run_dir / "jobs" / job_id / "report.json", 0, MAX_REPORT_BYTES)
+    raw = read_regular(record / "report.json", 0, MAX_REPORT_BYTES)
     try:
         data = json.loads(raw) if raw else {}
     except ValueError:
@@ -92,7 +93,7 @@ def export_lemur(run_dir: Path, out_dir: Path, *, prefix: str = "nncap") -> dict
             model_file = nn_dir / f"{name}.py"
             model_file.write_text(code, encoding="utf-8")
             prm = json.loads(c["prm_json"] or "{}")
-            scores = _epoch_scores(r.run_dir, c["job_id"])
+            scores = _epoch_scores(r, c["job_id"])
             epochs = r.epochs(c["cid"])
             stat_dir = stat_root / stat_dir_name(name)
             stat_dir.mkdir(parents=True, exist_ok=True)

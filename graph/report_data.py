@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.trace import RunReader
+from nncaption.graph.trace import RunReader, job_record_dir
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def _prepared_root(r: RunReader) -> Path | None:
         return None
     from nncaption.netapi.jobfiles import read_regular
 
-    raw = read_regular(r.run_dir / "jobs" / str(job["job_id"]) / "job" / "job.json", 0, 1 << 16)
+    record = job_record_dir(r, job["job_id"])
+    raw = read_regular(record / "job" / "job.json", 0, 1 << 16) if record else None
     try:
         data_dir = json.loads(raw) if raw else {}
     except ValueError:
@@ -134,7 +135,8 @@ def best_captions(r: RunReader, cid: str | None, limit: int = MAX_CAPTION_ROWS) 
     from nncaption.netapi.data.vocab import Vocab
     from nncaption.netapi.job import read_predictions
 
-    preds = read_predictions(r.run_dir / "jobs" / str(job["job_id"]) / "job")
+    record = job_record_dir(r, job["job_id"])
+    preds = read_predictions(record / "job") if record else []
     if not preds:
         return Captions(cid=cid, note="the training job left no readable predictions")
     last = preds[-1]

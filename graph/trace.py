@@ -207,11 +207,26 @@ def _tail_file(path: Path, n: int = LOG_TAIL_BYTES) -> str:
     return data.decode("utf-8", errors="replace") if data else ""
 
 
-def job_log_tail(run_dir: Path, job_id: str | None) -> str:
+def job_record_dir(reader: RunReader, job_id: str | None) -> Path | None:
+    """The content-addressed job folder of `job_id`: RUN_DIR/jobs/<id>, or under the run's train.jobs_root."""
+    if not job_id or not job_id.isalnum():
+        return None
+    roots = [reader.run_dir / "jobs"]
+    shared = (reader.config().get("train") or {}).get("jobs_root")
+    if isinstance(shared, str) and shared:
+        roots.append(Path(shared).expanduser())
+    for root in roots:
+        if (root / job_id).is_dir():
+            return root / job_id
+    return None
+
+
+def job_log_tail(reader: RunReader, job_id: str | None) -> str:
     """The end of a sandbox job's stderr, stdout and progress files (what the job wrote: hostile, bounded)."""
-    if not job_id or not all(c.isalnum() for c in job_id):
+    record = job_record_dir(reader, job_id)
+    if record is None:
         return ""
-    job = Path(run_dir) / "jobs" / job_id / "job"
+    job = record / "job"
     parts = []
     for name in JOB_LOG_FILES:
         text = _tail_file(job / name, LOG_TAIL_BYTES // 2)
@@ -255,7 +270,7 @@ def step_detail(reader: RunReader, n: int) -> dict[str, Any]:
     jobs = reader.rows("SELECT kind, job_id, status, category, reused, seconds FROM sandbox_jobs WHERE step=?", (n,))
     log_tail = reader.blob(s["log_ref"], LOG_TAIL_BYTES) or ""
     if not log_tail and jobs:
-        log_tail = job_log_tail(reader.run_dir, jobs[0].get("job_id"))
+        log_tail = job_log_tail(reader, jobs[0].get("job_id"))
     try:
         detail = json.loads(s["detail"]) if s["detail"] else {}
     except ValueError:
