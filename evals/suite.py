@@ -247,6 +247,7 @@ def _plot(path: Path, title: str, rows: list[dict[str, Any]]) -> None:
     a2.bar([row["arm"] for row in rows], [v["mean"] for v in b],
            yerr=[[v["mean"] - v["ci_low"] for v in b], [v["ci_high"] - v["mean"] for v in b]], capsize=4,
            color="tab:green")
+    a2.set_ylim(bottom=0)
     a2.set_title("best BLEU-4, COCO protocol (95% bootstrap CI)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
