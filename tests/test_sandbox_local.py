@@ -9,6 +9,7 @@ import select
 import socket
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not f["connect"][f"127.0.0.1:{port}"].startswith("connected")
     assert f["write"][str(tmp_path / "data" / "x")].startswith("refused")
     assert not (tmp_path / "data" / "x").exists()
-    sb = get_sandbox("local")
+    sb = LocalSandbox(prewarm=False)
     if sb.mode() != "none":
         assert f["interfaces"] == ["lo"]
         assert any(m.startswith("netns:") for m in result.isolation)
@@ -234,7 +235,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
 
 
 @pytest.mark.parametrize("name, ok", [("good", True), ("os_exit", False)])
-def test_smoke_entry_returns_its_verdict(tmp_path: Path, tiny_dataset, name: str, ok: bool) -> None:
+def test_smoke_entry_returns_its_verdict(tmp_path: Path, tiny_dataset: Any, name: str, ok: bool) -> None:
     from test_sandbox_support import candidate_source
 
     from nncaption.netapi.smoke import write_smoke_job
@@ -242,10 +243,11 @@ def test_smoke_entry_returns_its_verdict(tmp_path: Path, tiny_dataset, name: str
     job_dir = write_smoke_job(tmp_path / "job", candidate_source(name), Path(tiny_dataset.public_dir),
                               time_limit_s=60, threads=1)
     job = Job(job_dir, JobSpec.read(job_dir), Limits(timeout_s=90), entry=SMOKE_ENTRY)
-    result = get_sandbox("local").run(job)
+    with get_sandbox("local", prewarm=False) as sb:
+        result = sb.run(job)
     assert result.ok is ok, (result.status, result.message, result.stderr_tail[-800:])
     if ok:
-        assert result.verdict == {**result.verdict, "ok": True, "stage": "smoke"}
+        assert result.verdict is not None and result.verdict == {**result.verdict, "ok": True, "stage": "smoke"}
     else:
         assert result.category == "crashed" and (result.verdict is None or not result.verdict["ok"])
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the sandbox tests (no tests here): job building from tests/hostile/, leftover checks, docker fixtures."""
+"""Helpers shared by the sandbox tests (no tests here): job building from tests/hostile/, leftover checks,
+docker fixtures."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def leftover_processes(marker: str) -> list[str]:
     return out
 
 
-def docker_engine_or_skip() -> "object":
+def docker_engine_or_skip() -> object:
     """A docker client; skips locally but FAILS under CI=true when the engine is unreachable."""
     try:
         import docker
@@ -77,7 +78,7 @@ def docker_engine_or_skip() -> "object":
         pytest.skip(msg)
 
 
-def ensure_offline_image(client: "object") -> str:
+def ensure_offline_image(client: object) -> str:
     """Build the offline image once (debootstrap + docker import) when it is missing."""
     import docker
 
