@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,10 +93,23 @@ class _Normaliser(ast.NodeTransformer):
         return node
 
 
+def _parse(code: str) -> ast.Module:
+    """`ast.parse`, tried again on CPython 3.11's "AST constructor recursion depth mismatch" SystemError, which
+    another thread parsing at the same moment can cause (the validator runs in worker threads)."""
+    for attempt in range(3):
+        try:
+            return ast.parse(code)
+        except SystemError:
+            if attempt == 2:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def normalised_source(code: str) -> str:
     """The canonical form two equivalent files share (an `ast.dump`), or collapsed text if it does not parse."""
     try:
-        tree = ast.parse(code.lstrip("\ufeff"))
+        tree = _parse(code.lstrip("\ufeff"))
     except (SyntaxError, ValueError):
         return "unparsed:" + " ".join(code.split())
     tree.body = _strip_docstring(tree.body)

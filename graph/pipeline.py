@@ -152,7 +152,15 @@ class Pipeline:
     def static(self, code: str) -> Checked:
         from nncaption.netapi.validate import static_check
 
-        v = static_check(code)
+        for attempt in range(3):
+            try:
+                v = static_check(code)
+                break
+            except SystemError as e:  # CPython 3.11: another thread's ast.parse at the same moment; try again
+                log.warning("static check raised %s; trying again", e)
+                if attempt == 2:
+                    return Checked(ok=False, stage="static", category="internal", message=f"SystemError: {e}")
+                time.sleep(0.01 * (attempt + 1))
         return Checked(ok=v.ok, stage="static", category=v.category.value if v.category else None,
                        message=v.message, line=v.line)
 
