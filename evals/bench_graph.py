@@ -42,9 +42,13 @@ def _prepare_data(root: Path) -> Path:
     return Path(prepare_dataset("synthetic", src, root / "prepared", size=32, seed=0).root)
 
 
+REFILL_AT: dict[str, int] = {}  # --refill-at: RunSettings.refill_at for the runs of (a)
+
+
 def _settings(prepared: Path, jobs: Path, candidates: int, concurrency: int, **agents: Any) -> RunSettings:
+    refill = {"refill_at": min(REFILL_AT["n"], concurrency)} if REFILL_AT else {}
     return RunSettings.model_validate({
-        "seed": 0, "concurrency": concurrency, "budget": {"candidates": candidates},
+        "seed": 0, "concurrency": concurrency, **refill, "budget": {"candidates": candidates},
         "agents": {"snippets": 3, "fault_rate": 0.3, **agents},
         "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 8, "threads": 1, "jobs_root": str(jobs)},
         "data": {"prepared": str(prepared)},
@@ -164,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=1500.0)
     ap.add_argument("--skip-parallel", action="store_true", help="only (b) and (c)")
     ap.add_argument("--with-training", action="store_true", help="(a) also with real training (slow on 2 cores)")
+    ap.add_argument("--refill-at", type=int, default=None, help="free slots before new candidates are planned "
+                    "(default: half the concurrency)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     args = ap.parse_args(argv)
+    if args.refill_at:
+        REFILL_AT["n"] = args.refill_at
     with tempfile.TemporaryDirectory(prefix="bench-graph-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

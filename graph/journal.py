@@ -69,6 +69,7 @@ class Entry:
     fix_rounds: int = 0
     debug_depth: int = 0
     traceback_tail: str = ""
+    message: str = ""
     code_ref: str | None = None
     decoder: str | None = None
     duplicate_of: str | None = None

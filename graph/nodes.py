@@ -194,7 +194,7 @@ class Nodes:
             parent_id = task.get("parent")
             parent = known.get(parent_id) if parent_id else None
             if task["mode"] == Mode.DEBUG.value and parent is not None and parent.code_ref:
-                failure = {"stage": parent.stage, "category": parent.category, "message": "",
+                failure = {"stage": parent.stage, "category": parent.category, "message": parent.message,
                            "tail": parent.traceback_tail}
                 made_by = "fix"
                 out = await self.pipeline.fix(self.store.blob(parent.code_ref), parent.prm, failure)

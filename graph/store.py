@@ -265,7 +265,8 @@ class RunStore:
                 bleu4_per_epoch=tuple(curves.get(r["cid"], ())) if final and r["bleu4"] is not None else (),
                 summary=r["summary"] or "", prm=json.loads(r["prm_json"] or "{}"),
                 attempts=r["attempts"] or 0, fix_rounds=r["fix_rounds"] or 0, debug_depth=r["debug_depth"] or 0,
-                traceback_tail=(r["traceback_tail"] or "") if final else "", code_ref=r["code_ref"],
+                traceback_tail=(r["traceback_tail"] or "") if final else "",
+                message=(r["message"] or "") if final else "", code_ref=r["code_ref"],
                 decoder=r["decoder"], duplicate_of=r["duplicate_of"]))
         return out
 
