@@ -84,3 +84,26 @@ def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_
     search = SearchRun(_settings(tiny_dataset.root, "http://127.0.0.1:9/v1", 2, 1), tmp_path / "run")
     with pytest.raises(EndpointsDown, match="no LLM endpoint answers"):
         asyncio.run(search.run())
+
+
+@pytest.mark.slow
+def test_a_failed_candidate_is_debugged_into_a_fix_child(tiny_dataset: Any, tmp_path: Path) -> None:
+    """No fix rounds inside candidates and a defect in every design: the policy's debug turn repairs the failure
+    as a new candidate (origin fix, parent = the failed one), which then trains and scores."""
+    settings = RunSettings.model_validate({
+        "seed": 0, "concurrency": 1, "max_fix_rounds": 0, "budget": {"candidates": 2},
+        "policy": {"num_drafts": 1, "p_debug": 1.0, "max_debug_depth": 1},
+        "agents": {"snippets": 2, "fault_rate": 1.0},
+        "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
+        "data": {"prepared": str(tiny_dataset.root)},
+    })
+    outcome = asyncio.run(SearchRun(settings, tmp_path / "run").run())
+    assert outcome.status == "finished"
+    store = RunStore(tmp_path / "run")
+    rows = store.candidate_rows()
+    made_by = [r["made_by"] for r in store.db.execute("SELECT made_by FROM attempts WHERE cid='c0002'")]
+    store.close()
+    first, child = rows
+    assert first["status"] == "failed" and first["origin"] == "compose" and first["message"]
+    assert (child["origin"], child["mode"], child["parent"], child["debug_depth"]) == ("fix", "debug", "c0001", 1)
+    assert made_by == ["fix"] and child["status"] == "scored", child
