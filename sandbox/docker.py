@@ -330,7 +330,9 @@ class DockerSandbox(BaseSandbox["_Started"]):
             timed_out=timed_out,
             oom_killed=bool(state.get("OOMKilled")),
             peak_memory_bytes=handle.peak,
-            memory_limit_bytes=job.limits.memory_mb * 2**20,
+            # the engine's OOMKilled is authoritative: no "killed near the limit" guess (cgroup v1 peaks count page
+            # cache of the mounted torch libraries and sit near the limit without any shortage of memory)
+            memory_limit_bytes=None,
             stdout_tail=handle.out.text(),
             stderr_tail=handle.err.text(),
             isolation=list(handle.isolation),

@@ -375,7 +375,9 @@ class LocalSandbox(BaseSandbox[Launched]):
             timed_out=timed_out,
             oom_killed=oom,
             peak_memory_bytes=peak,
-            memory_limit_bytes=job.limits.memory_mb * 2**20,
+            # with a cgroup its OOM counter is authoritative: no "killed near the limit" guess (cgroup v1 peaks count
+            # page cache, e.g. of the torch libraries, and sit near the limit without any shortage of memory)
+            memory_limit_bytes=None if plan.cgroup is not None else job.limits.memory_mb * 2**20,
             stdout_tail=handle.out.tail.text(),
             stderr_tail=handle.err.tail.text(),
             isolation=list(plan.isolation),
