@@ -32,6 +32,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# Imported here, before any job: the runner forks the candidate's process after these, so it inherits them, and a
+# prewarmed sandbox pays for them before its job arrives. torch._dynamo is what the first optimiser step imports
+# lazily (about 3 s); importing it starts no thread and no OpenMP pool, so the fork stays safe.
+import torch
+import torch._dynamo  # noqa: F401
+
 from nncaption.netapi.categories import Category
 from nncaption.netapi.child import STEP_WHAT, ChildSetup, serve
 from nncaption.netapi.job import (
@@ -93,7 +99,6 @@ class Runner:
 
     def prepare(self) -> None:
         import numpy as np
-        import torch  # imported before the fork: the child inherits it
 
         from nncaption.netapi.data.loader import PreparedData
         from nncaption.netapi.errors import DatasetError
@@ -114,7 +119,7 @@ class Runner:
         self.val_ids = list(self.data.val_ids[:n_val])
         self.prm = {**spec.prm, "batch": spec.batch_size, "epoch": spec.epochs}
         self.result.seed, self.result.device = spec.seed, spec.device
-        _warm_up_torch(torch)
+        _warm_up_torch()
 
     def start_child(self) -> None:
         """Fork the candidate's process; the runner keeps one end of the channel."""
@@ -188,6 +193,17 @@ class Runner:
             return self.smoke_deadline, self.spec.smoke_time_limit_s
         return self.step_started + limit_s, limit_s
 
+    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: float, limit_s: float,
+             epoch: int | None = None) -> None:
+        """Send to the child; a child that stops reading is stopped at the step's deadline like a silent one."""
+        assert self.chan is not None
+        try:
+            self.chan.send(header, *payloads, deadline=deadline)
+        except ChannelTimeout:
+            raise self.timed_out(limit_s, epoch) from None
+        except ChannelClosed:
+            raise self.died() from None
+
     def expect(self, kinds: tuple[str, ...], deadline: float, limit_s: float, epoch: int | None = None, *,
                max_payload: int = 1 << 20) -> tuple[dict[str, Any], list[bytes]]:
         """The child's next reply of one of `kinds`; step reports are noted, failures and silence raised."""
@@ -258,7 +274,7 @@ class Runner:
         assert self.chan is not None
         t = time.monotonic()
         deadline, limit = self._deadline(self.spec.setup_time_limit_s)
-        self.chan.send({"cmd": "load"})
+        self.send({"cmd": "load"}, deadline=deadline, limit_s=limit)
         header, _ = self.expect(("loaded", "unusable"), deadline, limit)
         if header["type"] == "unusable":
             raise RunnerSetupError(safe_text(header.get("message", ""), 2000))
@@ -298,7 +314,8 @@ class Runner:
         t = time.monotonic()
         self.step = Step.LEARN
         deadline, limit = self._deadline(self.spec.epoch_time_limit_s)
-        self.chan.send({"cmd": "learn", "epoch": epoch, "batches": n, "check_changed": epoch == 1})
+        self.send({"cmd": "learn", "epoch": epoch, "batches": n, "check_changed": epoch == 1}, deadline=deadline,
+                  limit_s=limit, epoch=epoch)
         served = 0
         while True:
             header, _ = self.expect(("batch", "learned"), deadline, limit, epoch)
@@ -317,8 +334,9 @@ class Runner:
                 self.result.timings["start_to_first_batch_s"] = round(self.first_batch_t - self.t0, 3)
                 self.events.emit("first_batch", epoch=epoch)
             images, captions = self._train_batch(epoch, index)
-            self.chan.send({"type": "batch", "images": list(images.shape), "captions": list(captions.shape)},
-                           memoryview(images).cast("B"), memoryview(captions).cast("B"))
+            self.send({"type": "batch", "images": list(images.shape), "captions": list(captions.shape)},
+                      memoryview(images).cast("B"), memoryview(captions).cast("B"), deadline=deadline, limit_s=limit,
+                      epoch=epoch)
             served += 1
         seconds = time.monotonic() - t
         loss = reported_float(header.get("loss"))
@@ -346,7 +364,8 @@ class Runner:
         for start in range(0, len(self.val_ids), b):
             ids = self.val_ids[start:start + b]
             images = np.ascontiguousarray(self.data.val_images[start:start + len(ids)])
-            self.chan.send({"cmd": "decode", "shape": list(images.shape)}, memoryview(images).cast("B"))
+            self.send({"cmd": "decode", "shape": list(images.shape)}, memoryview(images).cast("B"),
+                      deadline=deadline, limit_s=limit, epoch=epoch)
             header, payloads = self.expect(("ids",), deadline, limit, epoch,
                                            max_payload=len(ids) * MAX_PREDICTION_LEN * 8)
             try:
@@ -374,7 +393,7 @@ class Runner:
         return {"epochs": [e.__dict__ for e in self.epochs]}
 
 
-def _warm_up_torch(torch: Any) -> None:
+def _warm_up_torch() -> None:
     """Pay torch's one-off lazy imports (the first optimiser step pulls in torch._dynamo) before forking.
 
     Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe.

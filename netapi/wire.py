@@ -48,16 +48,33 @@ class Channel:
 
     # ------------------------------------------------------------------ send
 
-    def send(self, header: dict[str, Any], *payloads: bytes | memoryview) -> None:
-        """Send one message (header and payloads); blocks until written."""
+    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: float | None = None) -> None:
+        """Send one message (header and payloads).
+
+        Without a deadline it blocks until written; with one (the runner's side) a peer that stops
+        reading cannot hold the sender past it: ChannelTimeout. ChannelClosed when the peer is gone.
+        """
         head = dict(header)
         head["payloads"] = [len(p) for p in payloads]
         body = json.dumps(head).encode("utf-8")
         parts: list[bytes | memoryview] = [FRAME_HEAD.pack(len(body)), body]
         for p in payloads:
             parts += [FRAME_HEAD.pack(len(p)), p]
-        for part in parts:
-            self.sock.sendall(part)
+        try:
+            for part in parts:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ChannelTimeout()
+                    self.sock.settimeout(remaining)
+                self.sock.sendall(part)
+        except TimeoutError:
+            raise ChannelTimeout() from None
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise ChannelClosed(str(e)) from None
+        finally:
+            if deadline is not None:
+                self.sock.settimeout(None)
 
     # ------------------------------------------------------------------ receive
 

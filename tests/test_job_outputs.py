@@ -36,7 +36,7 @@ from nncaption.netapi.job import (
 )
 from nncaption.netapi.jobfiles import JobFileError, load_predictions, load_result, parse_result
 from nncaption.netapi.lifecycle import verdict_of
-from nncaption.netapi.wire import Channel, ChannelError, ChannelTimeout, channel_pair
+from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
 from nncaption.sandbox import CRASHED, FAILED, OK, RUNNER_ENTRY
 from nncaption.sandbox.outcome import Observed, interpret
 from nncaption.sandbox.streams import ProgressTail, TailBuffer
@@ -318,3 +318,16 @@ def test_channel_stalled_mid_message_times_out() -> None:
     with pytest.raises(ChannelTimeout):
         chan.recv(time.monotonic() + 0.5)
     right.close()
+
+
+def test_a_peer_that_stops_reading_cannot_hold_the_sender() -> None:
+    a, b = channel_pair()  # b never reads
+    t0 = time.monotonic()
+    with pytest.raises(ChannelTimeout):
+        a.send({"type": "batch"}, b"\0" * (16 << 20), deadline=time.monotonic() + 0.5)
+    assert time.monotonic() - t0 < 3
+    b.close()
+    a2, b2 = channel_pair()
+    b2.close()
+    with pytest.raises(ChannelClosed):
+        a2.send({"type": "batch"}, b"\0" * (1 << 20), deadline=time.monotonic() + 2)
