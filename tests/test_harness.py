@@ -41,7 +41,7 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tiny_dataset: PreparedPaths) -> Path:  # noqa: F821
+def data_dir(tiny_dataset: PreparedPaths) -> Path:
     return tiny_dataset.public_dir
 
 
