@@ -13,6 +13,7 @@ verdicts, attempts, jobs) and keep only ids and short texts in the state.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import random
 import time
@@ -143,6 +144,16 @@ class Nodes:
         return None
 
     async def dispatch(self, state: RunState, config: RunnableConfig) -> Command:
+        async with self._step(config, "dispatch", None) as st:
+            command = self._dispatch(state, config)
+            goto = command.goto if isinstance(command.goto, list) else [command.goto]
+            st.detail = {"planned": [g.arg["cid"] for g in goto if isinstance(g, Send)],
+                         "inflight": sorted(state.get("inflight") or {}),
+                         "stop_reason": (command.update or {}).get("stop_reason") if isinstance(command.update, dict)
+                         else None}
+            return command
+
+    def _dispatch(self, state: RunState, config: RunnableConfig) -> Command:
         superstep = superstep_of(config)
         entries = self.store.journal(superstep)
         inflight = dict(state.get("inflight") or {})
@@ -210,6 +221,8 @@ class Nodes:
                 return self._failed(task, out, "design", st.tokens)
             code_ref = self.store.add_attempt(task["cid"], 1, made_by=made_by, code=out.code, prm=out.prm,
                                               summary=out.summary, step=st.step)
+            if out.snippets:
+                self.store.update_candidate(task["cid"], snippets_json=json.dumps(out.snippets))
             st.refs["code"] = code_ref
             return self._next(task, "static", st.tokens, attempt=1, code_ref=code_ref, prm=out.prm,
                               summary=safe_text(out.summary, 300, keep="head"))
