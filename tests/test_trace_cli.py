@@ -164,7 +164,7 @@ def test_trace_running_and_killed_run(tmp_path: Path) -> None:
         proc.wait(timeout=30)
     killed = one_json(run_cli(["trace", str(run_dir), "--json"]).stdout)
     assert len(killed["steps"]) >= len(live["steps"])
-    first = killed["steps"][0]
+    first = next(s for s in killed["steps"] if s["node"] == "design")  # step 1 is the dispatcher's own row
     d = one_json(run_cli(["trace", str(run_dir), "--step", str(first["step"]), "--json"]).stdout)
     assert d["node"] == "design" and d["code"]
     assert run_cli(["trace", str(run_dir), "--html", str(tmp_path / "killed.html")]).returncode == 0
