@@ -8,8 +8,8 @@ Prints
    at least 3x faster), plus the one-off synthetic generation and preparation
    times;
 2. the median time of a static check and of a smoke check of a reference
-   model (nncaption.netapi.validate / nncaption.netapi.harness), when those
-   modules exist.
+   model (nncaption.netapi.validate / nncaption.netapi.lifecycle.smoke_here:
+   the runner on a smoke job, in this process), when those modules exist.
 
 Everything is written to a temporary directory; nothing touches NNCAPTION_HOME.
 """
@@ -59,7 +59,7 @@ def bench_cache(paths: PreparedPaths, batch: int, repeats: int) -> tuple[float, 
 
 def bench_checks(paths: PreparedPaths, model: str, static_repeats: int, smoke_repeats: int) -> None:
     """Median static and smoke check times of a reference model (when the validator exists)."""
-    # Section completed by whoever owns validate/harness if the names below change.
+    # Section completed by whoever owns validate/lifecycle if the names below change.
     try:
         from nncaption.netapi import reference, validate
     except ImportError as e:
@@ -79,16 +79,16 @@ def bench_checks(paths: PreparedPaths, model: str, static_repeats: int, smoke_re
     print(f"  static check ({model}): median {statistics.median(times) * 1000:.2f} ms over {static_repeats} "
           f"runs, verdict ok={verdict.ok}")
     try:
-        from nncaption.netapi import harness
+        from nncaption.netapi.lifecycle import smoke_here
     except ImportError as e:
-        print(f"  smoke check: not measured ({e}); needs nncaption.netapi.harness")
+        print(f"  smoke check: not measured ({e}); needs nncaption.netapi.lifecycle")
         return
     times = []
     for _ in range(smoke_repeats):
         t0 = time.perf_counter()
-        verdict = harness.smoke_check(candidate, paths.public_dir)
+        verdict = smoke_here(candidate, paths.public_dir)
         times.append(time.perf_counter() - t0)
-    print(f"  smoke check ({model}, in-process, {torch.get_num_threads()} threads): median "
+    print(f"  smoke check ({model}, runner in this process, {torch.get_num_threads()} threads): median "
           f"{statistics.median(times):.2f} s over {smoke_repeats} runs, verdict ok={verdict.ok}"
           + ("" if verdict.ok else f" [{verdict.category}] {verdict.message}"))
 

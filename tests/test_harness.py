@@ -20,9 +20,7 @@ from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import ConfigError, DatasetError
 from nncaption.netapi.job import PROGRESS_FILE, RESULT_FILE, Stage, Step
 from nncaption.netapi.jobfiles import load_result
-from nncaption.netapi.lifecycle import check_here as check
-from nncaption.netapi.lifecycle import smoke_here as smoke_check
-from nncaption.netapi.lifecycle import verdict_of
+from nncaption.netapi.lifecycle import check_here, smoke_here, verdict_of
 from nncaption.netapi.validate import static_check
 
 if TYPE_CHECKING:
@@ -57,7 +55,7 @@ def line_of(path: Path, needle: str) -> int:
 
 @pytest.mark.parametrize("name", reference.NAMES)
 def test_reference_models_pass(name: str, data_dir: Path) -> None:
-    v = check(reference.path(name), data_dir)
+    v = check_here(reference.path(name), data_dir)
     assert v.ok and v.stage == "smoke", v.message
     assert "parameters" in v.message and "decoded ids of shape [4," in v.message
 
@@ -68,7 +66,7 @@ def test_reference_models_pass(name: str, data_dir: Path) -> None:
 )
 def test_lemur_output_styles_are_accepted(name: str, data_dir: Path) -> None:
     # good_tiny returns (ids, hidden) like LEMUR models and trains on captions[:, 0, :] only
-    v = smoke_check(CANDIDATES / name, data_dir)
+    v = smoke_here(CANDIDATES / name, data_dir)
     assert v.ok and v.category is None, v.message
     assert "[4, 12]" in v.message
 
@@ -102,7 +100,7 @@ SMOKE_CASES = [
 @pytest.mark.parametrize("name, category, mentions", SMOKE_CASES, ids=[c[0] for c in SMOKE_CASES])
 def test_smoke_rejections(name: str, category: Category, mentions: list[str], data_dir: Path) -> None:
     path = CANDIDATES / name
-    v = smoke_check(path, data_dir)
+    v = smoke_here(path, data_dir)
     assert not v.ok and v.stage == "smoke"
     assert v.category is category, v.message
     for m in mentions:
@@ -115,7 +113,7 @@ def test_smoke_rejections(name: str, category: Category, mentions: list[str], da
 
 
 def test_too_large_names_the_count_and_budget(data_dir: Path) -> None:
-    v = smoke_check(CANDIDATES / "good_tiny.py", data_dir, max_params=5_000)
+    v = smoke_here(CANDIDATES / "good_tiny.py", data_dir, max_params=5_000)
     assert v.category is Category.TOO_LARGE
     assert " parameters, over the budget of 5,000" in v.message and "Shrink" in v.message
 
@@ -124,24 +122,24 @@ def test_too_large_names_the_count_and_budget(data_dir: Path) -> None:
 def test_the_runner_kills_a_candidate_past_its_budget(name: str, data_dir: Path) -> None:
     # a Python loop and a sleep inside C end the same way: the runner kills the child at the deadline
     started = time.monotonic()
-    v = smoke_check(CANDIDATES / name, data_dir, time_limit_s=1.0)
+    v = smoke_here(CANDIDATES / name, data_dir, time_limit_s=1.0)
     assert v.category is Category.TIMEOUT, v.message
     assert "Net.learn" in v.message and "1 s budget" in v.message and "killed" in v.message
     assert time.monotonic() - started < 15
 
 
 def test_static_stage_runs_first(data_dir: Path) -> None:
-    v = check(CANDIDATES / "bad_syntax.py", data_dir)
+    v = check_here(CANDIDATES / "bad_syntax.py", data_dir)
     assert v.stage == "static" and v.category is Category.SYNTAX
-    v = check(CANDIDATES / "bad_abort.py", data_dir)  # never executed: rejected statically
+    v = check_here(CANDIDATES / "bad_abort.py", data_dir)  # never executed: rejected statically
     assert v.stage == "static" and v.category is Category.FORBIDDEN_CALL and "os.abort" in v.message
 
 
 def test_caller_errors_are_not_verdicts(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(DatasetError):
-        smoke_check(CANDIDATES / "good_tiny.py", tmp_path)
+        smoke_here(CANDIDATES / "good_tiny.py", tmp_path)
     with pytest.raises(ConfigError):
-        check(tmp_path / "nope.py", data_dir)
+        check_here(tmp_path / "nope.py", data_dir)
 
 
 # --------------------------------------------------------------------------- the smoke job's files
@@ -150,7 +148,7 @@ def test_caller_errors_are_not_verdicts(tmp_path: Path, data_dir: Path) -> None:
 def test_smoke_job_result_carries_stage_step_and_line(tmp_path: Path, data_dir: Path) -> None:
     job = tmp_path / "job"
     path = CANDIDATES / "bad_learn.py"
-    v = smoke_check(path, data_dir, job_dir=job)
+    v = smoke_here(path, data_dir, job_dir=job)
     result = load_result(job)
     assert result.stage is Stage.SMOKE and result.step is Step.LEARN
     assert result.line == line_of(path, "self.optimiser") == v.line
@@ -163,7 +161,7 @@ def test_smoke_job_result_carries_stage_step_and_line(tmp_path: Path, data_dir: 
 
 def test_accepted_smoke_job_names_its_stage(tmp_path: Path, data_dir: Path) -> None:
     job = tmp_path / "job"
-    v = smoke_check(CANDIDATES / "good_tiny.py", data_dir, job_dir=job)
+    v = smoke_here(CANDIDATES / "good_tiny.py", data_dir, job_dir=job)
     assert v.ok and v.stage == Stage.SMOKE.value == "smoke"
     assert load_result(job).step is Step.DONE and (job / "predictions.json").is_file()
 
@@ -172,13 +170,13 @@ def test_unavailable_device_is_a_config_error(data_dir: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
     with pytest.raises(ConfigError, match="CUDA is not available"):
-        smoke_check(CANDIDATES / "good_tiny.py", data_dir, device="cuda")
+        smoke_here(CANDIDATES / "good_tiny.py", data_dir, device="cuda")
 
 
 def test_check_reads_the_file_or_says_why(tmp_path: Path, data_dir: Path) -> None:
     bad = tmp_path / "latin1.py"
     bad.write_bytes(b"# \xe9\n")
-    v = check(bad, data_dir)
+    v = check_here(bad, data_dir)
     assert v.stage == "static" and v.category is Category.SYNTAX and "UTF-8" in v.message
 
 

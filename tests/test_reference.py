@@ -12,7 +12,7 @@ import torch
 
 from nncaption.netapi import reference
 from nncaption.netapi.contract import EOS, SOS, output_to_ids
-from nncaption.netapi.harness import smoke_check
+from nncaption.netapi.lifecycle import smoke_here
 from nncaption.netapi.loading import load_candidate
 from nncaption.netapi.validate import static_check
 
@@ -50,7 +50,7 @@ def test_standalone_files_pass_the_static_check(name: str) -> None:
 
 @pytest.mark.parametrize("name", reference.NAMES)
 def test_smoke_check_accepts_them(name: str, tiny_dataset: Any) -> None:
-    verdict = smoke_check(reference.path(name), tiny_dataset.public_dir)
+    verdict = smoke_here(reference.path(name), tiny_dataset.public_dir)
     assert verdict.ok, verdict.message
 
 

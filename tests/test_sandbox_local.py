@@ -16,7 +16,7 @@ import pytest
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import (
     OK,
-    SMOKE_ENTRY,
+    RUNNER_ENTRY,
     TIMEOUT,
     Job,
     Limits,
@@ -231,18 +231,18 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
     assert not list(tmp_path.rglob(".nncaption-warm-*"))
 
 
-# ---------------------------------------------------------------------------- the smoke entry, for real
+# ---------------------------------------------------------------------------- a smoke job (the runner entry), for real
 
 
 @pytest.mark.parametrize("name, ok", [("good", True), ("os_exit", False)])
-def test_smoke_entry_returns_its_verdict(tmp_path: Path, tiny_dataset: Any, name: str, ok: bool) -> None:
+def test_smoke_job_returns_its_verdict(tmp_path: Path, tiny_dataset: Any, name: str, ok: bool) -> None:
     from test_sandbox_support import candidate_source
 
-    from nncaption.netapi.smoke import write_smoke_job
+    from nncaption.netapi.evaluate import make_job_dir
 
-    job_dir = write_smoke_job(tmp_path / "job", candidate_source(name), Path(tiny_dataset.public_dir),
-                              time_limit_s=60, threads=1)
-    job = Job(job_dir, JobSpec.read(job_dir), Limits(timeout_s=90), entry=SMOKE_ENTRY)
+    spec = JobSpec(data_dir=str(Path(tiny_dataset.public_dir).resolve()), threads=1).smoke(time_limit_s=60)
+    job_dir = make_job_dir(tmp_path / "job", candidate_source(name), spec)
+    job = Job(job_dir, JobSpec.read(job_dir), Limits(timeout_s=90), entry=RUNNER_ENTRY)
     with get_sandbox("local", prewarm=False) as sb:
         result = sb.run(job)
     assert result.ok is ok, (result.status, result.message, result.stderr_tail[-800:])
