@@ -42,9 +42,7 @@ CRASHED = RunStatus.CRASHED
 CANCELLED = RunStatus.CANCELLED
 STATUSES: tuple[str, ...] = tuple(s.value for s in RunStatus)
 
-RUNNER_ENTRY = "nncaption.netapi.run"
-SMOKE_ENTRY = "nncaption.netapi.smoke"
-VERDICT_FILE = "verdict.json"  # written by the smoke entry (a netapi Verdict as a dict)
+RUNNER_ENTRY = "nncaption.netapi.run"  # the one entry, for smoke (JobSpec.smoke()) and training jobs
 
 EventCallback = Callable[[dict[str, Any]], None]
 
@@ -71,7 +69,7 @@ class Job:
     spec: JobSpec
     limits: Limits = field(default_factory=Limits)
     gpus: list[int] = field(default_factory=list)  # GPU ids for this job; empty = CPU (or allocated: num_gpus)
-    # Module run as `python -m ENTRY JOB_DIR`: the runner, or e.g. "nncaption.netapi.smoke" for a smoke check.
+    # Module run as `python -m ENTRY JOB_DIR`: the runner (smoke and train jobs alike), or the sandbox's probe.
     entry: str = RUNNER_ENTRY
     num_gpus: int = 0  # with a sandbox's GpuAllocator and no explicit `gpus`: how many devices to allocate
     cpus: int | None = None  # cores for this job; None = the sandbox's CpuAllocator decides (free / running)
@@ -98,7 +96,7 @@ class RunResult:
     peak_memory_mb: float | None = None
     isolation: list[str] = field(default_factory=list)  # measures actually applied
     backend: str = ""
-    verdict: dict[str, Any] | None = None  # the smoke entry's verdict.json, when the job ran one
+    verdict: dict[str, Any] | None = None  # a netapi Verdict dict, derived from result.json (sandbox.outcome)
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)

@@ -22,14 +22,14 @@ from pathlib import Path
 from nncaption.netapi.job import CANDIDATE_FILE, JOB_FILE, PREDICTIONS_FILE, PROGRESS_FILE, RESULT_FILE
 from nncaption.netapi.procs import pid_alive
 
-from .base import VERDICT_FILE
+from .probe import FACTS_FILE
 
 log = logging.getLogger(__name__)
 
 STAGE_PREFIX = ".nncaption-stage-"
 _STAGE_RE = re.compile(rf"^{re.escape(STAGE_PREFIX)}(\d+)-[0-9a-f]+$")
 INPUT_FILES: tuple[str, ...] = (JOB_FILE, CANDIDATE_FILE, "probe.json")  # the parent's, copied in
-OUTPUT_FILES: tuple[str, ...] = (RESULT_FILE, PREDICTIONS_FILE, PROGRESS_FILE, VERDICT_FILE)  # the job's, copied out
+OUTPUT_FILES: tuple[str, ...] = (RESULT_FILE, PREDICTIONS_FILE, PROGRESS_FILE, FACTS_FILE)  # the job's, copied out
 MAX_INPUT_BYTES = 64 * 2**20
 MAX_ENTRIES = 200_000  # removal gives up (a candidate failure) past this many entries
 MAX_OPEN_DEPTH = 64  # deeper directories are moved up to the top before their contents are removed
