@@ -1,6 +1,6 @@
 """The fixed vocabulary of failure categories and the typed verdict.
 
-Every layer (validator, smoke harness, runner, sandbox, agents, graph) reports
+Every layer (validator, runner, sandbox, agents, graph) reports
 failures with one of these categories, so that the fixer agent and the user see
 the same words. Each category carries a short "what to do next" hint.
 """

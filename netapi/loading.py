@@ -202,7 +202,7 @@ def exception_summary(exc: BaseException, width: int = 400) -> str:
 def format_traceback_for_fixer(exc: BaseException, candidate_path: Path, max_lines: int = 20) -> str:
     """A short traceback for the fixer agent: the candidate's own frames only.
 
-    Frames inside torch or the harness are collapsed into a count, except the
+    Frames inside torch or the runner are collapsed into a count, except the
     innermost one (where the error was raised), which is kept as one line of
     context. Each frame shows `line N, in func: source`. The result never has
     more than `max_lines` lines (and every line at most 300 characters); the

@@ -236,7 +236,7 @@ def check_downloads(scan: Scanner, node: ast.Call, q: str) -> None:
             scan.add(Category.NEEDS_INTERNET, node, f"sets {k.arg}={snippet(k.value, scan.source)}, "
                       "which downloads weights", f"pass {k.arg}=None and {FIX_INTERNET}")
         elif k.arg == "download" and truthy_constant(k.value):
-            scan.add(Category.NEEDS_INTERNET, node, "sets download=True", "use only the data the harness passes")
+            scan.add(Category.NEEDS_INTERNET, node, "sets download=True", "use only the data the runner passes")
     if is_tv and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value is True:
         scan.add(Category.NEEDS_INTERNET, node, "passes pretrained=True positionally, which downloads weights",
                   f"pass pretrained=False and {FIX_INTERNET}")

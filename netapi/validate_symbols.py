@@ -1,6 +1,6 @@
 """Symbols and signatures of a candidate: `supported_hyperparameters()`, `class Net(nn.Module)` and its methods.
 
-The harness calls the Net API positionally (`Net(in_shape, out_shape, prm, device)`, `train_setup(prm)`,
+The runner calls the Net API positionally (`Net(in_shape, out_shape, prm, device)`, `train_setup(prm)`,
 `learn(train_data)`, `model(images)`), so this check asks only that those calls bind: parameter names may
 differ and extra parameters with defaults are fine, as in many LEMUR models.
 """
@@ -194,9 +194,9 @@ def _collect_methods(cls: ast.ClassDef, classes: dict[str, ast.ClassDef]) -> dic
 
 
 def _signature_problem(name: str, fn: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
-    """Why the harness could not call `Net.<name>` as the contract does, or None.
+    """Why the runner could not call `Net.<name>` as the contract does, or None.
 
-    The harness calls methods positionally (`Net(in_shape, out_shape, prm, device)`,
+    The runner calls methods positionally (`Net(in_shape, out_shape, prm, device)`,
     `learn(train_data)`, `model(images)`), so parameter names may differ and extra
     `*args`/`**kwargs` are fine, as in many LEMUR models. What matters is that the
     contract's call binds: enough positional slots, no other required parameters,
