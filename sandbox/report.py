@@ -20,6 +20,8 @@ from nncaption.netapi.categories import Category
 from nncaption.netapi.evaluate import EpochScore
 from nncaption.netapi.safetext import safe_text, strict_json_value
 
+from .base import RunStatus
+
 REPORT_FORMAT = 1
 MESSAGE_LIMIT = 4000
 TRACEBACK_LIMIT = 4000
@@ -38,19 +40,9 @@ class Stage(str, Enum):
         return self.value
 
 
-class ReportStatus(str, Enum):
-    """How an evaluation ended: ok, failed (the candidate's fault), or how the sandbox ended the job."""
-
-    OK = "ok"
-    FAILED = "failed"
-    TIMEOUT = "timeout"
-    OUT_OF_MEMORY = "out-of-memory"
-    KILLED = "killed"
-    CRASHED = "crashed"
-    CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
+# How an evaluation ended: ok, failed (the candidate's fault), or how the sandbox ended the job. It is the
+# sandbox's own RunStatus (one enum, the same values on both sides of the boundary), named for the service's callers.
+ReportStatus = RunStatus
 
 
 # Outcomes that say something about the candidate itself, so an identical job may reuse them. Timeouts, OOM kills,
