@@ -8,6 +8,8 @@ and docker backends is `sandbox.skeleton.BaseSandbox`.
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -109,6 +111,29 @@ class RunResult:
         d = asdict(self)
         d["status"] = self.status.value
         return d
+
+
+class ClosingContext(ABC):
+    """`with` / `async with` for a sandbox: both close it on exit (`async with` closes in a thread, off the loop).
+
+    Shared by `skeleton.BaseSandbox` (local, docker) and `ray_backend.RaySandbox`, which define `close`.
+    """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the sandbox holds (warm processes, pools, connections)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
 
 
 @runtime_checkable

@@ -26,14 +26,14 @@ import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.job import PROGRESS_FILE
 
-from .base import CANCELLED, FAILED, KILLED, OUT_OF_MEMORY, EventCallback, Job, RunResult
+from .base import CANCELLED, FAILED, KILLED, OUT_OF_MEMORY, ClosingContext, EventCallback, Job, RunResult
 from .streams import ProgressTail
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         ) from e
 
 
-class RaySandbox:
+class RaySandbox(ClosingContext):
     """Runs jobs as Ray tasks: `run`, `arun`, `run_many`, `arun_many`, `close`, `with` / `async with`."""
 
     name = "ray"
@@ -250,18 +250,6 @@ class RaySandbox:
             self._owned_temp = None
 
     shutdown = close  # the old name
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.close)
 
 
 def _tag(on_event: EventCallback, i: int) -> EventCallback:

@@ -20,18 +20,18 @@ import logging
 import threading
 import time
 import weakref
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.job import CANDIDATE_FILE, JOB_FILE, PROGRESS_FILE
 
-from .base import EventCallback, Job, Limits, RunResult, RunStatus
+from .base import ClosingContext, EventCallback, Job, Limits, RunResult, RunStatus
 from .cpus import CpuAllocator
 from .gpus import GpuAllocator
 from .outcome import Observed, interpret
@@ -55,7 +55,7 @@ def cpu_limit_s(limits: Limits, cores: int | None = None) -> float:
     return limits.cpu_time_s or max(60.0, limits.timeout_s * max(1, cores or os.cpu_count() or 1))
 
 
-class BaseSandbox(ABC, Generic[H]):
+class BaseSandbox(ClosingContext, Generic[H]):
     """The shared skeleton; see the module docstring."""
 
     name = "base"
@@ -382,18 +382,6 @@ class BaseSandbox(ABC, Generic[H]):
         for ex in (self._executor, self._spawn_thread):
             if ex is not None:
                 ex.shutdown(wait=False)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.close)
 
 
 __all__ = ["BaseSandbox", "CANDIDATE_FILE", "JOB_FILE", "STDERR_FILE", "STDOUT_FILE", "cpu_limit_s"]
