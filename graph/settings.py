@@ -50,10 +50,10 @@ class AgentSettings(_Strict):
 class TrainSettings(_Strict):
     """How every candidate is smoke-checked, trained and scored in the sandbox."""
 
-    epochs: int = Field(default=1, ge=1)
+    epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    max_train_batches: int | None = Field(default=20, ge=1)
-    max_val_images: int | None = Field(default=64, ge=1)
+    max_train_batches: int | None = Field(default=None, ge=1)
+    max_val_images: int | None = Field(default=None, ge=1)
     epoch_time_limit_s: float = Field(default=300.0, gt=0)
     smoke_time_limit_s: float = Field(default=120.0, gt=0)
     max_params: int = Field(default=20_000_000, ge=1)

@@ -311,9 +311,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--dataset", choices=("synthetic", "coco"), help="dataset (default synthetic)")
     d.add_argument("--coco-root", metavar="DIR", help="COCO 2017 folder (with --dataset coco)")
     d.add_argument("--prepared", metavar="DIR", help="an already prepared dataset folder")
-    d.add_argument("--epochs", type=int, metavar="N", help="training epochs per candidate (default 1)")
-    d.add_argument("--max-train-batches", type=int, metavar="N", help="batches per epoch (default 20)")
-    d.add_argument("--max-val-images", type=int, metavar="N", help="validation images decoded (default 64)")
+    d.add_argument("--epochs", type=int, metavar="N", help="training epochs per candidate (default 2)")
+    d.add_argument("--max-train-batches", type=int, metavar="N",
+                   help="batches per epoch (default: the whole training split)")
+    d.add_argument("--max-val-images", type=int, metavar="N",
+                   help="validation images decoded (default: the whole recorded validation subset)")
     d.add_argument("--threads", type=int, metavar="N", help="torch threads per job")
     d.add_argument("--device", choices=("cpu", "cuda"), help="training device")
     x = p.add_argument_group("sandbox")
