@@ -34,6 +34,37 @@ REAP_WAIT_S = 3.0
 KILL_ROUNDS = 100
 
 
+RESERVE_FILE = ".runner-reserve"
+RESERVE_BYTES = 8 << 20  # room for result.json and predictions.json when the candidate filled the job's quota
+
+
+def reserve_space(path: Path) -> Path | None:
+    """Hold RESERVE_BYTES of the job directory's quota for the runner's own last writes (None when it cannot)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, b"\0" * RESERVE_BYTES)  # real pages: a sparse file would reserve nothing on tmpfs
+        finally:
+            os.close(fd)
+        return path
+    except OSError:
+        log.warning("could not reserve space for the runner's result files", exc_info=True)
+        return None
+
+
+def release_space(reserve: Path | None) -> None:
+    """Give the reserve back (the candidate may have removed it already: then there is nothing to give)."""
+    if reserve is None:
+        return
+    try:
+        os.unlink(reserve)
+    except FileNotFoundError:
+        log.info("the runner's space reserve is gone (removed by the candidate)")
+    except OSError:
+        log.warning("could not release the runner's space reserve", exc_info=True)
+
+
+
 class EventLog:
     """Appends progress events to progress.jsonl (strict JSON, one object a line, flushed as written)."""
 

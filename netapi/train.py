@@ -63,7 +63,16 @@ from nncaption.netapi.rules import (
     reported_float,
 )
 from nncaption.netapi.safetext import safe_text
-from nncaption.netapi.supervise import CandidateFailure, ChildProcess, EventLog, RunnerSetupError, death_failure
+from nncaption.netapi.supervise import (
+    RESERVE_FILE,
+    CandidateFailure,
+    ChildProcess,
+    EventLog,
+    RunnerSetupError,
+    death_failure,
+    release_space,
+    reserve_space,
+)
 from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
 
 log = logging.getLogger(__name__)
@@ -421,6 +430,7 @@ def run_job(job_dir: Path, *, own_process: bool = False) -> int:
     job_dir = Path(job_dir)
     t0 = time.time()
     events = EventLog(job_dir / PROGRESS_FILE)
+    reserve = reserve_space(job_dir / RESERVE_FILE)
     result = RunnerResult(status=RunnerStatus.FAILED)
     runner: Runner | None = None
     try:
@@ -456,6 +466,7 @@ def run_job(job_dir: Path, *, own_process: bool = False) -> int:
         elif result.step is Step.START:
             result.step = runner.step
     result.timings["total_s"] = round(time.time() - t0, 3)
+    release_space(reserve)  # the candidate is dead: its disk quota may be full, the files below must still fit
     if runner is not None and runner.epochs:
         write_json_atomic(job_dir / PREDICTIONS_FILE, runner.predictions_json())
     if result.status is RunnerStatus.OK:
