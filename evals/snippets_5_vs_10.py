@@ -11,12 +11,10 @@ COCO-protocol BLEU-4, mean over seeds with bootstrap 95% CIs) and a plot.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from nncaption.evals.suite import Arm, add_suite_options, run_suite
+from nncaption.evals.suite import Arm, suite_main
 
 TITLE = "Backbone snippets per designer prompt: 5 vs 10"
 
@@ -26,12 +24,7 @@ def arms(base_url: str | None, model: str | None) -> list[Arm]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nncaption.evals.snippets_5_vs_10", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_suite_options(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_suite(args, TITLE, arms)
+    return suite_main("python -m nncaption.evals.snippets_5_vs_10", __doc__, TITLE, arms, argv)
 
 
 if __name__ == "__main__":

@@ -290,3 +290,13 @@ def run_suite(args: argparse.Namespace, title: str, arms_for: Callable[[str | No
         print((out / "comparison.md").read_text(encoding="utf-8"))
         print(f"wrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'runs.csv'}, {out / 'comparison.png'}")
     return 0
+
+
+def suite_main(prog: str, doc: str | None, title: str, arms_for: Callable[[str | None, str | None], list[Arm]],
+               argv: Sequence[str] | None = None) -> int:
+    """The command line of one suite module: its options, logging, then `run_suite`."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_suite_options(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run_suite(args, title, arms_for)
