@@ -84,22 +84,28 @@ def max_or_none(a: int | None, b: int | None) -> int | None:
     return a if b is None else max(a, b)
 
 
-def cgroup_peak(pid: int) -> int | None:
-    """Peak memory of the container's cgroup, read from the host while it runs (v1 or v2)."""
-    if not pid:
-        return None
+def _cgroup_files(pid: int, controller: str, v1_name: str, v2_name: str) -> list[Path] | None:
+    """The files of host pid `pid`'s cgroup for `controller` (v1's `<controller>/.../v1_name`, v2's `.../v2_name`);
+    None when the process is gone."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
+    files = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            f = Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.max_usage_in_bytes"
+        if controller in controllers.split(","):
+            files.append(Path("/sys/fs/cgroup") / controller / path.lstrip("/") / v1_name)
         elif controllers == "":
-            f = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.peak"
-        else:
-            continue
+            files.append(Path("/sys/fs/cgroup") / path.lstrip("/") / v2_name)
+    return files
+
+
+def cgroup_peak(pid: int) -> int | None:
+    """Peak memory of the container's cgroup, read from the host while it runs (v1 or v2)."""
+    if not pid:
+        return None
+    for f in _cgroup_files(pid, "memory", "memory.max_usage_in_bytes", "memory.peak") or []:
         try:
             return int(f.read_text().strip())
         except (OSError, ValueError):
@@ -109,20 +115,10 @@ def cgroup_peak(pid: int) -> int | None:
 
 def container_pids(pid: int) -> set[int]:
     """Every process in the cgroup of host pid `pid` (a container's init), read from the host."""
-    if not pid:
+    files = _cgroup_files(pid, "pids", "cgroup.procs", "cgroup.procs") if pid else None
+    if files is None:
         return set()
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return set()
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if "pids" in controllers.split(","):
-            procs = Path("/sys/fs/cgroup/pids") / path.lstrip("/") / "cgroup.procs"
-        elif controllers == "":
-            procs = Path("/sys/fs/cgroup") / path.lstrip("/") / "cgroup.procs"
-        else:
-            continue
+    for procs in files:
         try:
             return {int(t) for t in procs.read_text().split()} | {pid}
         except (OSError, ValueError):
