@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nncaption.agents import compose
+from nncaption.agents.defects import check_fault_settings
 from nncaption.agents.designer import Design
 from nncaption.agents.fixer import ErrorInput, Fix, describe_error
 from nncaption.agents.hparams import Prm, validate_prm
@@ -137,12 +138,7 @@ class BaselineDesigner:
 
     def __init__(self, seed: int = 0, *, fault_rate: float = 0.0,
                  fault_kinds: Sequence[str] = compose.DEFECT_KINDS) -> None:
-        if not 0.0 <= fault_rate <= 1.0:
-            raise ConfigError(f"fault_rate must be between 0 and 1, got {fault_rate}", "use e.g. 0.3")
-        unknown = sorted(set(fault_kinds) - set(compose.DEFECT_KINDS))
-        if unknown or not fault_kinds:
-            raise ConfigError(f"unknown fault kinds: {', '.join(unknown) or '(none given)'}",
-                              f"use some of: {', '.join(compose.DEFECT_KINDS)}")
+        check_fault_settings(fault_rate, fault_kinds)
         self.name = BASELINE_NAME
         self.seed = seed
         self.fault_rate = fault_rate

@@ -9,10 +9,21 @@ fixer (`compose.repair_model`) can undo any of them.
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 
 from nncaption.netapi.errors import ConfigError
 
 DEFECT_KINDS: tuple[str, ...] = ("syntax", "shape", "missing-method", "forbidden-import", "output-contract")
+
+
+def check_fault_settings(fault_rate: float, fault_kinds: Sequence[str], *, rate_name: str = "fault_rate") -> None:
+    """Raise ConfigError unless `fault_rate` is in [0, 1] and `fault_kinds` is a non-empty subset of DEFECT_KINDS."""
+    if not 0.0 <= fault_rate <= 1.0:
+        raise ConfigError(f"{rate_name} must be between 0 and 1, got {fault_rate}", "use e.g. 0.3")
+    unknown = sorted(set(fault_kinds) - set(DEFECT_KINDS))
+    if unknown or not fault_kinds:
+        raise ConfigError(f"unknown fault kinds: {', '.join(unknown) or '(none given)'}",
+                          f"use some of: {', '.join(DEFECT_KINDS)}")
 
 # (old, new) text replacements; the first variant whose `old` occurs in the code is used,
 # starting at a seeded offset. Each makes the model fail in the way its kind names.

@@ -36,6 +36,7 @@ from typing import Any
 
 from nncaption.agents import compose
 from nncaption.agents.baseline import BASELINE_NAME, TRACE_LABEL, baseline_design, baseline_fix
+from nncaption.agents.defects import check_fault_settings
 from nncaption.agents.hparams import prm_text
 from nncaption.agents.http_server import (
     OpenAICompatServer,
@@ -73,12 +74,7 @@ class OfflineComposerServer(OpenAICompatServer):
         max_context_tokens: int | None = None,
     ) -> None:
         super().__init__(host, port)
-        if not 0.0 <= fault_rate <= 1.0:
-            raise ConfigError(f"--fault-rate must be between 0 and 1, got {fault_rate}", "use e.g. 0.3")
-        unknown = sorted(set(fault_kinds) - set(compose.DEFECT_KINDS))
-        if unknown or not fault_kinds:
-            raise ConfigError(f"unknown fault kinds: {', '.join(unknown) or '(none given)'}",
-                              f"use some of: {', '.join(compose.DEFECT_KINDS)}")
+        check_fault_settings(fault_rate, fault_kinds, rate_name="--fault-rate")
         if latency_ms < 0:
             raise ConfigError(f"--latency-ms must be >= 0, got {latency_ms}", "use e.g. 200")
         self.seed = seed
