@@ -26,7 +26,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/nncaption run
 
+# Earlier sessions' pytest temp dirs are removed first: hostile tests leave directory chains deeper than pytest's
+# own (recursive) clean-up of old temp dirs can walk, which would end the session with a RecursionError.
 test: $(STAMP)
+	rm -rf "$${TMPDIR:-/tmp}/pytest-of-$$(id -un)"
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Both tools always run, so one report shows everything; the target fails if either found an error.
