@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The CUDA checks, run on a GPU machine from a checkout: bash evals/gpu_check.sh [OUT_DIR]
+#
+# Sets up a venv on top of the machine's own python (which must hold torch with CUDA), installing this
+# project without its dependencies; wheels in .whl/ (nltk, defusedxml, pycocotools, setuptools, wheel) are
+# installed first for a machine without a package index, and a bwrap binary in .devtools/ is put on PATH when
+# the machine has none. Then:
+#   1. `nncaption eval-model ref-gru --device cuda --json`: the CLI path (smoke, training, scoring) on the GPU;
+#   2. python -m nncaption.evals.bench_gpu: every reference model on cuda and cpu, and four jobs sharing one GPU.
+# Everything is logged to OUT_DIR (default ./gpu-check-out).
+set -uo pipefail
+out="${1:-gpu-check-out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 NNCAPTION_HOME="${NNCAPTION_HOME:-/tmp/nncaption-gpu-home}"
+exec > >(tee -a "$out/gpu-check.log") 2>&1
+
+echo "==> machine"
+nvidia-smi -L || echo "nvidia-smi failed"
+nproc
+if ! command -v bwrap >/dev/null && [ -x .devtools/bwrap ]; then
+  cp .devtools/bwrap /usr/local/bin/bwrap
+  if ldd /usr/local/bin/bwrap | grep -q "not found"; then cp .devtools/lib*.so* /usr/local/lib/ && ldconfig; fi
+fi
+command -v bwrap && bwrap --version
+
+echo "==> venv"
+venv=/tmp/nncaption-gpu-venv
+python3 -m venv --system-site-packages "$venv" || exit 1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$venv/bin/pip" install -q --no-index --no-deps .whl/*.whl || exit 1
+fi
+"$venv/bin/pip" install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+"$venv/bin/python" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), \
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-')"
+
+echo "==> 1. eval-model ref-gru --device cuda"
+"$venv/bin/nncaption" eval-model ref-gru --device cuda --epochs 1 --json > "$out/eval-cuda.json"
+echo "exit $?"
+head -c 3000 "$out/eval-cuda.json"; echo
+
+echo "==> 2. bench_gpu"
+"$venv/bin/python" -m nncaption.evals.bench_gpu --out "$out/bench.jsonl" "${@:2}"
+echo "exit $?"
