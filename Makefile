@@ -27,9 +27,16 @@ run: $(STAMP)
 	$(VENV)/bin/nncaption run
 
 # Earlier sessions' pytest temp dirs are removed first: hostile tests leave directory chains deeper than pytest's
-# own (recursive) clean-up of old temp dirs can walk, which would end the session with a RecursionError.
+# own (recursive) clean-up of old temp dirs can walk, which would end the session with a RecursionError. Job stages
+# an interrupted session left mounted there are unmounted first (`nncaption sandbox reap`); what still cannot be
+# removed is reported and the tests run anyway.
 test: $(STAMP)
-	rm -rf "$${TMPDIR:-/tmp}/pytest-of-$$(id -un)"
+	@old="$${TMPDIR:-/tmp}/pytest-of-$$(id -un)"; \
+	if [ -d "$$old" ]; then \
+	  echo "==> removing earlier test sessions' temp dirs ($$old)"; \
+	  $(VENV)/bin/nncaption --log-level error sandbox reap >/dev/null 2>&1 || echo "==> note: sandbox reap failed"; \
+	  rm -rf "$$old" || echo "==> note: some of $$old could not be removed; continuing"; \
+	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Both tools always run, so one report shows everything; the target fails if either found an error.

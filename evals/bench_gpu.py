@@ -59,7 +59,7 @@ def _service(data: PreparedPaths, base: Path, tag: str, device: str, args: argpa
     from nncaption.sandbox.service import CandidateService
     from nncaption.sandbox.settings import EvalSettings
 
-    options: dict[str, Any] = {"prewarm": False}
+    options: dict[str, Any] = {"prewarm": False, **args.sandbox_options}
     if device == "cuda":
         options["gpu_allocator"] = GpuAllocator([0], jobs_per_gpu=jobs_per_gpu)
     sandbox = get_sandbox(args.backend, **options)
@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--concurrent", type=int, default=4, help="part 2: jobs sharing the GPU (0: skip part 2)")
     parser.add_argument("--backend", default="local", choices=["local", "docker"])
+    parser.add_argument("--sandbox-options", type=json.loads, default={},
+                        help='JSON options for the sandbox, e.g. \'{"use_seccomp": false}\'')
     parser.add_argument("--out", type=Path, default=None, help="also write every JSON line to FILE")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]

@@ -383,10 +383,19 @@ def _init_process(setup: ChildSetup) -> None:
         torch.set_num_threads(int(setup.threads))
 
 
-def _cuda_ready() -> bool:
+def _cuda_problem(device: str) -> str | None:
+    """Why `device` cannot be used in this process, or None. Creates the CUDA context (as the candidate's first
+    `.to(device)` would), so a broken driver set-up is reported as the job's, not as the candidate's Net error."""
     import torch
 
-    return bool(torch.cuda.is_available())
+    if not torch.cuda.is_available():
+        return f"device {device!r} requested but CUDA is not available in the job"
+    try:
+        torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as e:  # torch.AcceleratorError is a RuntimeError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"CUDA cannot be initialised in the job for device {device!r}: {first}"
+    return None
 
 
 def serve(chan: Channel, setup: ChildSetup) -> int:
@@ -403,9 +412,9 @@ def serve(chan: Channel, setup: ChildSetup) -> int:
         header, payloads = chan.recv(None, max_payload=1 << 30)
         cmd = header.get("cmd")
         try:
-            if cmd == "load" and setup.device.startswith("cuda") and not _cuda_ready():
-                chan.send({"type": "unusable", "message": f"device {setup.device!r} requested but CUDA is not "
-                           "available in the job"})
+            problem = _cuda_problem(setup.device) if cmd == "load" and setup.device.startswith("cuda") else None
+            if problem:
+                chan.send({"type": "unusable", "message": problem})
                 return 2
             if cmd == "load":
                 params = session.load()

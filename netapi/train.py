@@ -128,7 +128,7 @@ class Runner:
         self.val_ids = list(self.data.val_ids[:n_val])
         self.prm = {**spec.prm, "batch": spec.batch_size, "epoch": spec.epochs}
         self.result.seed, self.result.device = spec.seed, spec.device
-        _warm_up_torch()
+        _warm_up_torch(spec.device)
 
     def start_child(self) -> None:
         """Fork the candidate's process; the runner keeps one end of the channel."""
@@ -402,15 +402,18 @@ class Runner:
         return {"epochs": [e.__dict__ for e in self.epochs]}
 
 
-def _warm_up_torch() -> None:
+def _warm_up_torch(device: str = "cpu") -> None:
     """Pay torch's one-off lazy imports (the first optimiser step pulls in torch._dynamo) before forking.
 
-    Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe.
+    Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe. For a CUDA job the
+    optimiser step is left to the candidate: in some torch versions (2.11) `Optimizer.step` asks
+    `torch.cuda.is_available()`, which initialises the CUDA driver, and a child forked after that cannot use
+    the GPU ("CUDA error: initialization error"; seen on an H200 with evals/gpu_doctor.py).
     """
     p = torch.nn.Parameter(torch.zeros(2))
-    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     (p * 2).sum().backward()
-    opt.step()
+    if not device.startswith("cuda"):
+        torch.optim.SGD([p], lr=0.1, momentum=0.9).step()
 
 
 # --------------------------------------------------------------------------- the job

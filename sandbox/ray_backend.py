@@ -34,6 +34,7 @@ from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.job import PROGRESS_FILE
 
 from .base import CANCELLED, FAILED, KILLED, OUT_OF_MEMORY, ClosingContext, EventCallback, Job, RunResult
+from .quota import reap_orphan_stages
 from .streams import ProgressTail
 
 log = logging.getLogger(__name__)
@@ -238,7 +239,10 @@ class RaySandbox(ClosingContext):
         ))
 
     def close(self) -> None:
-        """Stop the Ray instance this process started or joined (and remove a local one's session files)."""
+        """Stop the Ray instance this process started or joined (and remove a local one's session files).
+
+        Also unmounts this machine's job stages whose worker died (a node lost mid-job leaves its stage
+        mounted until some sandbox reaps it; on a one-machine cluster that is this one)."""
         try:
             import ray
         except ImportError:
@@ -248,6 +252,8 @@ class RaySandbox(ClosingContext):
         if self._owned_temp:
             shutil.rmtree(self._owned_temp, ignore_errors=True)
             self._owned_temp = None
+        for stage in reap_orphan_stages():
+            log.info("unmounted the job stage %s of a worker that died", stage)
 
     shutdown = close  # the old name
 

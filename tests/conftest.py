@@ -7,6 +7,7 @@ session (96 train / 24 val images, 32 px, seed 0) and is read-only for tests.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,8 @@ import pytest
 if TYPE_CHECKING:
     from nncaption.netapi.data.loader import PreparedData
     from nncaption.netapi.data.prepare import PreparedPaths
+
+log = logging.getLogger(__name__)
 
 TINY_N_TRAIN = 96
 TINY_N_VAL = 24
@@ -33,6 +36,23 @@ def nncaption_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
     finally:
         mp.undo()
+        _unmount_stages_below(tmp_path_factory.getbasetemp())
+
+
+def _unmount_stages_below(root: Path) -> None:
+    """Unmount job stages a test left mounted under this session's temp dir (they would block its removal)."""
+    from nncaption.sandbox.quota import STAGE_PREFIX, Stage
+
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        parts = line.split()
+        mnt = Path(parts[4].replace("\\040", " ")) if len(parts) > 4 else None
+        if mnt is None or not mnt.name.startswith(STAGE_PREFIX) or root not in mnt.parents:
+            continue
+        log.warning("a test left the job stage %s mounted; unmounting it", mnt)
+        try:
+            Stage(mnt, 1).remove()
+        except OSError as e:
+            log.warning("could not unmount %s: %s", mnt, e)
 
 
 @pytest.fixture(scope="session")
