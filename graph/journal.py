@@ -47,6 +47,7 @@ class Origin(str, Enum):
 NOT_DEBUGGABLE: frozenset[str] = frozenset({
     "endpoint-unavailable", "endpoint-timeout", "rate-limited", "endpoint-rejected", "bad-response",
     "context-length", "duplicate", "interrupted", "no-code", "structured-reply", "internal",
+    "job-error",
 })
 
 

@@ -30,6 +30,7 @@ class Category(str, Enum):
     TIMEOUT = "timeout"
     OUT_OF_MEMORY = "out-of-memory"
     CRASHED = "crashed"
+    JOB_ERROR = "job-error"  # the job could not run here for a reason outside the candidate's code
     BAD_HYPERPARAMETERS = "bad-hyperparameters"
 
     def __str__(self) -> str:  # "syntax", not "Category.SYNTAX"
@@ -70,6 +71,9 @@ HINTS: dict[Category, str] = {
     "hidden sizes or the decoder length.",
     Category.CRASHED: "The process died without a Python error (signal, exit call or killed): "
     "remove exit calls, ctypes and native tricks; read the stderr tail.",
+    Category.JOB_ERROR: "Nothing to change in the code: the job could not run on this machine (for example CUDA "
+    "is not usable in the sandbox, or the dataset cannot be read). Check the machine; for CUDA run "
+    "`python -m nncaption.evals.gpu_doctor`.",
     Category.BAD_HYPERPARAMETERS: "Give the hyperparameters as numbers in range: lr in (0, 1], momentum in [0, 1), "
     "dropout in [0, 1), batch an integer 1..512; other keys finite numbers named in supported_hyperparameters().",
 }

@@ -412,11 +412,12 @@ def serve(chan: Channel, setup: ChildSetup) -> int:
         header, payloads = chan.recv(None, max_payload=1 << 30)
         cmd = header.get("cmd")
         try:
-            problem = _cuda_problem(setup.device) if cmd == "load" and setup.device.startswith("cuda") else None
-            if problem:
-                chan.send({"type": "unusable", "message": problem})
-                return 2
-            if cmd == "load":
+            if cmd == "device":  # before any candidate code runs: only this reply may say "unusable"
+                problem = _cuda_problem(setup.device) if setup.device.startswith("cuda") else None
+                chan.send({"type": "unusable", "message": problem} if problem else {"type": "device-ok"})
+                if problem:
+                    return 2
+            elif cmd == "load":
                 params = session.load()
                 chan.send({"type": "loaded", "params": params, "optimizer_lr": session.optimizer_lr()})
             elif cmd == "learn":

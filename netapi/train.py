@@ -283,10 +283,12 @@ class Runner:
         assert self.chan is not None
         t = time.monotonic()
         deadline, limit = self._deadline(self.spec.setup_time_limit_s)
-        self.send({"cmd": "load"}, deadline=deadline, limit_s=limit)
-        header, _ = self.expect(("loaded", "unusable"), deadline, limit)
+        self.send({"cmd": "device"}, deadline=deadline, limit_s=limit)  # answered before the candidate is imported
+        header, _ = self.expect(("device-ok", "unusable"), deadline, limit)
         if header["type"] == "unusable":
             raise RunnerSetupError(safe_text(header.get("message", ""), 2000))
+        self.send({"cmd": "load"}, deadline=deadline, limit_s=limit)
+        header, _ = self.expect(("loaded",), deadline, limit)
         params = header.get("params")
         if isinstance(params, bool) or not isinstance(params, int) or params < 1:
             raise CandidateFailure(Category.CRASHED, "the candidate's process reported no parameter count.",
@@ -405,15 +407,17 @@ class Runner:
 def _warm_up_torch(device: str = "cpu") -> None:
     """Pay torch's one-off lazy imports (the first optimiser step pulls in torch._dynamo) before forking.
 
-    Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe. For a CUDA job the
-    optimiser step is left to the candidate: in some torch versions (2.11) `Optimizer.step` asks
-    `torch.cuda.is_available()`, which initialises the CUDA driver, and a child forked after that cannot use
-    the GPU ("CUDA error: initialization error"; seen on an H200 with evals/gpu_doctor.py).
+    Two-element tensors only: no OpenMP thread pool is started, so the fork stays safe. Nothing for a CUDA job:
+    the first backward pass starts autograd's device threads, which initialises the CUDA driver, and a child
+    forked after that cannot use the GPU ("CUDA error: initialization error"; found on an H200 with
+    evals/gpu_doctor.py: importing torch and this module is fork-safe, one backward is not).
     """
+    if device.startswith("cuda"):
+        return
     p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
     (p * 2).sum().backward()
-    if not device.startswith("cuda"):
-        torch.optim.SGD([p], lr=0.1, momentum=0.9).step()
+    opt.step()
 
 
 # --------------------------------------------------------------------------- the job

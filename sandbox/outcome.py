@@ -178,8 +178,9 @@ def _decide(entry: str, obs: Observed, read: _Read, timeout_s: float) -> tuple[R
             if clean_exit:
                 return OK, None, runner.message or "ok"
             # ok result but the process then died: believe the death (e.g. a daemon's OOM, a late signal)
-        elif runner.status is RunnerStatus.ERROR:
-            return FAILED, Category.CRASHED, runner.message or "the runner could not run the job"
+        elif runner.status is RunnerStatus.ERROR:  # set-up (no device, no data): not the candidate's doing
+            cat = runner.category or Category.JOB_ERROR  # CRASHED: the runner itself broke
+            return FAILED, cat, runner.message or "the runner could not run the job"
         else:
             cat = runner.category or Category.CRASHED
             return _status_for(cat, runner.signal), cat, runner.message or f"the runner failed ({cat.value})"

@@ -202,7 +202,7 @@ def test_no_result_at_all_is_crashed_never_a_usage_error(tmp_path: Path, data_di
 def test_runner_error_is_a_failure_of_the_job(tmp_path: Path, data_dir: Path) -> None:
     err = RunnerResult(status=RunnerStatus.ERROR, message="runner setup error: no data")
     r = outcome(job(tmp_path, err.to_dict()), data_dir, exit_code=2)
-    assert r.status == FAILED and r.category == "crashed" and "no data" in r.message
+    assert r.status == FAILED and r.category == "job-error" and "no data" in r.message
 
 
 # --------------------------------------------------------------------------- readers, writer
