@@ -69,6 +69,10 @@ class Step(str, Enum):
     DONE = "done"
 
 
+# the runner's exit statuses: trained, the candidate failed (result.json says why), the job itself is unusable
+EXIT_OK, EXIT_FAILED, EXIT_RUNNER_ERROR = 0, 1, 2
+
+
 class RunnerStatus(str, Enum):
     """How the runner ended: the candidate trained (ok), failed, or the job itself was unusable (error)."""
 

@@ -39,8 +39,12 @@ import torch
 import torch._dynamo  # noqa: F401
 
 from nncaption.netapi.categories import Category
-from nncaption.netapi.child import STEP_WHAT, ChildSetup, serve
+from nncaption.netapi.child import ChildSetup, serve
+from nncaption.netapi.childlink import ChildLink
 from nncaption.netapi.job import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RUNNER_ERROR,
     MAX_PREDICTION_LEN,
     PREDICTIONS_FILE,
     PROGRESS_FILE,
@@ -66,42 +70,29 @@ from nncaption.netapi.safetext import safe_text
 from nncaption.netapi.supervise import (
     RESERVE_FILE,
     CandidateFailure,
-    ChildProcess,
     EventLog,
     RunnerSetupError,
-    death_failure,
     release_space,
     reserve_space,
 )
-from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout, channel_pair
+from nncaption.netapi.wire import channel_pair
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_RUNNER_ERROR = 0, 1, 2
-MAX_CHILD_TEXT = 8000
-
 
 # --------------------------------------------------------------------------- the runner
 
 
-class Runner:
+class Runner(ChildLink):
     """Drives one job: the child, the deadlines, the data, the predictions."""
 
     def __init__(self, job_dir: Path, spec: JobSpec, events: EventLog, result: RunnerResult, t0: float, *,
                  own_process: bool) -> None:
+        super().__init__(spec, result, own_process=own_process, smoke=spec.mode is Mode.SMOKE)
         self.job_dir = job_dir
-        self.spec = spec
         self.events = events
-        self.result = result
         self.t0 = t0
         self.own_process = own_process
-        self.smoke = spec.mode is Mode.SMOKE
-        self.step = Step.START
-        self.proc = ChildProcess(own_process=own_process)
-        self.chan: Channel | None = None
         self.epochs: list[EpochPredictions] = []
-        self.step_started = time.monotonic()
-        self.smoke_deadline = 0.0
         self.first_batch_t: float | None = None
 
     # ------------------------------------------------------------------ set-up (no candidate code)
@@ -154,23 +145,7 @@ class Runner:
                          pid=os.getpid())
         self.smoke_deadline = time.monotonic() + spec.smoke_time_limit_s
 
-    # ------------------------------------------------------------------ the child's end
-
-    def kill_child(self) -> int | None:
-        """Kill the candidate's process and everything it started; close the channel."""
-        status = self.proc.kill()
-        if self.chan is not None:
-            self.chan.close()
-            self.chan = None
-        return status
-
-    def _what(self) -> str:
-        return STEP_WHAT.get(self.step, "starting the candidate's process")
-    def died(self) -> CandidateFailure:
-        """The child went away without saying why: a signal, an exit call, or a closed channel."""
-        status = self.proc.wait_exit()
-        self.kill_child()
-        return death_failure(status, self._what(), time.monotonic() - self.step_started, self.step)
+    # ------------------------------------------------------------------ deadlines
 
     def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
         self.kill_child()
@@ -194,74 +169,6 @@ class Runner:
             msg = (f"{what} ran past the set-up time limit of {limit_s:.0f} s; its process was killed after "
                    f"{elapsed:.0f} s. {hint}")
         return CandidateFailure(Category.TIMEOUT, msg, step=self.step)
-
-    def _deadline(self, limit_s: float) -> tuple[float, float]:
-        """(deadline, the limit it stands for) of the step starting now; smoke jobs share one budget."""
-        self.step_started = time.monotonic()
-        if self.smoke:
-            return self.smoke_deadline, self.spec.smoke_time_limit_s
-        return self.step_started + limit_s, limit_s
-
-    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: float, limit_s: float,
-             epoch: int | None = None) -> None:
-        """Send to the child; a child that stops reading is stopped at the step's deadline like a silent one."""
-        assert self.chan is not None
-        try:
-            self.chan.send(header, *payloads, deadline=deadline)
-        except ChannelTimeout:
-            raise self.timed_out(limit_s, epoch) from None
-        except ChannelClosed:
-            raise self.died() from None
-
-    def expect(self, kinds: tuple[str, ...], deadline: float, limit_s: float, epoch: int | None = None, *,
-               max_payload: int = 1 << 20) -> tuple[dict[str, Any], list[bytes]]:
-        """The child's next reply of one of `kinds`; step reports are noted, failures and silence raised."""
-        assert self.chan is not None
-        while True:
-            try:
-                header, payloads = self.chan.recv(deadline, max_payload=max_payload)
-            except ChannelTimeout:
-                raise self.timed_out(limit_s, epoch) from None
-            except ChannelClosed:
-                raise self.died() from None
-            except ChannelError as e:
-                self.kill_child()
-                raise CandidateFailure(Category.CRASHED, f"the candidate's process broke the runner's protocol in "
-                                       f"{self._what()} ({e}); it was killed.\nWhat to change: "
-                                       f"{Category.CRASHED.hint}", step=self.step) from None
-            kind = header.get("type")
-            if kind == "step":
-                try:
-                    self.step = Step(header.get("step"))
-                except ValueError:
-                    pass
-                continue
-            if kind == "fail":
-                params = header.get("params")
-                if isinstance(params, int) and not isinstance(params, bool) and 0 < params < 1 << 50:
-                    self.result.params = params
-                self.kill_child()
-                raise self._child_failure(header)
-            if kind in kinds:
-                return header, payloads
-            self.kill_child()
-            raise CandidateFailure(Category.CRASHED, f"the candidate's process sent an unexpected message in "
-                                   f"{self._what()}; it was killed.\nWhat to change: {Category.CRASHED.hint}",
-                                   step=self.step)
-
-    def _child_failure(self, header: dict[str, Any]) -> CandidateFailure:
-        try:
-            category = Category(header.get("category"))
-        except ValueError:
-            category = Category.CRASHED
-        line = header.get("line")
-        line = line if isinstance(line, int) and not isinstance(line, bool) and 0 < line < 1 << 31 else None
-        try:
-            step = Step(header.get("step"))
-        except ValueError:
-            step = self.step
-        return CandidateFailure(category, safe_text(header.get("message", ""), MAX_CHILD_TEXT, keep="head"),
-                                step=step, line=line, tb=safe_text(header.get("traceback", ""), MAX_CHILD_TEXT))
 
     # ------------------------------------------------------------------ the lifecycle
 

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nncaption.netapi.categories import Category, Verdict
-from nncaption.netapi.job import RESULT_FILE, EpochPredictions, JobSpec, Mode, RunnerResult, RunnerStatus, Stage
+from nncaption.netapi.job import (
+    EXIT_RUNNER_ERROR,
+    RESULT_FILE,
+    EpochPredictions,
+    JobSpec,
+    Mode,
+    RunnerResult,
+    RunnerStatus,
+    Stage,
+)
 from nncaption.netapi.jobfiles import JobFileError, expected_val_ids, load_predictions, load_result
 from nncaption.netapi.safetext import safe_text
 
@@ -178,8 +187,11 @@ def _decide(entry: str, obs: Observed, read: _Read, timeout_s: float) -> tuple[R
             if clean_exit:
                 return OK, None, runner.message or "ok"
             # ok result but the process then died: believe the death (e.g. a daemon's OOM, a late signal)
-        elif runner.status is RunnerStatus.ERROR:  # set-up (no device, no data): not the candidate's doing
-            cat = runner.category or Category.JOB_ERROR  # CRASHED: the runner itself broke
+        elif runner.status is RunnerStatus.ERROR:  # set-up (no device, no data): not the candidate's doing...
+            # ...but only when the runner itself ended with its "unusable job" status: a candidate that killed
+            # its runner and left a result.json of its own does not get to blame the machine
+            by_runner = obs.exit_code == EXIT_RUNNER_ERROR and obs.signal is None
+            cat = runner.category or (Category.JOB_ERROR if by_runner else Category.CRASHED)
             return FAILED, cat, runner.message or "the runner could not run the job"
         else:
             cat = runner.category or Category.CRASHED

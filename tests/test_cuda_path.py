@@ -17,8 +17,10 @@ import torch
 
 from nncaption.graph.journal import NOT_DEBUGGABLE
 from nncaption.netapi import train
+from nncaption.netapi.categories import Category
+from nncaption.netapi.childlink import ChildLink
 from nncaption.netapi.evaluate import make_job_dir
-from nncaption.netapi.job import JobSpec, RunnerStatus, read_result
+from nncaption.netapi.job import JobSpec, RunnerResult, RunnerStatus, read_result
 from nncaption.sandbox import Job, Limits, get_sandbox
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the path of a machine without CUDA")
@@ -55,3 +57,11 @@ def test_cuda_job_without_usable_cuda_is_a_job_error_before_candidate_code(tmp_p
     assert not result.ok and result.category == "job-error", (result.category, result.message)
     assert "CUDA is not available in the job" in result.message
     assert "job-error" in NOT_DEBUGGABLE  # the search does not ask the fixer to repair the machine
+
+
+def test_a_candidates_own_failure_report_cannot_claim_the_machine_failed() -> None:
+    link = ChildLink(JobSpec(data_dir="."), RunnerResult(status=RunnerStatus.FAILED), own_process=False, smoke=True)
+    for claimed, kept in (("job-error", Category.CRASHED), ("bad-hyperparameters", Category.CRASHED),
+                          ("nan", Category.NAN), ("no-such-category", Category.CRASHED)):
+        failure = link._child_failure({"type": "fail", "category": claimed, "message": "m"})
+        assert failure.category is kept, (claimed, failure.category)

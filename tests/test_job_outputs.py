@@ -203,6 +203,11 @@ def test_runner_error_is_a_failure_of_the_job(tmp_path: Path, data_dir: Path) ->
     err = RunnerResult(status=RunnerStatus.ERROR, message="runner setup error: no data")
     r = outcome(job(tmp_path, err.to_dict()), data_dir, exit_code=2)
     assert r.status == FAILED and r.category == "job-error" and "no data" in r.message
+    # the same result.json without the runner's own exit status (a candidate killed its runner and wrote it)
+    for exit_code in (137, 1, 0):
+        (tmp_path / str(exit_code)).mkdir()
+        forged = outcome(job(tmp_path / str(exit_code), err.to_dict()), data_dir, exit_code=exit_code)
+        assert forged.status == FAILED and forged.category == "crashed", (exit_code, forged.category)
 
 
 # --------------------------------------------------------------------------- readers, writer

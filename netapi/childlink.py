@@ -1,0 +1,128 @@
+"""The runner's end of the candidate's process: send, expect, deadlines, and what a death or silence means.
+
+`Runner` (netapi/train.py) builds on it. Everything the child sends is untrusted: replies of an unexpected
+type, a broken frame or silence past the step's deadline kill the child and become a CandidateFailure; a
+child's own failure report keeps only a category the candidate can be blamed for, a bounded, escaped
+message and a plausible line number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nncaption.netapi.categories import Category
+from nncaption.netapi.child import STEP_WHAT
+from nncaption.netapi.job import JobSpec, RunnerResult, Step
+from nncaption.netapi.safetext import safe_text
+from nncaption.netapi.supervise import CandidateFailure, ChildProcess, death_failure
+from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout
+
+MAX_CHILD_TEXT = 8000
+# categories a child's report may not claim: they say the machine or the designer failed, not the candidate
+NOT_CHILD_CATEGORIES = frozenset({Category.JOB_ERROR, Category.BAD_HYPERPARAMETERS})
+
+
+class ChildLink:
+    """The channel to the candidate's process and the step it is in."""
+
+    def __init__(self, spec: JobSpec, result: RunnerResult, *, own_process: bool, smoke: bool) -> None:
+        self.spec = spec
+        self.result = result
+        self.smoke = smoke
+        self.step = Step.START
+        self.proc = ChildProcess(own_process=own_process)
+        self.chan: Channel | None = None
+        self.step_started = time.monotonic()
+        self.smoke_deadline = 0.0
+
+    def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
+        """The failure for a step that ran past its deadline (the child is killed first)."""
+        raise NotImplementedError
+
+    def kill_child(self) -> int | None:
+        """Kill the candidate's process and everything it started; close the channel."""
+        status = self.proc.kill()
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
+        return status
+
+    def _what(self) -> str:
+        return STEP_WHAT.get(self.step, "starting the candidate's process")
+
+    def died(self) -> CandidateFailure:
+        """The child went away without saying why: a signal, an exit call, or a closed channel."""
+        status = self.proc.wait_exit()
+        self.kill_child()
+        return death_failure(status, self._what(), time.monotonic() - self.step_started, self.step)
+
+    def _deadline(self, limit_s: float) -> tuple[float, float]:
+        """(deadline, the limit it stands for) of the step starting now; smoke jobs share one budget."""
+        self.step_started = time.monotonic()
+        if self.smoke:
+            return self.smoke_deadline, self.spec.smoke_time_limit_s
+        return self.step_started + limit_s, limit_s
+
+    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: float, limit_s: float,
+             epoch: int | None = None) -> None:
+        """Send to the child; a child that stops reading is stopped at the step's deadline like a silent one."""
+        assert self.chan is not None
+        try:
+            self.chan.send(header, *payloads, deadline=deadline)
+        except ChannelTimeout:
+            raise self.timed_out(limit_s, epoch) from None
+        except ChannelClosed:
+            raise self.died() from None
+
+    def expect(self, kinds: tuple[str, ...], deadline: float, limit_s: float, epoch: int | None = None, *,
+               max_payload: int = 1 << 20) -> tuple[dict[str, Any], list[bytes]]:
+        """The child's next reply of one of `kinds`; step reports are noted, failures and silence raised."""
+        assert self.chan is not None
+        while True:
+            try:
+                header, payloads = self.chan.recv(deadline, max_payload=max_payload)
+            except ChannelTimeout:
+                raise self.timed_out(limit_s, epoch) from None
+            except ChannelClosed:
+                raise self.died() from None
+            except ChannelError as e:
+                self.kill_child()
+                raise CandidateFailure(Category.CRASHED, f"the candidate's process broke the runner's protocol in "
+                                       f"{self._what()} ({e}); it was killed.\nWhat to change: "
+                                       f"{Category.CRASHED.hint}", step=self.step) from None
+            kind = header.get("type")
+            if kind == "step":
+                try:
+                    self.step = Step(header.get("step"))
+                except ValueError:
+                    pass
+                continue
+            if kind == "fail":
+                params = header.get("params")
+                if isinstance(params, int) and not isinstance(params, bool) and 0 < params < 1 << 50:
+                    self.result.params = params
+                self.kill_child()
+                raise self._child_failure(header)
+            if kind in kinds:
+                return header, payloads
+            self.kill_child()
+            raise CandidateFailure(Category.CRASHED, f"the candidate's process sent an unexpected message in "
+                                   f"{self._what()}; it was killed.\nWhat to change: {Category.CRASHED.hint}",
+                                   step=self.step)
+
+    def _child_failure(self, header: dict[str, Any]) -> CandidateFailure:
+        try:
+            category = Category(header.get("category"))
+        except ValueError:
+            category = Category.CRASHED
+        if category in NOT_CHILD_CATEGORIES:
+            category = Category.CRASHED
+        line = header.get("line")
+        line = line if isinstance(line, int) and not isinstance(line, bool) and 0 < line < 1 << 31 else None
+        try:
+            step = Step(header.get("step"))
+        except ValueError:
+            step = self.step
+        return CandidateFailure(category, safe_text(header.get("message", ""), MAX_CHILD_TEXT, keep="head"),
+                                step=step, line=line, tb=safe_text(header.get("traceback", ""), MAX_CHILD_TEXT))
