@@ -25,6 +25,7 @@ from typing import Any
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import NNCaptionError
+from nncaption.sandbox.settings import BATCH_RANGE, MAX_PRM_KEYS, PRM_RANGES
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,8 @@ Prm = dict[str, float | int]
 PRM_CATEGORY = Category.BAD_HYPERPARAMETERS.value
 GENERIC_KEYS: frozenset[str] = frozenset({"batch"})  # training keys any candidate may set
 PRM_FIELDS: tuple[str, ...] = ("prm", "hyperparameters", "hparams")
-MAX_KEYS = 32
-_RANGES: dict[str, tuple[float, float, bool, bool]] = {  # key: (low, high, low inclusive, high inclusive)
-    "lr": (0.0, 1.0, False, True),
-    "momentum": (0.0, 1.0, True, False),
-    "dropout": (0.0, 1.0, True, False),
-}
-BATCH_RANGE = (1, 512)
+MAX_KEYS = MAX_PRM_KEYS
+_RANGES = PRM_RANGES  # one definition, shared with the service that trains (sandbox/settings.py)
 HINT = ("give the hyperparameters as one JSON object whose keys are in supported_hyperparameters() (plus 'batch'): "
         "lr in (0, 1], momentum in [0, 1), dropout in [0, 1), batch an integer 1..512.")
 
