@@ -180,28 +180,30 @@ def _run(settings: Any, run_dir: Path, *, resume: bool, json_logs: bool, live: b
     sink = JsonLines() if json_logs else view
     search = SearchRun(settings, run_dir, emit=sink, resume=resume, masked_config=runconfig.masked(settings))
 
+    # One process-wide handler for the whole command (not the loop's: those are gone while asyncio.run shuts down,
+    # which waits for the jobs being cancelled): the first signal cancels the search, the next stops at once.
+    running: dict[str, Any] = {"hits": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        running["hits"] += 1
+        loop, task = running.get("loop"), running.get("task")
+        if running["hits"] == 1 and loop is not None and task is not None and not loop.is_closed():
+            print("\nstopping: cancelling in-flight jobs (Ctrl-C again to stop at once)", file=sys.stderr)
+            loop.call_soon_threadsafe(task.cancel)
+            return
+        _kill_descendants()
+        _release_job_stages()
+        os._exit(EXIT_INTERRUPTED)
+
     async def main() -> int:
-        task = asyncio.current_task()
-        loop = asyncio.get_running_loop()
-        hits = {"n": 0}
-
-        def on_sigint() -> None:
-            hits["n"] += 1
-            if hits["n"] == 1 and task is not None:
-                print("\nstopping: cancelling in-flight jobs (Ctrl-C again to stop at once)", file=sys.stderr)
-                task.cancel()
-            else:
-                _kill_descendants()
-                os._exit(EXIT_INTERRUPTED)
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, on_sigint)
+        running["loop"], running["task"] = asyncio.get_running_loop(), asyncio.current_task()
         try:
             await search.run()
             return EXIT_OK
         except asyncio.CancelledError:
             return EXIT_INTERRUPTED
 
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with view:
             code = asyncio.run(main())
@@ -215,6 +217,9 @@ def _run(settings: Any, run_dir: Path, *, resume: bool, json_logs: bool, live: b
 
         print_error(e.category, e.message, e.hint)
         return EXIT_USAGE
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not json_logs:
         _summary(search, code)
     return code
@@ -237,6 +242,16 @@ def _summary(search: Any, code: int) -> None:
     print(f"run directory: {out.run_dir}")
     if code == EXIT_INTERRUPTED:
         print(f"continue with: nncaption run --resume {out.run_dir}")
+
+
+def _release_job_stages() -> None:
+    """Unmount the job stages this process made (their jobs were just killed), so nothing stays mounted."""
+    from nncaption.sandbox.quota import reap_orphan_stages
+
+    try:
+        reap_orphan_stages(frozenset({os.getpid()}))
+    except OSError as e:  # stopping at once: report, never block the exit
+        log.warning("could not unmount this run's job stages: %s", e)
 
 
 def _kill_descendants() -> None:

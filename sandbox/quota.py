@@ -105,6 +105,8 @@ class Stage:
             try:
                 self.path.rmdir()
                 return
+            except FileNotFoundError:  # removed meanwhile (a cancelled job's own clean-up)
+                return
             except OSError as e:
                 log.warning("stage %s not empty after unmount (%s); removing its contents", self.path, e)
         remove_tree(self.path)
@@ -183,8 +185,9 @@ def remove_tree(path: Path, *, max_entries: int = MAX_ENTRIES, max_depth: int = 
     os.rmdir(path)
 
 
-def reap_orphan_stages() -> list[str]:
-    """Unmount and remove stage tmpfs mounts whose owner process is gone (a crashed parent's)."""
+def reap_orphan_stages(owners: frozenset[int] = frozenset()) -> list[str]:
+    """Unmount and remove stage tmpfs mounts whose owner process is gone (a crashed parent's), or is in `owners`
+    (a process stopping at once, after killing its jobs: `nncaption run`'s second Ctrl-C)."""
     removed: list[str] = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
@@ -196,7 +199,7 @@ def reap_orphan_stages() -> list[str]:
             continue
         mnt = parts[4].replace("\\040", " ")
         m = _STAGE_RE.match(os.path.basename(mnt))
-        if not m or pid_alive(int(m.group(1))):
+        if not m or (int(m.group(1)) not in owners and pid_alive(int(m.group(1)))):
             continue
         try:
             Stage(Path(mnt), 1).remove()
