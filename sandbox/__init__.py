@@ -39,7 +39,7 @@ def get_sandbox(name: str = "local", **options: Any) -> Sandbox:
     docker: image="nncaption-sandbox:offline", runtime=None|"runsc", base_url=None, shm_size="1g", cpus=None
     both:   prewarm=True, max_warm=None, cpu_allocation=True, gpu_allocator=None (a GpuAllocator),
             disk_quota=True (sandbox.skeleton.BaseSandbox)
-    ray:    address=None (else local ray.init), backend="local"|"docker", backend_options={}, max_retries=1,
+    ray:    address=None (else local ray.init), backend="local"|"docker", backend_options={}, max_retries=3,
             num_cpus=1
 
     Every backend has run / arun / run_many / arun_many / close and works as a (async) context manager.

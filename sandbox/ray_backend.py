@@ -123,7 +123,7 @@ class RaySandbox(ClosingContext):
         address: str | None = None,
         backend: str = "local",
         backend_options: dict[str, Any] | None = None,
-        max_retries: int = 1,
+        max_retries: int = 3,  # Ray's own default; a node lost while its failure is not yet known can take two
         num_cpus: float = 1,
         local_num_cpus: int | None = None,
         init_options: dict[str, Any] | None = None,

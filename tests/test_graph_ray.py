@@ -23,6 +23,7 @@ from nncaption.graph.settings import RunSettings
 from nncaption.graph.store import RunStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
+GRACE_S = 1.5  # a result the worker returned just before it was removed may be reported this long after
 
 
 @pytest.fixture()
@@ -88,6 +89,10 @@ def test_two_node_ray_cluster_survives_losing_a_node(cluster: tuple[Any, Any], t
         finished = {e["candidate"] for e in snapshot if e["event"] == "node_finished" and e["node"] == "train"}
         if killed_at is None and on_worker and len(started - finished) == 2:
             time.sleep(2.0)  # both jobs submitted: one holds the head's CPU, the other the worker's
+            with lock:
+                done_now = {e["candidate"] for e in events if e["event"] == "node_finished" and e["node"] == "train"}
+            if done_now != finished:
+                continue  # one of the two ended meanwhile: wait for the next pair in flight
             in_flight_at_kill = started - finished
             head.remove_node(worker, allow_graceful=False)
             killed_at = time.monotonic()
@@ -104,8 +109,11 @@ def test_two_node_ray_cluster_survives_losing_a_node(cluster: tuple[Any, Any], t
     assert f"ray-node:{worker_id}" in before and len(before) == 2, before  # jobs ran on both nodes
     after = [e for e in trains if e["t"] > killed_at]
     assert {e["candidate"] for e in after} >= in_flight_at_kill
-    assert all(e["status"] == "ok" and e["placement"] != f"ray-node:{worker_id}" for e in after), [
-        {k: e.get(k) for k in ("candidate", "status", "category", "placement", "summary", "message")} for e in after]
+    # every job ends ok; on the lost worker only one whose result was on its way when the node went (it is
+    # picked up by polling: reported within a moment of the kill)
+    assert all(e["status"] == "ok" and (e["placement"] != f"ray-node:{worker_id}" or e["t"] - killed_at < GRACE_S)
+               for e in after), [{k: e.get(k) for k in ("candidate", "status", "category", "placement", "message")}
+                                 | {"after_kill_s": round(e["t"] - killed_at, 2)} for e in after]
 
     store = RunStore(tmp_path / "run")
     rows = store.candidate_rows()
