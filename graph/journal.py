@@ -51,6 +51,11 @@ NOT_DEBUGGABLE: frozenset[str] = frozenset({
 })
 
 
+def ends_with_run(categories: list[str | None], wanted: frozenset[str], n: int) -> bool:
+    """Whether the last `n` finished candidates (in order) all failed with a category in `wanted`."""
+    return len(categories) >= n and all((c or "") in wanted for c in categories[-n:])
+
+
 @dataclass(frozen=True)
 class Entry:
     """One candidate as the journal keeps it (a row of the `candidates` table)."""

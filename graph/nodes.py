@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 ENDPOINT_CATEGORIES = frozenset({"endpoint-unavailable", "endpoint-timeout", "rate-limited"})
+JOB_ERROR_CATEGORIES = frozenset({"job-error"})  # the machine could not run the job: no candidate can fix that
 
 
 @dataclass
@@ -137,10 +138,11 @@ class Nodes:
             return "tokens"
         if b.wall_time_s is not None and self.elapsed_before + time.monotonic() - self.started_at >= b.wall_time_s:
             return "wall-time"
-        final = [e for e in entries if e.status is not jr.Status.PLANNED]
-        n = self.settings.endpoint_down_after
-        if len(final) >= n and all((e.category or "") in ENDPOINT_CATEGORIES for e in final[-n:]):
+        final = [e.category for e in entries if e.status is not jr.Status.PLANNED]
+        if jr.ends_with_run(final, ENDPOINT_CATEGORIES, self.settings.endpoint_down_after):
             return "endpoints-down"
+        if jr.ends_with_run(final, JOB_ERROR_CATEGORIES, self.settings.job_error_after):
+            return "machine-unusable"
         return None
 
     async def dispatch(self, state: RunState, config: RunnableConfig) -> Command:

@@ -28,6 +28,7 @@ from nncaption.graph.settings import RunSettings
 from nncaption.graph.state import initial_state
 from nncaption.graph.store import RunStore
 from nncaption.netapi.errors import ConfigError, NNCaptionError
+from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ class EndpointsDown(NNCaptionError):
     """Every LLM endpoint of the run is unreachable."""
 
     category = "endpoint-unavailable"
+
+
+class MachineUnusable(NNCaptionError):
+    """Candidate after candidate could not run on this machine (job-error): the search stopped."""
+
+    category = "job-error"
 
 
 @dataclass
@@ -224,7 +231,7 @@ class SearchRun:
                                                   durability=self.durability)
                     self.state = dict(final)
             reason = self.state.get("stop_reason")
-            status = "failed" if reason == "endpoints-down" else "finished"
+            status = "failed" if reason in ("endpoints-down", "machine-unusable") else "finished"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
             raise
@@ -243,7 +250,21 @@ class SearchRun:
             raise EndpointsDown(f"stopped after {self.settings.endpoint_down_after} candidates in a row lost their "
                                 "LLM endpoint", f"check the endpoints, then continue with "
                                 f"`nncaption run --resume {self.run_dir}`")
+        if reason == "machine-unusable":
+            raise MachineUnusable(
+                f"stopped after {self.settings.job_error_after} candidates in a row could not run on this machine: "
+                f"{self._last_job_error()}",
+                "nothing to fix in the candidates: repair the machine (for CUDA: python -m "
+                f"nncaption.evals.gpu_doctor), then continue with `nncaption run --resume {self.run_dir}`")
         return outcome
+
+    def _last_job_error(self) -> str:
+        store = RunStore(self.run_dir)
+        try:
+            rows = [r for r in store.candidate_rows() if r.get("category") == "job-error"]
+        finally:
+            store.close()
+        return safe_text(str(rows[-1].get("message") or ""), 500) if rows else "(no message recorded)"
 
     def _outcome(self, store: RunStore, status: str, reason: str | None, elapsed: float) -> RunOutcome:
         best = store.best(1)

@@ -108,6 +108,8 @@ class RunSettings(_Strict):
     node_retries: int = Field(default=3, ge=1, le=10, description="tries of a node on a transient endpoint error")
     endpoint_down_after: int = Field(default=3, ge=1, description="stop when this many candidates in a row lost their "
                                      "endpoint")
+    job_error_after: int = Field(default=3, ge=1, description="stop when this many candidates in a row could not run "
+                                 "on this machine (category job-error, e.g. CUDA not usable in the sandbox)")
     budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
     policy: PolicySettings = Field(default_factory=lambda: PolicySettings())
     agents: AgentSettings = Field(default_factory=lambda: AgentSettings())

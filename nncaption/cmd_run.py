@@ -6,9 +6,10 @@ finishes in a few minutes on 2 CPU cores. With `--llm-base-url` (or a config
 with `agents.kind = "llm"`) the designer, reviewer and fixer are LLM endpoints.
 
 Exit codes: 0 the run finished (its best model and BLEU-4 are printed), 1 the run
-failed (every LLM endpoint down), 2 usage or configuration error, 130 stopped by
-SIGINT (in-flight jobs cancelled and recorded as interrupted; continue with
-`--resume RUN_DIR`). A second SIGINT stops at once.
+failed (every LLM endpoint down, or candidate after candidate could not run on this
+machine: job-error), 2 usage or configuration error, 130 stopped by SIGINT (in-flight
+jobs cancelled and recorded as interrupted; continue with `--resume RUN_DIR`). A second
+SIGINT stops at once.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def _announce(settings: Any, run_dir: Path, resume: bool) -> None:
 
 def _run(settings: Any, run_dir: Path, *, resume: bool, json_logs: bool, live: bool) -> int:
     from nncaption import runconfig
-    from nncaption.graph.runner import EndpointsDown, SearchRun
+    from nncaption.graph.runner import EndpointsDown, MachineUnusable, SearchRun
     from nncaption.run_view import JsonLines, LiveView
 
     if not json_logs:
@@ -207,7 +208,7 @@ def _run(settings: Any, run_dir: Path, *, resume: bool, json_logs: bool, live: b
     try:
         with view:
             code = asyncio.run(main())
-    except EndpointsDown as e:
+    except (EndpointsDown, MachineUnusable) as e:
         from nncaption.cli import print_error
 
         print_error(e.category, e.message, e.hint)
@@ -347,7 +348,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Search for image-captioning models: design, check, review, smoke-test, fix, train and score "
                     "candidates in sandboxes, in parallel, until the budget is used. Without flags: synthetic data, "
                     "the random-search baseline (NOT an LLM), local sandbox, a few minutes on 2 cores. "
-                    "Exit codes: 0 finished, 1 failed (all endpoints down), 2 usage/config error, 130 interrupted.")
+                    "Exit codes: 0 finished, 1 failed (all endpoints down, or jobs cannot run here), 2 usage/config "
+                    "error, 130 interrupted.")
     add_run_options(run)
     run.set_defaults(func=_cmd_run)
     cfg = subparsers.add_parser("config", help="show the resolved run configuration")

@@ -1,5 +1,6 @@
 """Endpoint trouble during a search: garbage or an outage fails the affected candidates with a category and the
-run goes on; a run whose endpoints are all down stops with one clear error instead of spinning."""
+run goes on; a run whose endpoints are all down stops with one clear error instead of spinning; so does a run whose
+jobs cannot run on the machine at all (job-error)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from nncaption.agents.http_server import Reply, error_reply
 from nncaption.agents.offline_server import OfflineComposerServer
-from nncaption.graph.runner import EndpointsDown, SearchRun
+from nncaption.graph.runner import EndpointsDown, MachineUnusable, SearchRun
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.store import RunStore
 from nncaption.prompts.library import detect_role
@@ -78,6 +79,35 @@ def test_all_endpoints_down_stops_with_a_clear_error(tiny_dataset: Any, tmp_path
     assert 3 <= len(rows) < 20
     assert {r["category"] for r in rows if r["status"] == "failed"} == {"endpoint-unavailable"}
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
+
+
+@pytest.mark.slow
+def test_jobs_that_cannot_run_here_stop_the_run_with_one_clear_error(tiny_dataset: Any, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parent believes CUDA is there (as on the H200 where forked jobs could not initialise it), the jobs find
+    none: every candidate fails `job-error` at its smoke check, none goes to the fixer, and the run stops."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine whose jobs have no CUDA")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # this process only; the jobs see the truth
+    settings = RunSettings.model_validate({
+        "seed": 0, "concurrency": 1, "job_error_after": 2, "budget": {"candidates": 10},
+        "policy": {"num_drafts": 10}, "agents": {"snippets": 2},
+        "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1, "device": "cuda"},
+        "data": {"prepared": str(tiny_dataset.root)},
+    })
+    with pytest.raises(MachineUnusable, match="CUDA is not available in the job") as info:
+        asyncio.run(SearchRun(settings, tmp_path / "run").run())
+    assert "gpu_doctor" in info.value.hint
+    store = RunStore(tmp_path / "run")
+    rows = store.candidate_rows()
+    run = store.run_row()
+    store.close()
+    assert 2 <= len(rows) < 10
+    assert {(r["stage"], r["category"]) for r in rows if r["status"] == "failed"} == {("smoke", "job-error")}
+    assert all(r["origin"] != "fix" for r in rows)
+    assert run is not None and run["status"] == "failed" and run["stop_reason"] == "machine-unusable"
 
 
 def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_path: Path) -> None:
