@@ -121,6 +121,14 @@ def minimal_roots(paths: list[Path]) -> list[Path]:
     return out
 
 
+def traversable_by_others(path: Path) -> bool:
+    """True when an unrelated uid can walk down to `path` (every ancestor has the others' x bit)."""
+    try:
+        return all(os.stat(anc).st_mode & 0o001 for anc in Path(os.path.realpath(path)).parents)
+    except OSError:
+        return False
+
+
 def readable_by_others(path: Path) -> bool:
     """True when an unrelated uid can traverse to `path` and read it (mode bits only)."""
     path = Path(os.path.realpath(path))

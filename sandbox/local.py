@@ -198,8 +198,9 @@ class LocalSandbox(BaseSandbox[Launched]):
 
         drop = self.is_root and self.drop_privileges
         if drop and mode != "bwrap":
-            # without a private file-system view the interpreter must be reachable by "nobody"
-            if not all(hostenv.readable_by_others(p) for p in [Path(python), *hostenv.python_paths()]):
+            # without a private file-system view the interpreter and the job's stage must be reachable by "nobody"
+            if not all(hostenv.readable_by_others(p) for p in [Path(python), *hostenv.python_paths()]) \
+                    or not hostenv.traversable_by_others(job_dir):
                 drop = False
         home = job_dir / "home"
         home.mkdir(exist_ok=True)

@@ -103,6 +103,20 @@ def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch:
     assert "rlimit-as" in result.isolation and not any(m.startswith("netns") for m in result.isolation)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to nobody needs root")
+def test_no_namespaces_keeps_root_when_nobody_cannot_reach_the_job(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without bubblewrap the job runs at its real path: under a 0700 directory (pytest's tmp_path, a mkdtemp,
+    a home in /root) "nobody" cannot reach it. Seen on a GPU machine whose interpreter was world-readable: every job
+    then died before writing a result. The sandbox keeps root there, as it does for an unreadable interpreter."""
+    monkeypatch.setattr(hostenv, "readable_by_others", lambda p: True)  # as on that machine (here: /root/.pyenv)
+    assert (tmp_path.stat().st_mode & 0o777) == 0o700 or not hostenv.traversable_by_others(tmp_path / "job")
+    job = probe_job(tmp_path)
+    result = get_sandbox("local", isolation="none", use_cgroups=False, prewarm=False).run(job)
+    facts(result, job)
+    assert "uid:root" in result.isolation and "uid:65534" not in result.isolation
+
+
 def test_cgroup_is_created_limited_and_removed(tmp_path: Path) -> None:
     cg = cgroups.JobCgroup.create(f"{cgroups.PREFIX}{os.getpid()}-unit", memory_mb=512, max_pids=16)
     if cg is None:
