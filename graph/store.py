@@ -140,7 +140,10 @@ class RunStore:
 
     # ------------------------------------------------------------------ steps
     def step_begin(self, superstep: int, node: str, cid: str, attempt: int | None = None) -> int:
-        """Open (or reopen, when a node is redone after a crash) the row of one node execution."""
+        """Open (or reopen, when a node is retried or redone after a crash) the row of one node execution.
+
+        LLM calls already recorded for the step stay: they happened and cost tokens (the trace lists them in
+        order, failed tries with their error)."""
         now = time.time()
         with self._lock:
             self.db.execute(
@@ -150,7 +153,6 @@ class RunStore:
                 (superstep, node, cid, attempt, "running", now))
             row = self.db.execute("SELECT step FROM steps WHERE superstep=? AND node=? AND cid=?",
                                   (superstep, node, cid)).fetchone()
-            self.db.execute("DELETE FROM llm_calls WHERE step=?", (row["step"],))
         return int(row["step"])
 
     def step_end(self, step: int, status: str, *, tokens: int = 0, refs: Mapping[str, str | None] | None = None,

@@ -156,9 +156,16 @@ def test_store_journal_sees_only_earlier_supersteps(tmp_path: Path) -> None:
     done = store.journal(6)[0]
     assert done.status is jr.Status.SCORED and done.bleu4_per_epoch == (0.05, 0.07) and done.prm == {"lr": 0.1}
     assert store.best(1)[0]["cid"] == "c0001"
-    # a node redone after a crash reuses its steps row
+    # a node retried (or redone after a crash) reuses its steps row and keeps the calls of the failed try
+    from nncaption.agents.records import LLMExchange
+
     s1 = store.step_begin(3, "design", "c0001", 1)
+    store.add_llm_call(s1, "c0001", LLMExchange(role="designer", endpoint="e", model="m", messages=[],
+                                                error="endpoint-timeout: no answer in 30 s"))
     assert store.step_begin(3, "design", "c0001", 1) == s1
+    store.add_llm_call(s1, "c0001", LLMExchange(role="designer", endpoint="e", model="m", messages=[]))
+    calls = [dict(r) for r in store.db.execute("SELECT ok, error FROM llm_calls WHERE step=? ORDER BY id", (s1,))]
+    assert calls == [{"ok": 0, "error": "endpoint-timeout: no answer in 30 s"}, {"ok": 1, "error": None}]
     assert store.claim_dedup("k", "c0002", 1) == "c0002"
     assert store.claim_dedup("k", "c0001", 0) == "c0001"
     store.close()
