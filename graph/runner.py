@@ -24,6 +24,7 @@ from typing import Any
 from nncaption.graph.build import THREAD_ID, build_graph
 from nncaption.graph.nodes import EventSink, Nodes
 from nncaption.graph.pipeline import Pipeline
+from nncaption.graph.runlock import RunLock
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.state import initial_state
 from nncaption.graph.store import RunStore
@@ -200,6 +201,11 @@ class SearchRun:
         return {r: f"llm:{a.llm.for_role(r).model}" for r in ("designer", "reviewer", "fixer")}
 
     async def run(self) -> RunOutcome:
+        """Run (or resume) the search to its end; one process per run directory (graph/runlock.py)."""
+        with RunLock(self.run_dir):
+            return await self._run()
+
+    async def _run(self) -> RunOutcome:
         store = RunStore(self.run_dir)
         if not self.resume:
             store.write_config(self.masked_config)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph.runlock import is_live
 from nncaption.netapi.errors import NNCaptionError
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,13 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
                      "ORDER BY bleu4 DESC, idx LIMIT 1")
         act = r.one("SELECT MAX(COALESCE(finished_at, started_at)) AS t FROM steps") or {}
         last = max(t for t in (act.get("t"), run.get("updated_at"), run.get("created_at"), 0.0) if t is not None)
+        live = is_live(r.run_dir)
+        status = run.get("status") or "unknown"
+        if status == "running" and live is False:  # its process is gone (killed, or a second Ctrl-C)
+            status = "stopped"
         return {"run_dir": str(r.run_dir), "run_id": run.get("run_id") or r.run_dir.name,
                 "last_activity": last or None, "idle_s": round(time.time() - last, 1) if last else None,
-                "status": run.get("status") or "unknown", "candidates": sum(counts.values()), "counts": counts,
+                "status": status, "live": live, "candidates": sum(counts.values()), "counts": counts,
                 "best_cid": best["cid"] if best else None, "best_bleu4": best["bleu4"] if best else None,
                 "models": r.models(), "started_at": run.get("created_at"), "updated_at": run.get("updated_at"),
                 "dataset": run.get("dataset"), "seed": run.get("seed"), "stop_reason": run.get("stop_reason")}

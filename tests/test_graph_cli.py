@@ -146,6 +146,11 @@ def test_second_sigint_stops_at_once_and_leaves_no_process_or_mount(tiny_dataset
     db = sqlite3.connect(run_dir / "results.sqlite")  # what was recorded before the stop is readable
     assert db.execute("SELECT COUNT(*) FROM candidates").fetchone()[0] >= 1
     db.close()
+    from nncaption.graph.trace import list_runs
+
+    # the row may still say "running" (no time to write), but its process is gone: `nncaption runs` says so
+    summary = list_runs(run_dir)[0]
+    assert summary["live"] is False and summary["status"] in ("stopped", "interrupted"), summary
 
 
 def test_unreachable_llm_endpoint_exits_1_with_one_clear_error(tiny_dataset: Any, tmp_path: Path) -> None:

@@ -197,3 +197,34 @@ def test_runconfig_file_flags_and_errors(tmp_path: Path) -> None:
     bad.write_text("concurrency = = 2\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         runconfig.load_toml(bad)
+
+
+# ------------------------------------------------------------------ one process per run directory
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from nncaption.graph.runlock import RunLock, is_live
+    from nncaption.netapi.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    assert is_live(run_dir) is None  # no lock file: a run from before locks existed
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from nncaption.graph.runlock import RunLock\n"
+                               f"with RunLock(__import__('pathlib').Path({str(run_dir)!r})):\n"
+                               "    print('held', flush=True); time.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert is_live(run_dir) is True
+        with pytest.raises(ConfigError, match="being run by another process"):
+            with RunLock(run_dir):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert is_live(run_dir) is False  # the kernel dropped the lock with the process
+    with RunLock(run_dir):
+        assert is_live(run_dir) is True
