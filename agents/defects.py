@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 
+from nncaption.netapi import pyast
 from nncaption.netapi.errors import ConfigError
 
 DEFECT_KINDS: tuple[str, ...] = ("syntax", "shape", "missing-method", "forbidden-import", "output-contract")
@@ -80,7 +81,7 @@ def _pick_replacement(code: str, variants: tuple[tuple[str, str], ...], seed: in
 
 
 def _drop_method(code: str, method: str) -> str:
-    tree = ast.parse(code)
+    tree = pyast.parse(code)
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Net":
             for item in node.body:

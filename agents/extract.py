@@ -39,6 +39,7 @@ from nncaption.agents.hparams import (
 )
 from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.reasoning import has_unclosed_think, split_reasoning
+from nncaption.netapi import pyast
 from nncaption.netapi.errors import NNCaptionError
 from nncaption.netapi.safetext import safe_text
 
@@ -132,7 +133,7 @@ def fenced_blocks(text: str) -> list[CodeBlock]:
 
 def _judge(block: CodeBlock) -> _Judged:
     try:
-        tree = ast.parse(block.code)
+        tree = pyast.parse(block.code)
     except (SyntaxError, ValueError):
         return _Judged(block, False, bool(_NET_TEXT.search(block.code)), "supported_hyperparameters" in block.code)
     has_net = any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body)
@@ -143,7 +144,7 @@ def _judge(block: CodeBlock) -> _Judged:
 
 def _parses(code: str) -> bool:
     try:
-        ast.parse(code)
+        pyast.parse(code)
         return True
     except (SyntaxError, ValueError):
         return False
@@ -350,7 +351,7 @@ def extract_summary(text: str, reasoning: str | None = None) -> str | None:
 def module_docstring_line(code: str) -> str | None:
     """First line of the candidate's module docstring (a fallback summary)."""
     try:
-        doc = ast.get_docstring(ast.parse(code))
+        doc = ast.get_docstring(pyast.parse(code))
     except (SyntaxError, ValueError):
         return None
     return safe_text(doc.strip().splitlines()[0], 300, keep="head") if doc and doc.strip() else None

@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from nncaption.netapi import pyast
 from nncaption.netapi.categories import Category
 from nncaption.netapi.errors import NNCaptionError
 from nncaption.sandbox.settings import BATCH_RANGE, MAX_PRM_KEYS, PRM_RANGES
@@ -52,7 +53,7 @@ class PrmError(NNCaptionError):
 def supported_keys(code: str) -> frozenset[str] | None:
     """The names `supported_hyperparameters()` returns, read from the AST; None when not a literal."""
     try:
-        tree = ast.parse(code)
+        tree = pyast.parse(code)
     except (SyntaxError, ValueError):
         return None
     for node in tree.body:
@@ -76,7 +77,7 @@ def supported_keys(code: str) -> frozenset[str] | None:
 def prm_literal(code: str) -> dict[str, Any] | None:
     """The module-level `PRM = {...}` literal of a file (ast.literal_eval, never exec), or None."""
     try:
-        tree = ast.parse(code)
+        tree = pyast.parse(code)
     except (SyntaxError, ValueError):
         return None
     for node in tree.body:

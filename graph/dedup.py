@@ -19,9 +19,10 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import time
 from collections.abc import Mapping
 from typing import Any
+
+from nncaption.netapi import pyast
 
 
 def _strip_docstring(body: list[ast.stmt]) -> list[ast.stmt]:
@@ -94,16 +95,7 @@ class _Normaliser(ast.NodeTransformer):
 
 
 def _parse(code: str) -> ast.Module:
-    """`ast.parse`, tried again on CPython 3.11's "AST constructor recursion depth mismatch" SystemError, which
-    another thread parsing at the same moment can cause (the validator runs in worker threads)."""
-    for attempt in range(3):
-        try:
-            return ast.parse(code)
-        except SystemError:
-            if attempt == 2:
-                raise
-            time.sleep(0.01 * (attempt + 1))
-    raise AssertionError("unreachable")
+    return pyast.parse(code)  # one thread at a time: see netapi/pyast.py
 
 
 def normalised_source(code: str) -> str:

@@ -152,15 +152,7 @@ class Pipeline:
     def static(self, code: str) -> Checked:
         from nncaption.netapi.validate import static_check
 
-        for attempt in range(3):
-            try:
-                v = static_check(code)
-                break
-            except SystemError as e:  # CPython 3.11: another thread's ast.parse at the same moment; try again
-                log.warning("static check raised %s; trying again", e)
-                if attempt == 2:
-                    return Checked(ok=False, stage="static", category="internal", message=f"SystemError: {e}")
-                time.sleep(0.01 * (attempt + 1))
+        v = static_check(code)  # its ast.parse is serialised (netapi/pyast.py): no SystemError from other threads
         return Checked(ok=v.ok, stage="static", category=v.category.value if v.category else None,
                        message=v.message, line=v.line)
 

@@ -33,8 +33,7 @@ A UTF-8 byte-order mark at the start of the file is accepted, as Python does.
 
 from __future__ import annotations
 
-import ast
-
+from nncaption.netapi import pyast
 from nncaption.netapi.categories import Category, Verdict
 from nncaption.netapi.validate_paths import Finding, clip
 from nncaption.netapi.validate_rules import allowed_modules, allowed_summary
@@ -82,7 +81,7 @@ def find_problems(source: str, filename: str = "candidate.py") -> list[Finding]:
     if source.startswith(BOM):  # Python accepts a UTF-8 BOM at the start of a source file; so do we
         source = source[len(BOM):]
     try:
-        tree = ast.parse(source, filename=filename, type_comments=False)
+        tree = pyast.parse(source, filename=filename, type_comments=False)
     except SyntaxError as e:
         text = (e.text or "").strip()
         where = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")

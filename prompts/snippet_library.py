@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from nncaption.netapi import pyast
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 
 SNIPPET_MARKER = "nncaption-snippet:"
@@ -221,7 +222,7 @@ def _class_node(tree: ast.Module, name: str) -> ast.ClassDef:
 
 def _drop_methods(source: str, class_name: str, methods: Iterable[str]) -> str:
     """Source with the given methods of `class_name` removed (line-based, comments kept elsewhere)."""
-    tree = ast.parse(source)
+    tree = pyast.parse(source)
     cls = _class_node(tree, class_name)
     lines = source.splitlines(keepends=True)
     spans: list[tuple[int, int]] = []
@@ -252,7 +253,7 @@ def backbone_source(snippet: Snippet, class_name: str = "Backbone") -> tuple[str
             "Compose from one of the built-in snippets (load_snippets() without from_lemur).",
         )
     source = _drop_methods(snippet.source, "Net", ("train_setup", "learn"))
-    tree = ast.parse(source)
+    tree = pyast.parse(source)
     lines = source.splitlines(keepends=True)
     imports: list[str] = []
     drop: list[tuple[int, int]] = []

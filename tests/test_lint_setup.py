@@ -126,3 +126,19 @@ def test_no_noqa_hides_an_undefined_name() -> None:
             if pattern.search(line):
                 offenders.append(f"{rel}:{number}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_parse_of_code_goes_through_the_locked_parser() -> None:
+    """CPython 3.11's AST constructor keeps its recursion depth per interpreter: two threads calling ast.parse at
+    once can fail with SystemError (seen here: a candidate's training recorded as `internal`). The package parses
+    only through nncaption.netapi.pyast.parse, which holds one lock."""
+    pattern = re.compile(r"\bast\.parse\(")
+    offenders = []
+    for folder in ("netapi", "sandbox", "agents", "prompts", "graph", "nncaption", "evals"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.relative_to(ROOT).as_posix() == "netapi/pyast.py":
+                continue
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if pattern.search(line) and not line.lstrip().startswith("#"):
+                    offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
