@@ -32,7 +32,8 @@ from typing import Any
 from nncaption.netapi.data.prepare import PreparedPaths
 
 
-def _emit(args: argparse.Namespace, obj: dict[str, Any]) -> None:
+def emit_line(args: argparse.Namespace, obj: dict[str, Any]) -> None:
+    """Print one JSON line, and append it to `args.out` when given."""
     line = json.dumps(obj)
     print(line, flush=True)
     if args.out is not None:
@@ -96,11 +97,11 @@ async def _part1(data: PreparedPaths, base: Path, args: argparse.Namespace) -> l
             if row["train_s_per_epoch"]:
                 row["train_images_per_s"] = round(data_train_images(data) / row["train_s_per_epoch"], 1)
             per_device[device] = row
-            _emit(args, row)
+            emit_line(args, row)
         cpu, cuda = per_device.get("cpu"), per_device.get("cuda")
         if cpu and cuda and cpu.get("train_s_per_epoch") and cuda.get("train_s_per_epoch"):
             cuda["speedup_vs_cpu"] = round(cpu["train_s_per_epoch"] / cuda["train_s_per_epoch"], 2)
-            _emit(args, {"part": 1, "model": model, "speedup_train_cuda_vs_cpu": cuda["speedup_vs_cpu"]})
+            emit_line(args, {"part": 1, "model": model, "speedup_train_cuda_vs_cpu": cuda["speedup_vs_cpu"]})
         rows += per_device.values()
     return rows
 
@@ -125,8 +126,8 @@ async def _part2(data: PreparedPaths, base: Path, args: argparse.Namespace) -> l
             row = _row(report, part=2, jobs_per_gpu=jobs_per_gpu, job=i)
             row["on_device"] = report.ok and _ran_on(report, "cuda")
             rows.append(row)
-            _emit(args, row)
-        _emit(args, {"part": 2, "jobs_per_gpu": jobs_per_gpu, "jobs": args.concurrent,
+            emit_line(args, row)
+        emit_line(args, {"part": 2, "jobs_per_gpu": jobs_per_gpu, "jobs": args.concurrent,
                      "wall_s": round(walls[jobs_per_gpu], 2),
                      "candidates_per_hour": round(3600 * args.concurrent / walls[jobs_per_gpu], 1)})
     return rows
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         if "cuda" in args.devices and args.concurrent > 1:
             rows += asyncio.run(_part2(data, Path(tmp), args))
     failed = [r for r in rows if not r.get("on_device")]
-    _emit(args, {"summary": True, "jobs": len(rows), "failed": len(failed),
+    emit_line(args, {"summary": True, "jobs": len(rows), "failed": len(failed),
                  "failures": [{k: r.get(k) for k in ("part", "model", "device", "jobs_per_gpu", "category",
                                                      "message")} for r in failed]})
     return 1 if failed else 0

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from nncaption.evals.bench_gpu import emit_line
 
 PROBE = "import torch; torch.zeros(1, device='cuda'); print('cuda ok', torch.cuda.get_device_name(0))"
 FORK_PROBE = f"""
@@ -49,14 +50,6 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("no-isolation", {"isolation": "none", "use_seccomp": False, "use_cgroups": False,
                       "drop_privileges": False}),
 ]
-
-
-def _emit(args: argparse.Namespace, obj: dict[str, Any]) -> None:
-    line = json.dumps(obj)
-    print(line, flush=True)
-    if args.out is not None:
-        with args.out.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
 
 
 def _nodes() -> list[str]:
@@ -98,22 +91,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from nncaption.netapi.data.resolve import resolve_dataset
 
-    _emit(args, {"step": "device-nodes-before", "nodes": _nodes()})
+    emit_line(args, {"step": "device-nodes-before", "nodes": _nodes()})
     data = resolve_dataset("synthetic")
     works: list[str] = []
     with tempfile.TemporaryDirectory(prefix="nncaption-gpu-doctor-") as tmp:
         for name, options in VARIANTS:
             row = _check(data, Path(tmp), name, options)
-            _emit(args, {"step": "sandbox", "variant": name, "options": options, **row})
+            emit_line(args, {"step": "sandbox", "variant": name, "options": options, **row})
             if row["ok"]:
                 works.append(name)
-        _emit(args, {"step": "plain", **_run([sys.executable, "-c", PROBE])})
+        emit_line(args, {"step": "plain", **_run([sys.executable, "-c", PROBE])})
         for device in ("cuda", "cpu"):  # the runner's warm-up for a cuda job, and the cpu one (breaks CUDA)
-            _emit(args, {"step": f"fork-after-{device}-warm-up", **_run([sys.executable, "-c", FORK_PROBE, device])})
-        _emit(args, {"step": "device-nodes-after", "nodes": _nodes()})
+            probe = _run([sys.executable, "-c", FORK_PROBE, device])
+            emit_line(args, {"step": f"fork-after-{device}-warm-up", **probe})
+        emit_line(args, {"step": "device-nodes-after", "nodes": _nodes()})
         row = _check(data, Path(tmp), "default-again", {})
-        _emit(args, {"step": "sandbox", "variant": "default-again", **row})
-    _emit(args, {"step": "summary", "working_variants": works, "pid": os.getpid()})
+        emit_line(args, {"step": "sandbox", "variant": "default-again", **row})
+    emit_line(args, {"step": "summary", "working_variants": works, "pid": os.getpid()})
     return 0 if "default" in works else 1
 
 

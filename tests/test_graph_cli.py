@@ -68,13 +68,18 @@ def _session_pids(sid: int) -> list[int]:
     return out
 
 
-@pytest.mark.slow
-def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "nncaption.cli", "run", "--prepared", str(tiny_dataset.root),
+def _start_run(tiny_dataset: Any, run_dir: Path) -> subprocess.Popen[str]:
+    """`nncaption run` in its own session (so that everything it starts can be found), JSON events on stdout."""
+    return subprocess.Popen([sys.executable, "-m", "nncaption.cli", "run", "--prepared", str(tiny_dataset.root),
                              "--run-dir", str(run_dir), "--candidates", "4", "--epochs", "3", "--threads", "1",
                              "--json-logs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
+
+
+@pytest.mark.slow
+def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = _start_run(tiny_dataset, run_dir)
     assert proc.stdout is not None
     events: list[dict[str, Any]] = []
     try:
@@ -109,10 +114,7 @@ def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, 
 @pytest.mark.slow
 def test_second_sigint_stops_at_once_and_leaves_no_process_or_mount(tiny_dataset: Any, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "nncaption.cli", "run", "--prepared", str(tiny_dataset.root),
-                             "--run-dir", str(run_dir), "--candidates", "4", "--epochs", "3", "--threads", "1",
-                             "--json-logs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = _start_run(tiny_dataset, run_dir)
     assert proc.stdout is not None
     saw_train = False
     try:
