@@ -143,3 +143,24 @@ def readable_by_others(path: Path) -> bool:
     except OSError:
         return False
     return bool(mode & 0o004) and (not path.is_dir() or bool(mode & 0o001))
+
+
+def process_tree(pid: int) -> set[int]:
+    """`pid` and its descendants, read from /proc (children lists of every thread); empty when `pid` is gone."""
+    seen: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        try:
+            tasks = list(Path(f"/proc/{p}/task").iterdir())
+        except OSError:
+            continue  # exited meanwhile
+        seen.add(p)
+        for task in tasks:
+            try:
+                todo += [int(t) for t in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue  # the thread ended meanwhile
+    return seen

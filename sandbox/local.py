@@ -386,12 +386,13 @@ class LocalSandbox(BaseSandbox[Launched]):
         )
 
     def warm_pids(self) -> set[int]:
-        """Host pids of the pre-started processes (their process and everything in their cgroup)."""
+        """Host pids of the pre-started processes (their process, its descendants, everything in their cgroup)."""
         pids: set[int] = set()
         with self._lock:
             slots = [s for ss in self._warm.values() for s in ss]
         for slot in slots:
             pids.add(slot.handle.proc.pid)
+            pids.update(hostenv.process_tree(slot.handle.proc.pid))
             if slot.handle.plan.cgroup is not None:
                 pids.update(slot.handle.plan.cgroup.pids())
         return pids

@@ -90,11 +90,15 @@ def run(sandbox: Sandbox, job_dir: Path, data_dir: Path, name: str, *, spec: dic
     result = sandbox.run(job, on_event=events.append if events is not None else None)
     elapsed = time.monotonic() - t0
     assert elapsed < job.limits.timeout_s + 30, f"the job outlived its limit: {elapsed:.1f}s"
+    # the job dir and its stage (a sibling directory) are both under job_dir.parent; so are the stages of the warm
+    # processes started after the job, which may still be forking (bwrap's inner process): scan first, then ask
+    # which pids are warm (a process seen in the scan is by then in its warm slot's tree and cgroup)
+    left = leftover_processes(str(job_dir.parent))
+    survivors = leftover_processes(".nncaption-warm-")
     warm: set[int] = getattr(sandbox, "warm_pids", lambda: set())()
-    # the job dir and its stage (a sibling directory) are both under job_dir.parent
-    left = [p for p in leftover_processes(str(job_dir.parent)) if int(p.split(":")[0]) not in warm]
+    left = [p for p in left if int(p.split(":")[0]) not in warm]
     assert left == [], "processes of the job survived it"
-    survivors = [p for p in leftover_processes(".nncaption-warm-") if int(p.split(":")[0]) not in warm]
+    survivors = [p for p in survivors if int(p.split(":")[0]) not in warm]
     assert survivors == [], "processes of a prewarmed job survived it"
     assert host_can_fork()
     json.dumps(result.to_dict(), allow_nan=False, default=str)  # strict JSON, whatever the job wrote

@@ -213,6 +213,25 @@ def test_python_paths_cover_the_interpreter_and_project() -> None:
         assert any(needed == r or r in needed.parents for r in roots), needed
 
 
+def test_process_tree_finds_grandchildren() -> None:
+    import subprocess
+    import time
+
+    # sh forks sleep (a grandchild of ours once sh itself is the child): both are in the tree, the tree ends there
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & wait"])
+    try:
+        deadline = time.monotonic() + 10
+        while len(tree := hostenv.process_tree(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.pid in tree and len(tree) == 2, tree
+        assert os.getpid() not in tree
+    finally:
+        for pid in hostenv.process_tree(proc.pid):
+            os.kill(pid, 9)
+        proc.wait()
+    assert hostenv.process_tree(proc.pid) == set()
+
+
 # ---------------------------------------------------------------------------- prewarm
 
 
