@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -111,10 +110,9 @@ def test_the_identical_eval_is_reused_and_no_reuse_trains_again(capsys: pytest.C
     argv = ["eval-model", "ref-lstm", *data_args(tiny_dataset), *FAST, "--json"]
     code, first = run_cli(capsys, *argv)
     assert code == 0, first
-    started = time.monotonic()
     code, again = run_cli(capsys, *argv)
     assert code == 0 and again["reused"] is True and again["job_id"] == first["job_id"]
-    assert again["bleu4"] == first["bleu4"] and time.monotonic() - started < 10
+    assert again["bleu4"] == first["bleu4"]
     code, fresh = run_cli(capsys, *argv, "--no-reuse")
     assert code == 0 and fresh["reused"] is False and fresh["job_id"] == first["job_id"]
 
@@ -194,9 +192,8 @@ def test_a_usage_error_costs_no_torch_import() -> None:
               "rc = main(['eval-model', 'ref-gru', '--threads', '0', '--json']); "
               "print(rc, 'torch' in sys.modules, round(time.monotonic() - t, 2), file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    rc, torch_loaded, seconds = proc.stderr.split()[-3:]
+    rc, torch_loaded, _seconds = proc.stderr.split()[-3:]
     assert (rc, torch_loaded) == ("2", "False"), proc.stderr
-    assert float(seconds) < 3
     assert json.loads(proc.stdout)["category"] == "config"
 
 

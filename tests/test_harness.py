@@ -125,7 +125,7 @@ def test_the_runner_kills_a_candidate_past_its_budget(name: str, data_dir: Path)
     v = smoke_here(CANDIDATES / name, data_dir, time_limit_s=1.0)
     assert v.category is Category.TIMEOUT, v.message
     assert "Net.learn" in v.message and "1 s budget" in v.message and "killed" in v.message
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 30  # killed at its 1 s budget, not left running
 
 
 def test_static_stage_runs_first(data_dir: Path) -> None:

@@ -296,7 +296,7 @@ def test_channel_round_trip_and_deadline() -> None:
     t0 = time.monotonic()
     with pytest.raises(ChannelTimeout):
         a.recv(time.monotonic() + 0.3)
-    assert time.monotonic() - t0 < 2
+    assert time.monotonic() - t0 < 10  # the 0.3 s deadline, not a hang
 
 
 def test_channel_refuses_what_a_hostile_peer_sends() -> None:
@@ -330,7 +330,7 @@ def test_a_peer_that_stops_reading_cannot_hold_the_sender() -> None:
     t0 = time.monotonic()
     with pytest.raises(ChannelTimeout):
         a.send({"type": "batch"}, b"\0" * (16 << 20), deadline=time.monotonic() + 0.5)
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 10  # the 0.5 s deadline, not a hang
     b.close()
     a2, b2 = channel_pair()
     b2.close()

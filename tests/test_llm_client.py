@@ -257,7 +257,7 @@ def test_concurrency_limit_is_shared_across_roles() -> None:
     assert set(totals) == {"designer", "reviewer", "fixer"} and totals["fixer"]["calls"] == 2
     assert totals["designer"]["usage"]["completion_tokens"] == 2 * exchanges[0].usage.completion_tokens
     assert max(e.queued_s for e in exchanges) >= 0.1  # waited for the limit, not counted as latency
-    assert all(0.1 <= e.latency_s < 2.0 for e in exchanges)
+    assert all(0.1 <= e.latency_s < 10.0 for e in exchanges)
 
 
 def test_roles_use_their_own_endpoints_and_a_client_survives_new_loops() -> None:

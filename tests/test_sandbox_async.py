@@ -84,7 +84,7 @@ def test_cancel_event_returns_cancelled(tmp_path: Path) -> None:
     with LocalSandbox(prewarm=False) as sb:
         r = sb.run(probe_job(tmp_path, "job", {"sleep": 600}), cancel=cancel)
     assert r.status is RunStatus.CANCELLED and r.status == CANCELLED == "cancelled"
-    assert r.timings["total_s"] < 5
+    assert r.timings["total_s"] < 30  # cancelled after 1 s, not the 600 s sleep
     assert_reclaimed(tmp_path)
 
 

@@ -91,7 +91,7 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     if os.geteuid() == 0:
         assert f["uid"] == 65534 and f["status"]["CapEff"] == "0" * 16 and f["status"]["NoNewPrivs"] == "1"
         assert "uid:65534" in result.isolation
-    assert result.timings["total_s"] < 10
+    assert result.timings["total_s"] < 60
 
 
 def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +146,7 @@ def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
     job = probe_job(tmp_path, {"daemon": True, "sleep": 600}, timeout_s=1.5)
     result = get_sandbox("local").run(job)
     assert result.status == TIMEOUT and result.category == "timeout", result.message
-    assert result.timings["total_s"] < 6
+    assert result.timings["total_s"] < 30  # the 1.5 s limit, not the 600 s sleep
     assert leftover_processes(str(job.job_dir)) == []
 
 
