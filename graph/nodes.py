@@ -301,6 +301,10 @@ class Nodes:
             self.store.add_job(task["cid"], task["attempt"], "train", job_id=r.job_id,
                                status="ok" if r.ok else "failed", category=r.category, reused=r.reused,
                                job_dir=r.job_dir, seconds=r.seconds, step=st.step)
+            owner = self.store.claim_dedup(key, task["cid"], task["index"])
+            if owner != task["cid"]:  # a twin with a lower index (or already recorded) claimed it meanwhile
+                st.detail["duplicate_of"] = owner
+                return self._next(task, "record", status="duplicate", duplicate_of=owner)
             text = r.message if not r.tail or r.tail in r.message else f"{r.message}\n{r.tail}"
             self.store.add_verdict(task["cid"], task["attempt"], r.stage or "train", ok=r.ok, category=r.category,
                                    message=safe_text(text, 4000), line=None, step=st.step)

@@ -238,8 +238,18 @@ class RunStore:
         return refs
 
     def claim_dedup(self, key: str, cid: str, idx: int) -> str:
-        """Claim a dedup key; returns the candidate that owns it (the earliest claimant by index)."""
+        """Claim a dedup key; returns the candidate that owns it, `cid` itself when it is to be trained.
+
+        The owner is the first *recorded* claimant (scored or failed: that network was trained already), else the
+        earliest claimant by index. Asked again once training ends, the same rule settles candidates that reached
+        training in one superstep in the same way whatever order their jobs took (the service ran the job once).
+        """
         self._exec("INSERT OR IGNORE INTO dedup VALUES (?,?,?)", (key, cid, idx))
+        done = self._query(
+            "SELECT d.cid FROM dedup d JOIN candidates c ON c.cid = d.cid WHERE d.key=? "
+            "AND c.status IN ('scored', 'failed') ORDER BY c.recorded_step, d.idx LIMIT 1", (key,))
+        if done:
+            return str(done[0]["cid"])
         row = self._query("SELECT cid FROM dedup WHERE key=? ORDER BY idx LIMIT 1", (key,))
         return str(row[0]["cid"])
 

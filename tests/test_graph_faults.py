@@ -137,3 +137,37 @@ def test_a_failed_candidate_is_debugged_into_a_fix_child(tiny_dataset: Any, tmp_
     assert first["status"] == "failed" and first["origin"] == "compose" and first["message"]
     assert (child["origin"], child["mode"], child["parent"], child["debug_depth"]) == ("fix", "debug", "c0001", 1)
     assert made_by == ["fix"] and child["status"] == "scored", child
+
+
+class TwinServer(OfflineComposerServer):
+    """The offline composer, except that every designer call gets the first design's reply: identical networks."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.first: Reply | None = None
+        self._first_lock = threading.Lock()
+
+    def chat(self, body: dict[str, Any]) -> Reply:
+        if (detect_role(body["messages"]) or "designer") != "designer":
+            return super().chat(body)
+        with self._first_lock:
+            if self.first is None:
+                self.first = super().chat(body)
+            return self.first
+
+
+@pytest.mark.slow
+def test_identical_candidates_in_one_superstep_train_once(tiny_dataset: Any, tmp_path: Path) -> None:
+    # three identical networks: the lowest index is scored, the two others are recorded as its duplicates and the
+    # network is trained by one job only (the order in which twins claim the network: test_graph_units)
+    with TwinServer() as server:
+        search = SearchRun(_settings(tiny_dataset.root, server.base_url, 3, 3), tmp_path / "run")
+        outcome = asyncio.run(search.run())
+    assert outcome.status == "finished"
+    store = RunStore(tmp_path / "run")
+    rows = sorted(store.candidate_rows(), key=lambda r: r["idx"])
+    trained = store.db.execute("SELECT COUNT(*) FROM sandbox_jobs WHERE kind='train' AND reused=0").fetchone()[0]
+    store.close()
+    assert [r["status"] for r in rows] == ["scored", "duplicate", "duplicate"], rows
+    assert {r["duplicate_of"] for r in rows[1:]} == {rows[0]["cid"]}
+    assert trained == 1

@@ -166,8 +166,25 @@ def test_store_journal_sees_only_earlier_supersteps(tmp_path: Path) -> None:
     store.add_llm_call(s1, "c0001", LLMExchange(role="designer", endpoint="e", model="m", messages=[]))
     calls = [dict(r) for r in store.db.execute("SELECT ok, error FROM llm_calls WHERE step=? ORDER BY id", (s1,))]
     assert calls == [{"ok": 0, "error": "endpoint-timeout: no answer in 30 s"}, {"ok": 1, "error": None}]
-    assert store.claim_dedup("k", "c0002", 1) == "c0002"
-    assert store.claim_dedup("k", "c0001", 0) == "c0001"
+    store.close()
+
+
+def test_dedup_owner_is_the_recorded_twin_else_the_lowest_index(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "run")
+    for i in range(4):
+        store.plan_candidate(jr.Entry(cid=f"c{i}", index=i, origin=jr.Origin.COMPOSE), mode="draft", snippets=[],
+                             superstep=1)
+    # c2 reaches training first, then c1 (same superstep): c1 owns the key; asked again, c2 is the duplicate
+    assert store.claim_dedup("k", "c2", 2) == "c2"
+    assert store.claim_dedup("k", "c1", 1) == "c1"
+    assert store.claim_dedup("k", "c2", 2) == "c1"
+    store.record_candidate("c2", superstep=4, status="duplicate", duplicate_of="c1")
+    store.record_candidate("c1", superstep=4, status="scored", bleu4=0.1)
+    # c0 comes late (a fix loop): the recorded network owns it although c0's index is lower
+    assert store.claim_dedup("k", "c0", 0) == "c1"
+    assert store.claim_dedup("k", "c3", 3) == "c1"
+    assert store.claim_dedup("k", "c1", 1) == "c1"  # the owner asking again (a redone step) still trains
+    assert store.claim_dedup("other", "c3", 3) == "c3"
     store.close()
 
 
