@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.netapi.categories import Category
+from nncaption.netapi.childtorch import cuda_problem, json_float, number, params_finite, read_loss, seed_process
 from nncaption.netapi.contract import NET_METHODS, OutputContractError, output_to_ids
 from nncaption.netapi.job import MAX_PREDICTION_LEN, Step
 from nncaption.netapi.loading import (
@@ -97,49 +98,6 @@ def reject(category: Category, message: str, line: int | None = None, *, hint: b
     return Rejected(category, text, line, traceback)
 
 
-def params_finite(model: Any) -> bool:
-    """True when every parameter of the model is finite (one reduction, one sync)."""
-    import torch
-
-    params = [p.detach() for p in model.parameters()]
-    if not params:
-        return True
-    norms = torch._foreach_norm(params) if hasattr(torch, "_foreach_norm") else [p.norm() for p in params]
-    return bool(torch.isfinite(torch.stack([n.float().cpu() for n in norms])).all())
-
-
-def number(value: Any) -> float | None:
-    """A loss value as a float: a Python number or a one-element tensor; None otherwise."""
-    import torch
-
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        try:
-            return float(value.detach().float().cpu())
-        except (RuntimeError, ValueError):
-            return None
-    return None
-
-
-def read_loss(model: Any) -> float | None:
-    """The model's optional `last_loss` attribute as a float."""
-    try:
-        return number(getattr(model, "last_loss", None))
-    except Exception:  # noqa: BLE001 - a candidate property may raise anything
-        log.debug("reading last_loss failed", exc_info=True)
-        return None
-
-
-def _json_float(x: float | None) -> float | str | None:
-    """A float for a JSON header; non-finite values travel as strings ("nan", "inf")."""
-    if x is None or math.isfinite(x):
-        return x
-    return str(x)
-
-
 class BatchFeed:
     """The `train_data` handed to `learn`: sized and re-iterable like a DataLoader; batches come from the runner."""
 
@@ -159,7 +117,7 @@ class BatchFeed:
         for index in range(self._n):
             loss = read_loss(s.net) if index > 0 else None
             finite = params_finite(s.net) if index > 0 and index % s.check_every == 0 else True
-            s.chan.send({"type": "batch", "epoch": self._epoch, "index": index, "loss": _json_float(loss),
+            s.chan.send({"type": "batch", "epoch": self._epoch, "index": index, "loss": json_float(loss),
                          "finite": finite})
             header, payloads = s.chan.recv(None, max_payload=1 << 30)
             if header.get("type") != "batch" or len(payloads) != 2:
@@ -315,7 +273,7 @@ class Session:
             params = list(net.parameters())
             changed = not (len(before) == len(params) and all(
                 b.shape == p.shape and torch.equal(b, p.detach()) for b, p in zip(before, params, strict=False)))
-        return {"type": "learned", "loss": _json_float(loss), "last_loss": _json_float(read_loss(net)),
+        return {"type": "learned", "loss": json_float(loss), "last_loss": json_float(read_loss(net)),
                 "finite": finite, "changed": changed}
 
     def decode(self, images_u8: Any) -> Any:
@@ -367,37 +325,6 @@ class Session:
         return ids
 
 
-def _init_process(setup: ChildSetup) -> None:
-    """Seeds and threads of the candidate's process, before any candidate code runs."""
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(setup.seed)
-    np.random.seed(setup.seed % 2**32)
-    torch.manual_seed(setup.seed)
-    # After a fork, OpenMP must not reuse a thread pool the parent may have started: the runner never
-    # computes before forking; in a shared process (run_job in tests) the runner passes threads=1.
-    if setup.threads:
-        torch.set_num_threads(int(setup.threads))
-
-
-def _cuda_problem(device: str) -> str | None:
-    """Why `device` cannot be used in this process, or None. Creates the CUDA context (as the candidate's first
-    `.to(device)` would), so a broken driver set-up is reported as the job's, not as the candidate's Net error."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return f"device {device!r} requested but CUDA is not available in the job"
-    try:
-        torch.zeros(1, device=device)
-    except (RuntimeError, AssertionError) as e:  # torch.AcceleratorError is a RuntimeError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"CUDA cannot be initialised in the job for device {device!r}: {first}"
-    return None
-
-
 def serve(chan: Channel, setup: ChildSetup) -> int:
     """The child's main loop: answer the runner's commands until it says exit. Returns the exit status."""
     import numpy as np
@@ -406,14 +333,14 @@ def serve(chan: Channel, setup: ChildSetup) -> int:
         os.setpgid(0, 0)
     except OSError:
         log.debug("setpgid failed", exc_info=True)
-    _init_process(setup)
+    seed_process(setup.seed, setup.threads)
     session = Session(chan, setup)
     while True:
         header, payloads = chan.recv(None, max_payload=1 << 30)
         cmd = header.get("cmd")
         try:
             if cmd == "device":  # before any candidate code runs: only this reply may say "unusable"
-                problem = _cuda_problem(setup.device) if setup.device.startswith("cuda") else None
+                problem = cuda_problem(setup.device) if setup.device.startswith("cuda") else None
                 chan.send({"type": "unusable", "message": problem} if problem else {"type": "device-ok"})
                 if problem:
                     return 2
