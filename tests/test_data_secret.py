@@ -18,11 +18,10 @@ import pytest
 
 from nncaption.netapi.data.coco import decode_image
 from nncaption.netapi.data.prepare import PreparedPaths, load_references, prepare_dataset
+from nncaption.netapi.data.scenes import Scene, describe
 from nncaption.netapi.data.synthetic import (
     SECRET_FILE,
     VAL_ID_OFFSET,
-    Scene,
-    describe,
     generate_synthetic,
     read_secret,
 )

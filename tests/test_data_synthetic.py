@@ -13,12 +13,10 @@ from typing import Any, cast
 import pytest
 from PIL import Image
 
+from nncaption.netapi.data.scenes import MAX_CAPTION_WORDS, Scene, describe
 from nncaption.netapi.data.synthetic import (
-    MAX_CAPTION_WORDS,
     SECRET_FILE,
     VAL_ID_OFFSET,
-    Scene,
-    describe,
     generate_synthetic,
     is_current,
     read_secret,
