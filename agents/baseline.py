@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from nncaption.agents import compose
+from nncaption.agents import compose, mutate
 from nncaption.agents.defects import check_fault_settings
 from nncaption.agents.designer import Design
 from nncaption.agents.fixer import ErrorInput, Fix, describe_error
@@ -95,7 +95,7 @@ def baseline_design(
     """The baseline's design for a request (the same function behind the HTTP endpoint)."""
     cseed = composition_seed(server_seed, seed, mode)
     if mode == "improve" and parent_code:
-        model = compose.improve(parent_code, seed=cseed, prm=parent_prm)
+        model = mutate.improve(parent_code, seed=cseed, prm=parent_prm)
         how = "mutated one aspect of the parent's composition"
     else:
         hints = {"decoder": decoder, "backbones": list(snippets), "seed": seed}
@@ -119,9 +119,9 @@ def baseline_fix(code: str, error_text: str, prm: Mapping[str, Any] | None,
 
     `error_text` is what a fixer prompt shows (`error_tail`). A NaN error lowers the
     learning rate in the returned prm; a too-large / out-of-memory / timeout error
-    halves the decoder sizes (see `compose.repair_model`).
+    halves the decoder sizes (see `mutate.repair_model`).
     """
-    model = compose.repair_model(code, f"{category or ''}\n{error_text}", prm)
+    model = mutate.repair_model(code, f"{category or ''}\n{error_text}", prm)
     prm_out = validate_prm(model.prm, model.code)
     first = error_text.strip().splitlines()[0][:160] if error_text.strip() else "the reported error"
     trace = (f"{TRACE_LABEL}: oracle fix, re-composed {model.backbone} + {model.decoder} from the file's own "

@@ -3,7 +3,7 @@
 Each kind makes a composed file fail the way an LLM's mistake would: syntax -> syntax; shape -> shape-error
 (smoke, while learning); missing-method -> missing-symbol; forbidden-import -> forbidden-call;
 output-contract -> eval-contract. The composition marker line is never touched, so the baseline's oracle
-fixer (`compose.repair_model`) can undo any of them.
+fixer (`mutate.repair_model`) can undo any of them.
 """
 
 from __future__ import annotations

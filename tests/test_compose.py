@@ -16,12 +16,10 @@ from nncaption.agents.compose import (
     available_backbones,
     compose_for_request,
     compose_model,
-    improve,
     inject_defect,
     parse_marker,
-    repair,
-    repair_model,
 )
+from nncaption.agents.mutate import improve, repair, repair_model
 from nncaption.netapi.categories import Category, Verdict
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.validate import static_check
