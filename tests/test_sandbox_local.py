@@ -27,6 +27,7 @@ from nncaption.sandbox import (
 )
 from nncaption.sandbox.local import LocalSandbox
 from nncaption.sandbox.probe import read_facts
+from nncaption.sandbox.quota import STAGE_PREFIX
 from nncaption.sandbox.streams import ProgressTail, TailBuffer
 
 PROBE = "nncaption.sandbox.probe"
@@ -261,7 +262,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
         r = sb.run(third)
         assert r.status == TIMEOUT and "prewarmed" in r.isolation
     assert leftover_processes(str(tmp_path)) == []  # this test's sandboxes only: others may run beside it
-    assert not list(tmp_path.rglob(".nncaption-warm-*"))
+    assert not list(tmp_path.rglob(f"{STAGE_PREFIX}*"))
 
 
 # ---------------------------------------------------------------------------- a smoke job (the runner entry), for real
