@@ -145,19 +145,22 @@ def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
     from test_sandbox_support import leftover_processes
 
     job = probe_job(tmp_path, {"daemon": True, "sleep": 600}, timeout_s=1.5)
-    result = get_sandbox("local").run(job)
+    with get_sandbox("local", prewarm=False) as sb:
+        result = sb.run(job)
+        # the job ran in a stage beside its directory: both are under tmp_path, as nothing else of this test
+        assert leftover_processes(str(tmp_path)) == []
     assert result.status == TIMEOUT and result.category == "timeout", result.message
     assert result.timings["total_s"] < 30  # the 1.5 s limit, not the 600 s sleep
-    assert leftover_processes(str(job.job_dir)) == []
 
 
 def test_daemon_left_by_a_finished_job_is_killed(tmp_path: Path) -> None:
     from test_sandbox_support import leftover_processes
 
     job = probe_job(tmp_path, {"daemon": True})
-    result = get_sandbox("local").run(job)
+    with get_sandbox("local", prewarm=False) as sb:
+        result = sb.run(job)
+        assert leftover_processes(str(tmp_path)) == []  # the job's stage is under tmp_path too
     assert result.status == OK
-    assert leftover_processes(str(job.job_dir)) == []
 
 
 def test_missing_job_file_is_a_config_error(tmp_path: Path) -> None:
