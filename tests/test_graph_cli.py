@@ -68,6 +68,19 @@ def _session_pids(sid: int) -> list[int]:
     return out
 
 
+def _left_behind(pid: int, run_dir: Path) -> list[str]:
+    """What is still running of a stopped `nncaption run` (given 10 s to go): its session, and every process
+    that names the run directory (each job runs in its own session, in a stage under RUN_DIR/jobs)."""
+    from test_sandbox_support import leftover_processes
+
+    deadline = time.monotonic() + 10
+    while True:
+        left = [f"{p}: session" for p in _session_pids(pid)] + leftover_processes(str(run_dir))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.5)
+
+
 def _start_run(tiny_dataset: Any, run_dir: Path) -> subprocess.Popen[str]:
     """`nncaption run` in its own session (so that everything it starts can be found), JSON events on stdout."""
     return subprocess.Popen([sys.executable, "-m", "nncaption.cli", "run", "--prepared", str(tiny_dataset.root),
@@ -105,10 +118,7 @@ def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, 
     assert db.execute("SELECT COUNT(*) FROM steps WHERE status='running'").fetchone()[0] == 0
     db.close()
     assert (run_dir / "checkpoints.sqlite").stat().st_size > 0
-    deadline = time.monotonic() + 10
-    while _session_pids(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _session_pids(proc.pid) == []
+    assert _left_behind(proc.pid, run_dir) == []
 
 
 @pytest.mark.slow
@@ -139,10 +149,7 @@ def test_second_sigint_stops_at_once_and_leaves_no_process_or_mount(tiny_dataset
     assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "Traceback" not in err, err[-2000:]
     assert stopped_in < 20
-    deadline = time.monotonic() + 10
-    while _session_pids(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert _session_pids(proc.pid) == []
+    assert _left_behind(proc.pid, run_dir) == []
     mounted = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if str(run_dir) in ln]
     assert mounted == []
     db = sqlite3.connect(run_dir / "results.sqlite")  # what was recorded before the stop is readable
