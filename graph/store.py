@@ -240,18 +240,22 @@ class RunStore:
     def claim_dedup(self, key: str, cid: str, idx: int) -> str:
         """Claim a dedup key; returns the candidate that owns it, `cid` itself when it is to be trained.
 
-        The owner is the first *recorded* claimant (scored or failed: that network was trained already), else the
-        earliest claimant by index. Asked again once training ends, the same rule settles candidates that reached
-        training in one superstep in the same way whatever order their jobs took (the service ran the job once).
+        The owner is the first claimant recorded as scored or failed (that network ran; a `job-error` means the
+        machine could not run it, so it owns nothing), else the lowest index among the claimants still on their way.
+        Asked again once training ends, the rule settles twins that reached training in one superstep the same way
+        whatever order their jobs took (the service ran the job once).
         """
         self._exec("INSERT OR IGNORE INTO dedup VALUES (?,?,?)", (key, cid, idx))
         done = self._query(
-            "SELECT d.cid FROM dedup d JOIN candidates c ON c.cid = d.cid WHERE d.key=? "
-            "AND c.status IN ('scored', 'failed') ORDER BY c.recorded_step, d.idx LIMIT 1", (key,))
+            "SELECT d.cid FROM dedup d JOIN candidates c ON c.cid = d.cid WHERE d.key=? AND c.status IN "
+            "('scored', 'failed') AND COALESCE(c.category, '') <> 'job-error' ORDER BY c.recorded_step, d.idx LIMIT 1",
+            (key,))
         if done:
             return str(done[0]["cid"])
-        row = self._query("SELECT cid FROM dedup WHERE key=? ORDER BY idx LIMIT 1", (key,))
-        return str(row[0]["cid"])
+        row = self._query(
+            "SELECT d.cid FROM dedup d JOIN candidates c ON c.cid = d.cid WHERE d.key=? AND (d.cid=? OR c.status "
+            "NOT IN ('scored', 'failed', 'duplicate', 'interrupted')) ORDER BY d.idx LIMIT 1", (key, cid))
+        return str(row[0]["cid"]) if row else cid
 
     # ------------------------------------------------------------------ journal
     def journal(self, before_step: int | None = None) -> list[Entry]:

@@ -185,6 +185,10 @@ def test_dedup_owner_is_the_recorded_twin_else_the_lowest_index(tmp_path: Path) 
     assert store.claim_dedup("k", "c3", 3) == "c1"
     assert store.claim_dedup("k", "c1", 1) == "c1"  # the owner asking again (a redone step) still trains
     assert store.claim_dedup("other", "c3", 3) == "c3"
+    # a network the machine could not run (job-error) owns nothing: its twin trains
+    assert store.claim_dedup("gpu", "c0", 0) == "c0"
+    store.record_candidate("c0", superstep=6, status="failed", category="job-error")
+    assert store.claim_dedup("gpu", "c3", 3) == "c3"
     store.close()
 
 
