@@ -257,24 +257,10 @@ def _release_job_stages() -> None:
 
 def _kill_descendants() -> None:
     """SIGKILL every process below this one (the second SIGINT: stop at once, leave nothing behind)."""
+    from nncaption.sandbox.hostenv import process_tree
+
     me = os.getpid()
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                stat = f.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    todo, seen = list(children.get(me, [])), []
-    while todo:
-        pid = todo.pop()
-        seen.append(pid)
-        todo.extend(children.get(pid, []))
-    for pid in seen:
+    for pid in process_tree(me) - {me}:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:

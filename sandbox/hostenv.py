@@ -146,21 +146,24 @@ def readable_by_others(path: Path) -> bool:
 
 
 def process_tree(pid: int) -> set[int]:
-    """`pid` and its descendants, read from /proc (children lists of every thread); empty when `pid` is gone."""
+    """`pid` and its descendants (parent links read from /proc/*/stat); empty when `pid` is gone."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    if not os.path.exists(f"/proc/{pid}"):
+        return set()
     seen: set[int] = set()
     todo = [pid]
     while todo:
         p = todo.pop()
-        if p in seen:
-            continue
-        try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except OSError:
-            continue  # exited meanwhile
-        seen.add(p)
-        for task in tasks:
-            try:
-                todo += [int(t) for t in (task / "children").read_text().split()]
-            except (OSError, ValueError):
-                continue  # the thread ended meanwhile
+        if p not in seen:
+            seen.add(p)
+            todo.extend(children.get(p, []))
     return seen
