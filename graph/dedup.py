@@ -94,14 +94,10 @@ class _Normaliser(ast.NodeTransformer):
         return node
 
 
-def _parse(code: str) -> ast.Module:
-    return pyast.parse(code)  # one thread at a time: see netapi/pyast.py
-
-
 def normalised_source(code: str) -> str:
     """The canonical form two equivalent files share (an `ast.dump`), or collapsed text if it does not parse."""
     try:
-        tree = _parse(code.lstrip("\ufeff"))
+        tree = pyast.parse(code.lstrip("\ufeff"))  # one thread at a time
     except (SyntaxError, ValueError):
         return "unparsed:" + " ".join(code.split())
     tree.body = _strip_docstring(tree.body)

@@ -145,8 +145,8 @@ def readable_by_others(path: Path) -> bool:
     return bool(mode & 0o004) and (not path.is_dir() or bool(mode & 0o001))
 
 
-def process_tree(pid: int) -> set[int]:
-    """`pid` and its descendants (parent links read from /proc/*/stat); empty when `pid` is gone."""
+def process_tree(*roots: int) -> set[int]:
+    """The `roots` still running and their descendants (parent links from one read of /proc/*/stat)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -157,10 +157,8 @@ def process_tree(pid: int) -> set[int]:
         except (OSError, ValueError, IndexError):
             continue  # exited meanwhile
         children.setdefault(ppid, []).append(int(entry))
-    if not os.path.exists(f"/proc/{pid}"):
-        return set()
     seen: set[int] = set()
-    todo = [pid]
+    todo = [pid for pid in roots if os.path.exists(f"/proc/{pid}")]
     while todo:
         p = todo.pop()
         if p not in seen:

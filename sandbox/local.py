@@ -390,9 +390,8 @@ class LocalSandbox(BaseSandbox[Launched]):
         pids: set[int] = set()
         with self._lock:
             slots = [s for ss in self._warm.values() for s in ss]
+        pids.update(hostenv.process_tree(*(slot.handle.proc.pid for slot in slots)))
         for slot in slots:
-            pids.add(slot.handle.proc.pid)
-            pids.update(hostenv.process_tree(slot.handle.proc.pid))
             if slot.handle.plan.cgroup is not None:
                 pids.update(slot.handle.plan.cgroup.pids())
         return pids
