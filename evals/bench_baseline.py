@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, cast
 
-from nncaption import config
+from nncaption.netapi import paths as config
 
 
 def run(model: str, epochs: int, seed: int, size: int, threads: int, lr: float) -> dict[str, Any]:

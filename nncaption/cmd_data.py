@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nncaption import config
+from nncaption.netapi import paths as config
 from nncaption.netapi.data.locks import file_lock, lock_path_for
 from nncaption.netapi.errors import ConfigError
 

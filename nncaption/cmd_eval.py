@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from nncaption import config
 from nncaption.eval_display import ProgressDisplay, print_check, print_report, stderr_console
+from nncaption.netapi import paths as config
 from nncaption.netapi.errors import ConfigError, NNCaptionError, UsageError
 from nncaption.netapi.safetext import safe_text, strict_dumps
+from nncaption.parsing import Parser
 
 if TYPE_CHECKING:  # torch comes in with the data layer: keep `nncaption --help` and usage errors fast
     from nncaption.sandbox.service import CandidateService
@@ -213,7 +214,7 @@ def _guarded(args: argparse.Namespace, body: Callable[[argparse.Namespace], int]
         return EXIT_USAGE
 
 
-class _JsonAwareParser(argparse.ArgumentParser):
+class _JsonAwareParser(Parser):
     """A sub-command parser whose usage errors print one JSON object when --json is on the command line."""
 
     _argv: list[str] = []

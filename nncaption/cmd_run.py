@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nncaption import config as paths
+from nncaption.netapi import paths
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 
 log = logging.getLogger(__name__)

@@ -48,8 +48,8 @@ def _say(text: Any, limit: int | None = 20_000, keep: str = "head") -> None:
 
 # ---------------------------------------------------------------------------------------------- runs
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from nncaption import config
     from nncaption.graph.trace import list_runs
+    from nncaption.netapi import paths as config
 
     root = Path(args.folder).expanduser() if args.folder else config.runs_root()
     runs = list_runs(root)
@@ -201,8 +201,9 @@ def _cmd_trace(args: argparse.Namespace) -> int:
 
 
 def _fork(args: argparse.Namespace, run_dir: Path) -> int:
-    from nncaption import config, runconfig
+    from nncaption import runconfig
     from nncaption.graph.fork import fork_run
+    from nncaption.netapi import paths as config
 
     into = Path(args.into).expanduser() if args.into else \
         config.runs_root() / f"{run_dir.resolve().name}-fork{args.fork}-{secrets.token_hex(2)}"

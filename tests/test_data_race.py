@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from nncaption import config
 from nncaption.cli import main
+from nncaption.netapi import paths as config
 from nncaption.netapi.data.synthetic import generate_synthetic
 
 BARRIER = textwrap.dedent("""
@@ -100,7 +100,7 @@ def test_two_processes_preparing_the_same_data_build_once(tmp_path: Path) -> Non
 def test_two_synth_then_prepare_commands_together_both_succeed(tmp_path: Path) -> None:
     script = BARRIER + textwrap.dedent("""
         from nncaption.cli import main
-        from nncaption import config
+        from nncaption.netapi import paths as config
         rc = main(["data", "synth", "--n-train", "80", "--n-val", "10", "--size", "32", "--seed", "3", "--quiet"])
         assert rc == 0, rc
         rc = main(["data", "prepare", "--synthetic", str(config.default_synthetic_dir(3)), "--size", "16",

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from test_runner import tiny_candidate
 
-from nncaption import config
 from nncaption.cli import main
+from nncaption.netapi import paths as config
 from nncaption.netapi.categories import Category
 
 CANDIDATES = Path(__file__).parent / "candidates"

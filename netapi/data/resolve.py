@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nncaption import config
+from nncaption.netapi import paths as config
 from nncaption.netapi.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:  # the data layer imports torch: keep importers of this module fast

@@ -1,4 +1,6 @@
-"""Where nn-caption keeps its files, and the embedded defaults of the main job.
+"""Where nn-caption keeps its files ($NNCAPTION_HOME), and the embedded defaults of the main job.
+
+Below the CLI so that every layer (the data resolver included) can find them without importing upward.
 
 `home()` only computes the path; `ensure_home()` (and `ensure_writable_dir()` for other output folders) checks
 that it can really hold files before a command starts work, so a read-only or file-valued NNCAPTION_HOME is a
