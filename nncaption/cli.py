@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import nncaption
-from nncaption import __version__, config
+from nncaption import __version__
+from nncaption.netapi import paths as config
 from nncaption.netapi.errors import EnvironmentProblem, NNCaptionError
 from nncaption.netapi.safetext import safe_text, strict_dumps
 
