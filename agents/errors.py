@@ -92,6 +92,12 @@ class ContextLengthExceeded(LLMError):
     default_hint = ("use fewer snippets (the designer retries with fewer by itself), lower max_tokens, "
                     "or serve the model with a longer --max-model-len.")
 
+    def __init__(self, message: str, hint: str = "", *, prompt_tokens: int | None = None,
+                 context_tokens: int | None = None, **kw: Any) -> None:
+        super().__init__(message, hint, **kw)
+        self.prompt_tokens = prompt_tokens  # the prompt's size in tokens, when the server said it
+        self.context_tokens = context_tokens  # the model's context window, when the server said it
+
 
 class BadResponse(LLMError):
     """The server answered 2xx with something that is not a usable chat completion."""
@@ -121,3 +127,37 @@ class VLLMNotInstalled(LLMError):
     category = "vllm-not-installed"
     default_hint = ("install the optional extra on a machine with a GPU: pip install 'nn-caption[vllm]' "
                     "(or point base_url at a vLLM server running elsewhere).")
+
+
+class TruncatedReply(LLMError):
+    """The reply hit max_tokens (finish_reason "length") before a complete final answer.
+
+    Code is never taken from such a reply (a draft in the reasoning may have been rejected
+    by the model itself); the designer may ask again with a larger budget or for brevity.
+    """
+
+    category = "truncated"
+    default_hint = ("the model ran out of tokens before answering: raise max_tokens (and the server's "
+                    "--max-model-len), or ask for a smaller model and shorter reasoning.")
+
+
+class ContextTruncated(LLMError):
+    """The server reported far fewer prompt tokens than the prompt holds: it cut the prompt silently."""
+
+    category = "context-truncated"
+    default_hint = ("give the server a longer context: Ollama `options.num_ctx` or OLLAMA_CONTEXT_LENGTH, "
+                    "vLLM --max-model-len, llama.cpp -c / --ctx-size.")
+
+
+class EmptyReply(LLMError):
+    """A 2xx chat completion without any text in content or reasoning."""
+
+    category = "empty-reply"
+    default_hint = "the model returned nothing: check max_tokens and the server's log, then ask again."
+
+
+class ReplyTooLarge(LLMError):
+    """The reply body or its reasoning exceeded the configured cap; it was not read further."""
+
+    category = "reply-too-large"
+    default_hint = "lower max_tokens, or raise max_reply_bytes / max_reasoning_chars if the replies are genuine."

@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from nncaption.agents.feedback import CandidateSummary, FailureSummary, Feedback
+from nncaption.netapi import categories as _categories
 
 
 class Status(str, Enum):
@@ -43,12 +44,8 @@ class Origin(str, Enum):
         return self.value
 
 
-# Categories that say nothing about the candidate: the search must not try to "debug" them.
-NOT_DEBUGGABLE: frozenset[str] = frozenset({
-    "endpoint-unavailable", "endpoint-timeout", "rate-limited", "endpoint-rejected", "bad-response",
-    "context-length", "duplicate", "interrupted", "no-code", "structured-reply", "internal",
-    "job-error",
-})
+# Categories the search must not try to "debug" (derived from the one vocabulary in netapi.categories).
+NOT_DEBUGGABLE: frozenset[str] = _categories.NOT_DEBUGGABLE
 
 
 def ends_with_run(categories: list[str | None], wanted: frozenset[str], n: int) -> bool:

@@ -32,13 +32,14 @@ from nncaption.graph.policy import Mode, choose
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.state import RunState, Task
 from nncaption.graph.store import RunStore
+from nncaption.netapi import categories as _categories
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
-ENDPOINT_CATEGORIES = frozenset({"endpoint-unavailable", "endpoint-timeout", "rate-limited"})
-JOB_ERROR_CATEGORIES = frozenset({"job-error"})  # the machine could not run the job: no candidate can fix that
+ENDPOINT_CATEGORIES = _categories.ENDPOINT_CATEGORIES  # the endpoint is down: a run of these stops the search
+JOB_ERROR_CATEGORIES = _categories.JOB_ERROR_CATEGORIES  # the machine could not run the job: no candidate can fix that
 
 
 @dataclass

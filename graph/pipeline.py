@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from nncaption.netapi import categories as _categories
 from nncaption.netapi.categories import Category, Verdict
 from nncaption.netapi.errors import NNCaptionError
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_CATEGORIES: frozenset[str] = frozenset({"endpoint-unavailable", "endpoint-timeout", "rate-limited"})
+TRANSIENT_CATEGORIES: frozenset[str] = _categories.TRANSIENT_CATEGORIES
 CATEGORY_VALUES: frozenset[str] = frozenset(c.value for c in Category)
 
 
