@@ -91,7 +91,8 @@ def add_llm_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-model", metavar="NAME", default=os.environ.get("NNCAPTION_LLM_MODEL"),
                    help="model name (default deepseek-ai/DeepSeek-R1-0528-Qwen3-8B)")
     g.add_argument("--llm-api-key-env", metavar="VAR", default=None,
-                   help="environment variable holding the API key (default OPENAI_API_KEY; unset -> 'EMPTY')")
+                   help="NAME of the environment variable holding the API key (default: none, 'EMPTY' is sent; "
+                        "OPENAI_API_KEY only for api.openai.com)")
     g.add_argument("--llm-timeout", metavar="S", type=float, default=None, help="request timeout in seconds")
     g.add_argument("--llm-max-tokens", metavar="N", type=int, default=None, help="max tokens per reply")
     g.add_argument("--llm-max-concurrency", metavar="N", type=int, default=None,

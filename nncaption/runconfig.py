@@ -117,14 +117,7 @@ def masked(settings: RunSettings) -> dict[str, Any]:
 
 def show(settings: RunSettings) -> str:
     """`nncaption config show`: the resolved config as pretty JSON, secrets masked, key variables marked set/unset."""
-    import os
-
     data = masked(settings)
-    roles = {}
-    for role in ("designer", "reviewer", "fixer"):
-        ep = settings.agents.llm.for_role(role)
-        roles[role] = {"base_url": URL_USERINFO.sub("***@", ep.base_url), "model": ep.model,
-                       "api_key_env": ep.api_key_env,
-                       "api_key": "set (***)" if os.environ.get(ep.api_key_env) else "unset"}
-    data["effective_endpoints"] = roles
+    # Each role's endpoint as the run will use it: the shared one with the role's own fields laid over it.
+    data["effective_endpoints"] = {role: ep.masked_dump() for role, ep in settings.agents.llm.resolved().items()}
     return json.dumps(data, indent=2, sort_keys=True)

@@ -34,7 +34,7 @@ def test_run_help_documents_every_flag() -> None:
 
 def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
     cfg = tmp_path / "run.toml"
-    cfg.write_text('[agents]\nkind = "llm"\n[agents.llm.designer]\nbase_url = "http://h:8000/v1"\nmodel = "d"\n'
+    cfg.write_text('[agents]\nkind = "llm"\n[agents.llm.designer]\nbase_url = "https://h:8000/v1"\nmodel = "d"\n'
                    'api_key_env = "MY_DESIGNER_KEY"\n')
     out = nncaption("config", "show", "--config", str(cfg), "--concurrency", "6",
                     env={"MY_DESIGNER_KEY": "sk-very-secret-value"})
@@ -42,8 +42,10 @@ def test_config_show_masks_secrets_and_names_bad_keys(tmp_path: Path) -> None:
     assert "sk-very-secret-value" not in out.stdout
     shown = json.loads(out.stdout)
     assert shown["concurrency"] == 6
-    assert shown["effective_endpoints"]["designer"] == {"base_url": "http://h:8000/v1", "model": "d",
-                                                        "api_key_env": "MY_DESIGNER_KEY", "api_key": "set (***)"}
+    designer = shown["effective_endpoints"]["designer"]
+    assert {k: designer[k] for k in ("base_url", "model", "api_key_env", "api_key")} == {
+        "base_url": "https://h:8000/v1", "model": "d", "api_key_env": "MY_DESIGNER_KEY",
+        "api_key": "$MY_DESIGNER_KEY set (***)"}
     cfg.write_text('[sandbox]\nkind = "kubernetes"\n')
     bad = nncaption("run", "--config", str(cfg))
     assert bad.returncode == 2 and bad.stdout == ""

@@ -199,7 +199,7 @@ def test_runconfig_file_flags_and_errors(tmp_path: Path) -> None:
     from nncaption import runconfig
 
     toml = tmp_path / "run.toml"
-    toml.write_text('concurrency = 3\n[budget]\ncandidates = 9\n[agents.llm.fixer]\nbase_url = "http://f/v1"\n'
+    toml.write_text('concurrency = 3\n[budget]\ncandidates = 9\n[agents.llm.fixer]\nbase_url = "https://f/v1"\n'
                     'model = "fixer-model"\napi_key_env = "FIXER_KEY"\ntemperature = 0.2\nmax_tokens = 512\n'
                     '[agents.llm.shared.extra_body]\napi_key = "sk-secret"\n')
     s = runconfig.resolve(runconfig.load_toml(toml), {"budget": {"candidates": 5}})

@@ -275,7 +275,7 @@ def test_roles_use_their_own_endpoints_and_a_client_survives_new_loops() -> None
 
 
 def test_api_key_comes_from_the_named_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = LLMSettings.single("http://x/v1", "m", api_key_env="NNCAPTION_TEST_KEY")
+    settings = LLMSettings.single("https://x/v1", "m", api_key_env="NNCAPTION_TEST_KEY")
     monkeypatch.delenv("NNCAPTION_TEST_KEY", raising=False)
     assert settings.shared.api_key() == "EMPTY"
     monkeypatch.setenv("NNCAPTION_TEST_KEY", "sk-test")
