@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import nncaption
-from nncaption import __version__
+from nncaption import __version__, parsing
 from nncaption.netapi import paths as config
 from nncaption.netapi.errors import EnvironmentProblem, NNCaptionError
 from nncaption.netapi.safetext import safe_text, strict_dumps
@@ -33,6 +33,7 @@ from nncaption.netapi.safetext import safe_text, strict_dumps
 log = logging.getLogger(__name__)
 
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+EXIT_BROKEN_PIPE = 141
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _installed_handlers: list[logging.Handler] = []
 _saved_root_level: list[int] = []
@@ -45,11 +46,7 @@ def command_modules() -> list[str]:
 
 def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """Every sub-command parser below `parser`, at any depth (`data synth`, `llm offline`, ...)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                yield child
-                yield from _subparsers(child)
+    return parsing.subparsers(parser)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -68,7 +65,7 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = parsing.Parser(
         prog="nncaption",
         description="LLM agents design image-captioning networks, train them safely and learn from the results.",
     )
@@ -202,8 +199,32 @@ def _internal_error(e: BaseException, *, json_mode: bool) -> int:
     return 1
 
 
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (`nncaption trace RUN | head -2`): stop quietly, like other Unix tools.
+
+    As the Python docs recommend, stdout is pointed at /dev/null so that the interpreter's final flush cannot raise
+    again; the exit status is 141 (128 + SIGPIPE), what a shell reports for a tool killed by a closed pipe.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        log.debug("could not point stdout at %s", os.devnull, exc_info=True)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
+    parsing.prepare(parser, argv)
     args = parser.parse_args(argv)
     json_mode = bool(getattr(args, "json", False))
     try:
@@ -219,7 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except NNCaptionError as e:
         log.debug("command failed: [%s] %s", e.category, e.message, exc_info=True)
         _emit(e.category, e.message, e.hint, json_mode=json_mode)

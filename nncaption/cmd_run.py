@@ -22,11 +22,13 @@ import os
 import secrets
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from nncaption.netapi import paths
 from nncaption.netapi.errors import ConfigError, NNCaptionError
+from nncaption.run_setup import check_dataset, next_commands, sane_concurrency, train_keys_help
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,8 @@ CONFIG_FLAGS: tuple[str, ...] = (
     "config", "llm_base_url", "llm_model", "llm_api_key_env", "llm_max_tokens", "llm_temperature", "dataset",
     "coco_root", "prepared", "sandbox", "ray_address", "docker_runtime", "gpus", "concurrency", "candidates",
     "epochs", "snippets", "seed", "wall_time", "max_tokens", "max_fix_rounds", "fault_rate", "max_train_batches",
-    "max_val_images", "threads", "device", "replay", "no_llm_review",
+    "max_val_images", "threads", "device", "replay", "no_llm_review", "epoch_time_limit",
 )
-
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The nested config values the flags set (flags left out set nothing)."""
@@ -64,6 +65,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("train.max_val_images", args.max_val_images)
     put("train.threads", args.threads)
     put("train.device", args.device)
+    put("train.epoch_time_limit_s", args.epoch_time_limit)
     put("agents.snippets", args.snippets)
     put("agents.fault_rate", args.fault_rate)
     if args.no_llm_review:
@@ -138,6 +140,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if (run_dir / "results.sqlite").exists():
                 raise ConfigError(f"{run_dir} already holds a run", f"continue it with --resume {run_dir}, "
                                   "or pick another --run-dir")
+            settings = sane_concurrency(settings)
+            check_dataset(settings, progress=not args.json_logs and sys.stderr.isatty())
     except NNCaptionError as e:
         from nncaption.cli import print_error
 
@@ -243,6 +247,7 @@ def _summary(search: Any, code: int) -> None:
     print(f"run directory: {out.run_dir}")
     if code == EXIT_INTERRUPTED:
         print(f"continue with: nncaption run --resume {out.run_dir}")
+    print("\n".join(next_commands(out.run_dir)))
 
 
 def _release_job_stages() -> None:
@@ -319,6 +324,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     d.add_argument("--max-val-images", type=int, metavar="N",
                    help="validation images decoded (default: the whole recorded validation subset)")
     d.add_argument("--threads", type=int, metavar="N", help="torch threads per job")
+    d.add_argument("--epoch-time-limit", type=float, metavar="S",
+                   help="seconds of its own compute one training epoch may use (default 300)")
     d.add_argument("--device", choices=("cpu", "cuda"), help="training device")
     x = p.add_argument_group("sandbox")
     x.add_argument("--sandbox", choices=("local", "docker", "ray"), help="where candidate code runs (default local)")
@@ -331,11 +338,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add `run` and `config show`."""
     run = subparsers.add_parser(
         "run", help="search for captioning models (the main job)",
-        description="Search for image-captioning models: design, check, review, smoke-test, fix, train and score "
-                    "candidates in sandboxes, in parallel, until the budget is used. Without flags: synthetic data, "
-                    "the random-search baseline (NOT an LLM), local sandbox, a few minutes on 2 cores. "
-                    "Exit codes: 0 finished, 1 failed (all endpoints down, or jobs cannot run here), 2 usage/config "
-                    "error, 130 interrupted.")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Search for image-captioning models: design, check, review, smoke-test, fix, train and score "
+            "candidates in sandboxes, in parallel, until the budget is used. Without flags: synthetic data, "
+            "the random-search baseline (NOT an LLM), local sandbox, a few minutes on 2 cores. "
+            "Exit codes: 0 finished, 1 failed (all endpoints down, or jobs cannot run here), 2 usage/config "
+            "error, 130 interrupted.", 100),
+        epilog=train_keys_help())
     add_run_options(run)
     run.set_defaults(func=_cmd_run)
     cfg = subparsers.add_parser("config", help="show the resolved run configuration")

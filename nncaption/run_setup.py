@@ -1,0 +1,83 @@
+"""What `nncaption run` checks and says around a run: a concurrency the machine can train, the dataset opened
+before the run directory exists, the documented [train] keys, and the commands to look at the run afterwards."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Every key of the [train] TOML table, for `run --help` (tests/test_cli_basics.py checks it covers TrainSettings).
+TRAIN_KEYS: dict[str, str] = {
+    "epochs": "training epochs per candidate (default 2; --epochs)",
+    "batch_size": "training batch size (default 32)",
+    "max_train_batches": "batches per epoch (default: the whole training split; --max-train-batches)",
+    "max_val_images": "validation images decoded for BLEU-4 (default: the whole recorded subset; --max-val-images)",
+    "epoch_time_limit_s": "seconds of the job's own compute (CPU time on CPU, GPU time on GPU) one training epoch "
+                          "may use before the job is stopped as a timeout (default 300; --epoch-time-limit)",
+    "smoke_time_limit_s": "seconds the smoke test (one tiny batch forward and backward) may take (default 120)",
+    "max_params": "largest model accepted, in parameters (default 20000000)",
+    "threads": "torch threads per job (default: chosen by the sandbox; --threads)",
+    "device": "\"cpu\" or \"cuda\" (default cpu; --device, implied by --gpus)",
+    "jobs_root": "folder of the content-addressed sandbox jobs (default RUN_DIR/jobs); share one between runs to "
+                 "reuse identical trainings",
+}
+
+
+def train_keys_help() -> str:
+    """The epilog of `run --help`: every key of the [train] table of a --config file."""
+    width = max(len(k) for k in TRAIN_KEYS)
+    lines = ["[train] keys of a --config TOML file (flags override them):"]
+    for key, text in TRAIN_KEYS.items():
+        wrapped = textwrap.wrap(text, 100 - width - 4) or [""]
+        lines.append(f"  {key:<{width}}  {wrapped[0]}")
+        lines += [f"  {'':<{width}}  {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def sane_concurrency(settings: Any) -> Any:
+    """`settings` with a concurrency this machine can train at once (a warning names the number used).
+
+    Clamped, not kept: trainings beyond the cores (or GPUs x jobs per GPU) only slow each other down, and on CPU
+    their epochs then run past the time limits. A Ray cluster sizes itself, so it is left alone.
+    """
+    s, t = settings.sandbox, settings.train
+    if s.kind == "ray":
+        return settings
+    if t.device == "cuda" and s.gpus:
+        limit, what = len(s.gpus) * s.jobs_per_gpu, f"{len(s.gpus)} GPU(s) x {s.jobs_per_gpu} job(s) per GPU"
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_job = t.threads or 1
+        limit = max(1, cores // per_job)
+        what = f"{cores} CPU core(s)" + (f" at {per_job} threads per job" if per_job > 1 else "")
+    if settings.concurrency <= limit:
+        return settings
+    msg = (f"warning: concurrency {settings.concurrency} is more than {what} can train at once; using {limit} "
+           "(more would only slow every job down and push epochs past their time limit)")
+    log.info("%s", msg)
+    print(msg, file=sys.stderr)
+    return settings.model_copy(update={"concurrency": limit})
+
+
+def check_dataset(settings: Any, *, progress: bool) -> None:
+    """Open (or prepare, once: it is cached) the run's dataset now, so a bad one fails before a run directory exists."""
+    from nncaption.netapi.data.resolve import resolve_dataset
+
+    d = settings.data
+    resolve_dataset(d.dataset, coco_root=Path(d.coco_root) if d.coco_root else None,
+                    prepared=Path(d.prepared) if d.prepared else None, size=d.size, seed=d.data_seed,
+                    val_limit=d.val_limit, progress=progress)
+
+
+def next_commands(run_dir: Path | str) -> list[str]:
+    """The summary's last lines: how to inspect, report and export the run."""
+    q = shlex.quote(str(run_dir))
+    return ["next:", f"  inspect: nncaption trace {q}   (or --html trace.html for the viewer)",
+            f"  report:  nncaption report {q}", f"  export:  nncaption export {q} --lemur OUT_DIR"]
