@@ -172,7 +172,9 @@ async def open_checkpointer(path: Path) -> AsyncIterator[Any]:
     async with aiosqlite.connect(str(path)) as conn:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute("PRAGMA synchronous=NORMAL")
-        yield AsyncSqliteSaver(conn)
+        from nncaption.graph.serde import StateSerde  # restricted: a shared checkpoint is hostile input
+
+        yield AsyncSqliteSaver(conn, serde=StateSerde(path))
 
 
 class SearchRun:
@@ -278,8 +280,10 @@ class SearchRun:
         if best and best[0].get("code_ref"):
             best_file = self.run_dir / BEST_MODEL_FILE
             try:
-                best_file.write_text(store.blob(best[0]["code_ref"]), encoding="utf-8")
-            except (KeyError, OSError) as e:
+                from nncaption.graph import rundir  # a new file renamed over it: never through a planted link
+
+                rundir.write_path(best_file, store.blob(best[0]["code_ref"]).encode("utf-8", "surrogatepass"))
+            except (KeyError, OSError, NNCaptionError) as e:
                 log.warning("cannot write %s: %s", best_file, e)
                 best_file = None
         rows = store.candidate_rows()

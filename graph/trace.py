@@ -1,10 +1,13 @@
 """Read-only views of a run directory: the run list, one line per step, one step in full, one candidate's life.
 
-Everything here opens the results database read-only (`file:...?mode=ro`), so it
-works on a run that is still going and on a killed one, and never changes a run.
-The functions return plain, strict-JSON-able dicts; `nncaption trace` prints them
-(candidate and LLM text through `safe_text`) or dumps them with `--json`.
-Blob reads are bounded: a step shows at most `TEXT_LIMIT` characters of any text.
+Everything here reads the run directory through `nncaption.graph.rundir` (a run
+directory may come from someone else): the results database read-only with a time
+bound (views and triggers refused), ids validated before they touch a path, files
+opened without following links and size-capped. So it works on a run that is still
+going and on a killed one, and never changes a run. The functions return plain,
+strict-JSON-able dicts; `nncaption trace` prints them (candidate and LLM text through
+`safe_text`) or dumps them with `--json`. A step shows at most `TEXT_LIMIT`
+characters of any text.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph import rundir
 from nncaption.graph.runlock import is_live
 from nncaption.netapi.errors import NNCaptionError
 
@@ -45,10 +49,18 @@ class TraceLookupError(NNCaptionError):
 
 
 def connect_ro(path: Path) -> sqlite3.Connection:
-    """A read-only connection (URI mode=ro): safe on a running or killed run, never writes the database file."""
-    db = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=10.0, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    return db
+    """A read-only, time-bounded connection (see rundir.connect_ro): never writes the database file."""
+    return rundir.connect_ro(path)
+
+
+def loads(text: str | None, default: Any = None) -> Any:
+    """JSON from a run's database (`default` when empty, malformed or too deeply nested)."""
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError, TypeError):
+        return default
 
 
 class RunReader:
@@ -57,7 +69,7 @@ class RunReader:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir).expanduser()
         db = self.run_dir / RESULTS_DB
-        if not db.is_file():
+        if not (db.is_file() or db.is_symlink()):
             raise RunNotFound(f"{self.run_dir} is not a run directory (no {RESULTS_DB})",
                               "pass a folder made by `nncaption run`; `nncaption runs` lists them")
         self.db = connect_ro(db)
@@ -72,31 +84,24 @@ class RunReader:
         self.db.close()
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute(sql, params).fetchall()]
+        try:
+            return [dict(r) for r in self.db.execute(sql, params).fetchall()]
+        except sqlite3.Error as e:
+            raise rundir.query_error(self.run_dir / RESULTS_DB, e) from None
 
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
-        r = self.db.execute(sql, params).fetchone()
+        try:
+            r = self.db.execute(sql, params).fetchone()
+        except sqlite3.Error as e:
+            raise rundir.query_error(self.run_dir / RESULTS_DB, e) from None
         return dict(r) if r is not None else None
 
     def blob(self, ref: str | None, limit: int = TEXT_LIMIT) -> str | None:
-        """The text stored under `ref`, at most `limit` characters (None when missing)."""
-        if not ref or len(ref) != 64 or not all(c in "0123456789abcdef" for c in ref):
-            return None
-        path = self.run_dir / "blobs" / ref[:2] / ref
-        try:
-            with open(path, "rb") as f:
-                data = f.read(limit * 4 + 4)
-        except OSError:
-            log.debug("blob %s unreadable", ref, exc_info=True)
-            return None
-        return data.decode("utf-8", errors="replace")[:limit]
+        """The text stored under `ref`, at most `limit` characters (None when missing, a bad ref, a link, a FIFO)."""
+        return rundir.blob_text(self.run_dir, ref, limit)
 
     def config(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            log.debug("no readable config.json in %s", self.run_dir, exc_info=True)
-            return {}
+        data = rundir.read_json(self.run_dir, CONFIG_FILE)
         return data if isinstance(data, dict) else {}
 
     def run_row(self) -> dict[str, Any]:
@@ -200,28 +205,24 @@ def code_diff(old: str | None, new: str | None, old_name: str, new_name: str) ->
                                         fromfile=old_name, tofile=new_name, n=2))
 
 
-def _tail_file(path: Path, n: int = LOG_TAIL_BYTES) -> str:
-    """The last `n` bytes of a regular file (never follows links, never blocks)."""
-    from nncaption.netapi.jobfiles import read_regular
-
-    try:
-        size = path.lstat().st_size
-    except OSError:
-        return ""
-    data = read_regular(path, max(0, size - n), n)
+def _tail_file(root: Path, rel: list[str], n: int = LOG_TAIL_BYTES) -> str:
+    """The last `n` bytes of root/rel, a regular file (never follows links, never blocks)."""
+    data = rundir.read_bytes(root, rel, n, offset=-n)
     return data.decode("utf-8", errors="replace") if data else ""
 
 
 def job_record_dir(reader: RunReader, job_id: str | None) -> Path | None:
     """The content-addressed job folder of `job_id`: RUN_DIR/jobs/<id>, or under the run's train.jobs_root."""
-    if not job_id or not job_id.isalnum():
+    if rundir.job_id(job_id) is None:
         return None
+    assert job_id is not None
     roots = [reader.run_dir / "jobs"]
-    shared = (reader.config().get("train") or {}).get("jobs_root")
+    train = reader.config().get("train")
+    shared = train.get("jobs_root") if isinstance(train, dict) else None
     if isinstance(shared, str) and shared:
         roots.append(Path(shared).expanduser())
     for root in roots:
-        if (root / job_id).is_dir():
+        if (root / job_id).is_dir() and not (root / job_id).is_symlink():
             return root / job_id
     return None
 
@@ -231,10 +232,9 @@ def job_log_tail(reader: RunReader, job_id: str | None) -> str:
     record = job_record_dir(reader, job_id)
     if record is None:
         return ""
-    job = record / "job"
     parts = []
     for name in JOB_LOG_FILES:
-        text = _tail_file(job / name, LOG_TAIL_BYTES // 2)
+        text = _tail_file(record, ["job", name], LOG_TAIL_BYTES // 2)
         if text.strip():
             parts.append(f"--- {name} (tail)\n{text}")
     return "\n".join(parts)
@@ -244,9 +244,8 @@ def _llm_calls(reader: RunReader, step: int) -> list[dict[str, Any]]:
     out = []
     for c in reader.rows("SELECT * FROM llm_calls WHERE step=? ORDER BY id", (step,)):
         messages_text = reader.blob(c["messages_ref"])
-        try:
-            messages = json.loads(messages_text) if messages_text else []
-        except ValueError:
+        messages = loads(messages_text, None)
+        if messages is None and messages_text:
             messages = [{"role": "?", "content": messages_text}]
         out.append({"role": c["role"], "endpoint": c["endpoint"], "model_requested": c["model"],
                     "model_returned": c["model_returned"], "ok": bool(c["ok"]), "error": c["error"],
@@ -276,9 +275,8 @@ def step_detail(reader: RunReader, n: int) -> dict[str, Any]:
     log_tail = reader.blob(s["log_ref"], LOG_TAIL_BYTES) or ""
     if not log_tail and jobs:
         log_tail = job_log_tail(reader, jobs[0].get("job_id"))
-    try:
-        detail = json.loads(s["detail"]) if s["detail"] else {}
-    except ValueError:
+    detail = loads(s["detail"], {})
+    if not isinstance(detail, dict):
         detail = {}
     metrics: dict[str, Any] = {}
     if s["node"] == "train" and cid:
@@ -323,7 +321,7 @@ def candidate_life(reader: RunReader, cid: str) -> dict[str, Any]:
     attempts = reader.rows("SELECT attempt, made_by, code_ref, prm_json, summary, step FROM attempts WHERE cid=? "
                            "ORDER BY attempt", (cid,))
     for a in attempts:
-        a["prm"] = json.loads(a.pop("prm_json") or "{}")
+        a["prm"] = loads(a.pop("prm_json"), {})
     return {"candidate": cand, "parent_chain": parent_chain(reader, cid), "steps": steps, "attempts": attempts,
             "verdicts": reader.rows("SELECT attempt, stage, ok, category, message, line, step FROM verdicts "
                                     "WHERE cid=? ORDER BY attempt, step", (cid,)),
