@@ -30,13 +30,16 @@ import os
 import secrets
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph import rundir
 from nncaption.graph.trace import CHECKPOINT_DB, CONFIG_FILE, RESULTS_DB, RunReader, TraceLookupError, connect_ro
 from nncaption.netapi.errors import ConfigError, UsageError
+from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,7 @@ def fork_checkpoint(run_dir: Path, superstep: int) -> str:
     for r in rows:
         try:
             meta = json.loads(r["metadata"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             log.debug("checkpoint %s: unreadable metadata", r["checkpoint_id"], exc_info=True)
             continue
         if isinstance(meta, dict) and meta.get("step") == superstep - 1:
@@ -79,25 +82,69 @@ def _backup(src: Path, dst: Path) -> None:
         source.close()
 
 
-def _link_or_copy(src: str, dst: str) -> str:
+def _copy_file(src: Path, dst: Path, *, link: bool) -> None:
+    """One regular file (hard link when `link`), never a link, FIFO or device: those are skipped."""
+    st = os.lstat(src)
+    if not stat.S_ISREG(st.st_mode):
+        log.warning("fork: not copying %s (not a regular file)", safe_text(str(src), 300))
+        return
+    if link:
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            return
+        except OSError:
+            pass
+    data = rundir.read_bytes(src.parent, src.name, max(st.st_size, 1))
+    if data is not None:
+        rundir.write_file(dst.parent, dst.name, data)
+
+
+def _copy_tree(src: Path, dst: Path, *, link: bool = False, skip: tuple[str, ...] = ()) -> None:
+    """Folders and regular files under `src`, walked without following links (what is not either is skipped)."""
+    os.mkdir(dst)
+    with os.scandir(src) as it:
+        for entry in it:
+            if entry.name in skip:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                _copy_tree(Path(entry.path), dst / entry.name, link=link, skip=skip)
+            elif entry.is_file(follow_symlinks=False):
+                _copy_file(Path(entry.path), dst / entry.name, link=link)
+            else:
+                log.warning("fork: not copying %s (a link or a special file)", safe_text(entry.path, 300))
+
+
+def _copy_blobs(src: Path, dst: Path) -> None:
+    """Blobs whose folder and name have the blob format (`ab/abcd...`), hard-linked; nothing else."""
+    os.mkdir(dst)
+    with os.scandir(src) as it:
+        for sub in it:
+            if not (len(sub.name) == 2 and sub.is_dir(follow_symlinks=False)):
+                continue
+            os.mkdir(dst / sub.name)
+            with os.scandir(sub.path) as files:
+                for f in files:
+                    if rundir.ref(f.name) and f.name[:2] == sub.name and f.is_file(follow_symlinks=False):
+                        _copy_file(Path(f.path), dst / sub.name / f.name, link=True)
+
+
+def _real_dir(path: Path) -> bool:
     try:
-        os.link(src, dst)
+        return stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
-        shutil.copy2(src, dst)
-    return dst
+        return False
 
 
 def copy_run(src: Path, dst: Path) -> None:
-    """Databases (backup API), blobs (hard links), candidate files and sandbox jobs (copies)."""
+    """Databases (backup API), blobs (hard links), candidate files and sandbox jobs (copies); links are skipped."""
     dst.mkdir(parents=True)
     _backup(src / RESULTS_DB, dst / RESULTS_DB)
     _backup(src / CHECKPOINT_DB, dst / CHECKPOINT_DB)
-    if (src / "blobs").is_dir():
-        shutil.copytree(src / "blobs", dst / "blobs", copy_function=_link_or_copy, symlinks=True)
+    if _real_dir(src / "blobs"):
+        _copy_blobs(src / "blobs", dst / "blobs")
     for name in ("candidates", "jobs"):
-        if (src / name).is_dir():
-            shutil.copytree(src / name, dst / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("lock", ".trash"))
+        if _real_dir(src / name):
+            _copy_tree(src / name, dst / name, skip=("lock", ".trash"))
 
 
 def trim_checkpoints(db_path: Path, checkpoint_id: str) -> int:
@@ -127,7 +174,8 @@ def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
             for cid in new:
                 for table in ("epochs", "dedup", "attempts", "verdicts", "sandbox_jobs", "llm_calls"):
                     db.execute(f"DELETE FROM {table} WHERE cid=?", (cid,))
-                shutil.rmtree(run_dir / "candidates" / cid, ignore_errors=True)
+                if rundir.cid(cid) and _real_dir(run_dir / "candidates" / cid):  # never a path or a link
+                    shutil.rmtree(run_dir / "candidates" / cid, ignore_errors=True)
             removed["candidates"] = db.execute("DELETE FROM candidates WHERE planned_step >= ?",
                                                (superstep,)).rowcount
             trained = {r[0] for r in db.execute("SELECT DISTINCT cid FROM steps WHERE node='train'")}
@@ -142,9 +190,10 @@ def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
                            "summary=COALESCE(?, summary) WHERE cid=?",
                            (last[0] if last else 0, last[1] if last else None, last[2] if last else None,
                             last[3] if last else None, cid))
-                folder = run_dir / "candidates" / cid
-                for f in folder.glob("attempt-*.py") if folder.is_dir() else []:
-                    if not last or int(f.stem.split("-", 1)[1] or 0) > last[0]:
+                folder = run_dir / "candidates" / cid if rundir.cid(cid) else None
+                for f in folder.glob("attempt-*.py") if folder and _real_dir(folder) else []:
+                    n = f.stem.split("-", 1)[1]
+                    if not n.isdigit() or not last or int(n) > int(last[0] or 0):
                         f.unlink()
             removed["reopened"] = db.execute(
                 "UPDATE candidates SET status='planned', category=NULL, stage=NULL, message=NULL, "
@@ -181,8 +230,13 @@ def _new_dir(src: Path, step: int) -> Path:
 
 def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_url: str | None = None,
              llm_model: str | None = None, json_logs: bool = False, mask: Masker | None = None,
-             emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Copy `run_dir` up to step `step`'s superstep into a new run directory and continue it there."""
+             emit: Callable[[dict[str, Any]], None] | None = None, trust_config: bool = False) -> dict[str, Any]:
+    """Copy `run_dir` up to step `step`'s superstep into a new run directory and continue it there.
+
+    The original's endpoints, key variables, sandbox and folders are used only when this user made it (or
+    `trust_config`); otherwise `llm_base_url` replaces all of them by the defaults, or the fork is refused
+    (graph/runtrust.py)."""
+    from nncaption.graph import runtrust
     from nncaption.graph.runner import SearchRun
     from nncaption.graph.settings import RunSettings
 
@@ -195,6 +249,14 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         config = reader.config()
     if not config:
         raise UsageError(f"{src} has no readable {CONFIG_FILE}", "fork a run made by `nncaption run`")
+    if not trust_config and not runtrust.is_trusted(src, config):
+        if not llm_base_url:
+            runtrust.check(src, config, trust=False, action="--fork")
+        log.warning("fork: %s was not started here; its endpoints, key variables, sandbox and folders are not used",
+                    safe_text(str(src), 300))
+        config = runtrust.stripped(config)
+    elif trust_config:
+        runtrust.remember(src, config)
     checkpoint_id = fork_checkpoint(src, superstep)
     dst = (new_dir.expanduser().resolve() if new_dir else _new_dir(src, step))
     if dst.exists() and any(dst.iterdir()):
@@ -211,10 +273,11 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
     trim_checkpoints(dst / CHECKPOINT_DB, checkpoint_id)
     removed = trim_results(dst, superstep)
     _retarget_run_row(dst, settings, masked)
-    (dst / CONFIG_FILE).write_text(json.dumps(masked, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    rundir.write_file(dst, CONFIG_FILE, json.dumps(masked, indent=2, sort_keys=True) + "\n")
+    runtrust.remember(dst, masked)
     origin = {"source": str(src), "step": step, "superstep": superstep, "checkpoint_id": checkpoint_id,
               "llm_base_url": llm_base_url, "llm_model": llm_model, "created_at": time.time(), "removed": removed}
-    (dst / FORK_FILE).write_text(json.dumps(origin, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    rundir.write_file(dst, FORK_FILE, json.dumps(origin, indent=2, sort_keys=True) + "\n")
     kwargs: dict[str, Any] = {"emit": emit or _log_event, "resume": True, "masked_config": masked}
     if "checkpoint_id" in inspect.signature(SearchRun.__init__).parameters:
         kwargs["checkpoint_id"] = checkpoint_id

@@ -107,14 +107,17 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def _recorded_config(run_dir: Path) -> dict[str, Any]:
-    import json
+    from nncaption.graph import rundir  # bounded, no links, malformed JSON is a configuration error
 
     path = run_dir / "config.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.json)",
                           "pass a folder made by `nncaption run` (see $NNCAPTION_HOME/runs)")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return dict(data) if isinstance(data, dict) else {}
+    data = rundir.read_json(run_dir, "config.json")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is not a JSON object (malformed, too large, too deeply nested or a link)",
+                          "pass a run directory made by `nncaption run`", exit_code=2)
+    return dict(data)
 
 
 def new_run_dir() -> Path:
@@ -133,7 +136,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--resume continues a run with its recorded configuration; drop {drop}",
                                   "start a new run instead if you want other settings")
             run_dir = Path(args.resume).expanduser().resolve()
-            settings = runconfig.resolve(_recorded_config(run_dir))
+            recorded = _recorded_config(run_dir)
+            from nncaption.graph import runtrust  # a run directory from elsewhere: its endpoints need consent
+
+            runtrust.check(run_dir, recorded, trust=bool(getattr(args, "trust_run_config", False)))
+            settings = runconfig.resolve(recorded)
         else:
             settings = settings_from_args(args)
             run_dir = Path(args.run_dir).expanduser().resolve() if args.run_dir else new_run_dir()
@@ -147,6 +154,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print_error(e.category, e.message, e.hint)
         return EXIT_USAGE
+    if not args.resume:  # this user's own run: a later --resume may use its config.json (graph/runtrust.py)
+        from nncaption.graph import runtrust
+
+        runtrust.remember(run_dir, runconfig.masked(settings))
     _setup_logging(run_dir)
     return _run(settings, run_dir, resume=bool(args.resume), json_logs=args.json_logs,
                 live=not args.no_live and not args.json_logs)
@@ -293,6 +304,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE.toml", help="TOML config file (flags override it)")
     g.add_argument("--run-dir", metavar="DIR", help="run directory (default: a new folder under $NNCAPTION_HOME/runs)")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted or killed run with its recorded config")
+    g.add_argument("--trust-run-config", action="store_true",
+                   help="with --resume: use the endpoints, key variables and sandbox of a run directory not started "
+                        "here (shown when refused)")
     g.add_argument("--replay", metavar="RUN_DIR", help="answer every LLM call from that run's recorded exchanges "
                    "(same candidates, verdicts and scores)")
     g.add_argument("--seed", type=int, metavar="S", help="fixes every random choice of the search (default 0)")

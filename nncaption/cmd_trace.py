@@ -208,7 +208,8 @@ def _fork(args: argparse.Namespace, run_dir: Path) -> int:
     into = Path(args.into).expanduser() if args.into else \
         config.runs_root() / f"{run_dir.resolve().name}-fork{args.fork}-{secrets.token_hex(2)}"
     result = fork_run(run_dir, args.fork, new_dir=into, llm_base_url=args.llm_base_url, llm_model=args.llm_model,
-                      json_logs=args.json, mask=runconfig.masked)
+                      json_logs=args.json, mask=runconfig.masked,
+                      trust_config=bool(getattr(args, "trust_run_config", False)))
     if args.json:
         _out({"ok": result["status"] == "finished", **result})
     else:
@@ -273,6 +274,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "$NNCAPTION_HOME/runs)")
     tr.add_argument("--llm-base-url", metavar="URL", help="with --fork: the endpoint the continued run uses")
     tr.add_argument("--llm-model", metavar="NAME", help="with --fork: the model name served there")
+    tr.add_argument("--trust-run-config", action="store_true", help="with --fork: use the endpoints, key variables "
+                    "and sandbox of a run directory not started here (shown when refused)")
     tr.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML trace viewer")
     tr.add_argument("--json", action="store_true", help="one strict JSON object on stdout")
     tr.set_defaults(func=_cmd_trace)
