@@ -3,7 +3,8 @@
 The prompt (rendered by nncaption.prompts.library) carries the Net API contract,
 the dataset facts, K backbone snippets (5 or 10, sampled by seed), a decoder
 family hint and the feedback section. When the endpoint says the prompt does not
-fit its context, the designer asks again with fewer snippets (10 -> 5 -> 2 -> 0).
+fit its context, the designer asks again with fewer snippets (10 -> 5 -> 2 -> 0);
+a reply cut off at its token budget is asked again once (`agents/truncation.py`).
 It returns the extracted code, the hyperparameters the reply asked for (`prm`,
 validated; see `nncaption.agents.hparams`) and a one-line summary, plus every
 exchange made; a reply without usable code or with invalid hyperparameters raises
@@ -20,10 +21,11 @@ from typing import Any, Literal
 
 from nncaption.agents.client import LLMClient, run_sync
 from nncaption.agents.errors import ContextLengthExceeded
-from nncaption.agents.extract import ExtractionError, candidate_from_exchange, extract_summary, module_docstring_line
+from nncaption.agents.extract import extract_summary, module_docstring_line
 from nncaption.agents.feedback import Feedback
 from nncaption.agents.hparams import Prm, PrmError, validate_prm
 from nncaption.agents.records import LLMExchange
+from nncaption.agents.truncation import ask_for_candidate
 from nncaption.prompts.library import DatasetFacts, ParentCandidate, Snippet, designer_messages, sample_snippets
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ class Design:
     exchanges: list[LLMExchange] = field(default_factory=list)
     producer: str = ""
     trace: str = ""
+    notes: list[str] = field(default_factory=list)  # what was changed in the reply (unknown hyperparameters dropped)
 
     @property
     def exchange(self) -> LLMExchange:
@@ -119,7 +122,7 @@ async def design(
             top=[c.to_prompt() for c in feedback.top], failures=[f.to_prompt() for f in feedback.failures],
         )
         try:
-            ex = await client.chat("designer", messages, seed=seed)
+            ex, cand = await ask_for_candidate(client, "designer", messages, exchanges, seed=seed)
         except ContextLengthExceeded as e:
             if e.exchange is not None:
                 exchanges.append(e.exchange)
@@ -128,16 +131,10 @@ async def design(
             log.warning("designer prompt with %d snippets is too long for %s; retrying with %d",
                         n, e.endpoint, schedule[i + 1])
             continue
-        exchanges.append(ex)
-        try:
-            cand = candidate_from_exchange(ex)
-        except ExtractionError as e:
-            e.message = f"designer reply: {e.message}"
-            raise
         prm = cand.prm if cand.prm is not None else inherited_prm(parent.hparams if parent else {}, cand.code)
         return Design(code=cand.code, prm=prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
                       mode=mode, decoder=decoder, snippets=[s.name for s in shown], exchanges=exchanges,
-                      producer=ex.model_returned or ex.model)
+                      producer=ex.model_returned or ex.model, notes=list(cand.notes))
     raise AssertionError("unreachable: the snippet schedule is never empty")
 
 

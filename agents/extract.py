@@ -24,7 +24,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from nncaption.agents.hparams import HINT as PRM_HINT
@@ -35,7 +35,7 @@ from nncaption.agents.hparams import (
     prm_from_json_blocks,
     prm_from_object,
     prm_literal,
-    validate_prm,
+    validate_llm_prm,
 )
 from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.reasoning import has_unclosed_think, split_reasoning
@@ -298,6 +298,7 @@ class Candidate:
     code: str
     prm: Prm | None
     summary: str | None
+    notes: list[str] = field(default_factory=list)  # e.g. unknown hyperparameters dropped
 
 
 def extract_candidate(text: str, reasoning: str | None = None, *, truncated: bool = False) -> Candidate:
@@ -319,11 +320,11 @@ def extract_candidate(text: str, reasoning: str | None = None, *, truncated: boo
             if raw is None:
                 raw = prm_literal(code)
             summary = None
-        prm = validate_prm(raw, code) if raw is not None else None
+        prm, notes = validate_llm_prm(raw, code) if raw is not None else (None, [])
     except PrmError as e:
         raise ExtractionError(PRM_CATEGORY, e.message, candidate=code) from None
     summary = safe_text(" ".join(summary.split()), 300, keep="head") if summary else extract_summary(text, reasoning)
-    return Candidate(code=code, prm=prm, summary=summary or None)
+    return Candidate(code=code, prm=prm, summary=summary or None, notes=notes)
 
 
 def candidate_from_exchange(exchange: LLMExchange) -> Candidate:

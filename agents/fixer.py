@@ -4,7 +4,8 @@ The error may be a validator `Verdict` (static or smoke), a reviewer `Review`, a
 sandbox traceback (text), or an `ExtractionError` from a reply without usable
 code (or with invalid hyperparameters); it is turned into the fixer prompt's error
 section with the category and the category's hint, so the model knows what to
-change. The prompt also shows the hyperparameters the candidate trains with.
+change. The prompt also shows the hyperparameters the candidate trains with. A reply
+cut off at its token budget is asked again once (`agents/truncation.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 from nncaption.agents.client import LLMClient, run_sync
 from nncaption.agents.designer import inherited_prm, summary_of
-from nncaption.agents.extract import ExtractionError, candidate_from_exchange
+from nncaption.agents.extract import ExtractionError
 from nncaption.agents.hparams import Prm
 from nncaption.agents.records import LLMExchange
 from nncaption.agents.reviewer import CATEGORY_VALUES, Review
+from nncaption.agents.truncation import ask_for_candidate
 from nncaption.netapi.categories import Category, Verdict
 from nncaption.netapi.safetext import safe_text
 from nncaption.prompts.library import fixer_messages
@@ -42,6 +44,7 @@ class Fix:
     exchanges: list[LLMExchange] = field(default_factory=list)
     producer: str = ""
     trace: str = ""
+    notes: list[str] = field(default_factory=list)  # what was changed in the reply (unknown hyperparameters dropped)
 
     @property
     def exchange(self) -> LLMExchange:
@@ -85,15 +88,13 @@ async def fix(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[s
     text, found = describe_error(error)
     category = category or found
     given = dict(prm or {})
-    ex = await client.chat("fixer", fixer_messages(code, text, category=category, prm=given))
-    try:
-        cand = candidate_from_exchange(ex)
-    except ExtractionError as e:
-        e.message = f"fixer reply: {e.message}"
-        raise
+    exchanges: list[LLMExchange] = []
+    ex, cand = await ask_for_candidate(client, "fixer", fixer_messages(code, text, category=category, prm=given),
+                                       exchanges)
     new_prm = cand.prm if cand.prm is not None else inherited_prm(given, cand.code)
     return Fix(code=cand.code, prm=new_prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
-               category=category, exchanges=[ex], producer=ex.model_returned or ex.model)
+               category=category, exchanges=exchanges, producer=ex.model_returned or ex.model,
+               notes=list(cand.notes))
 
 
 def fix_sync(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[str, Any] | None = None,

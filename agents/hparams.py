@@ -12,6 +12,10 @@ from the AST) plus the generic training key `batch`, and sane ranges: lr in (0, 
 momentum in [0, 1), dropout in [0, 1), batch an int in 1..512; every value a finite
 number. A violation is a `PrmError` (category `bad-hyperparameters`) whose message
 names the key and the allowed values, so a fixer can act on it.
+
+What an LLM asks for goes through `validate_llm_prm`: a key the file does not support
+(a model's habitual `weight_decay`) is dropped with a note for the trace instead of
+losing the candidate; values out of range are still errors.
 """
 
 from __future__ import annotations
@@ -172,3 +176,34 @@ def validate_prm(prm: Mapping[str, Any], code: str | None = None) -> Prm:
 def prm_text(prm: Mapping[str, Any]) -> str:
     """The prm as the prompts show it: one JSON object with sorted keys (exact, parseable)."""
     return json.dumps({k: prm[k] for k in sorted(prm)})
+
+
+def unknown_keys(prm: Mapping[str, Any], code: str | None) -> list[str]:
+    """Keys of `prm` that `code` cannot take: not identifiers, or outside its supported set and GENERIC_KEYS."""
+    allowed = supported_keys(code) if code is not None else None
+    return [str(k) for k in prm
+            if not isinstance(k, str) or not k.isidentifier()
+            or (allowed is not None and k not in allowed and k not in GENERIC_KEYS)]
+
+
+def validate_llm_prm(prm: Mapping[str, Any], code: str | None = None) -> tuple[Prm, list[str]]:
+    """`validate_prm` for what an LLM asked for: unknown keys are dropped, each with a note (returned).
+
+    The notes name the key and what the file supports, so the trace shows why a
+    hyperparameter the reply asked for was not used.
+    """
+    if not isinstance(prm, Mapping):
+        raise PrmError(f"the hyperparameters must be a JSON object, got {type(prm).__name__}")
+    dropped = unknown_keys(prm, code)
+    notes: list[str] = []
+    if dropped:
+        allowed = supported_keys(code) if code is not None else None
+        supported = ", ".join(sorted(allowed)) if allowed else "none"
+        for key in dropped[:8]:
+            notes.append(f"dropped hyperparameter {key[:40]!r}: not in supported_hyperparameters() ({supported}) "
+                         f"nor a training key ({', '.join(sorted(GENERIC_KEYS))})")
+            log.info("%s", notes[-1])
+        if len(dropped) > 8:
+            notes.append(f"dropped {len(dropped) - 8} more unknown hyperparameters")
+    kept = {k: v for k, v in prm.items() if str(k) not in dropped}
+    return validate_prm(kept, code), notes
