@@ -19,6 +19,8 @@ body { font: 13px/1.4 system-ui, sans-serif; margin: 0; color: #222; background:
 header { padding: 8px 14px; background: #234; color: #fff; }
 header h1 { font-size: 16px; margin: 0 0 4px 0; }
 #layout { display: grid; grid-template-columns: 340px 300px 1fr; gap: 10px; padding: 10px; }
+#overview { grid-column: 1 / -1; display: flex; gap: 16px; align-items: flex-start; }
+#chart svg { display: block; }
 section { background: #fff; border: 1px solid #ddd; border-radius: 4px; padding: 8px; overflow: auto; }
 #left, #mid { max-height: calc(100vh - 60px); }
 #detail { max-height: calc(100vh - 60px); }
@@ -42,9 +44,11 @@ svg .pt { fill: #36c; }
 <body>
 <header><h1 id="title"></h1><div id="runmeta"></div></header>
 <div id="layout">
+  <section id="overview">
+    <div><h2>BLEU-4 per candidate (COCO protocol; line: running best; x: failed, by category)</h2>
+    <div id="chart">%%SVG%%</div></div>
+  </section>
   <section id="left">
-    <h2>BLEU-4 over time (COCO protocol; line: running best)</h2>
-    <div id="chart">%%SVG%%</div>
     <h2>Candidates</h2>
     <table id="cands"><thead><tr><th>id</th><th>status</th><th>BLEU-4</th><th>origin</th><th>parent</th></tr></thead>
     <tbody></tbody></table>

@@ -40,28 +40,63 @@ def _f(v: Any, fmt: str = ".4f") -> str:
 
 def _plots(out: Path, cands: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]], fun: dict[str, Any],
            cost: dict[str, Any], caps: Captions | None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Write the report's PNGs (bounding box fitted to every title and caption, so nothing is clipped)."""
     import matplotlib.pyplot as plt
 
     paths: list[Path] = []
-
-    def save(fig: Any, name: str) -> None:
+    for name, fig in figures(cands, epochs, fun, cost, caps).items():
         path = out / name
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
         plt.close(fig)
         paths.append(path)
+    return paths
+
+
+def figures(cands: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]], fun: dict[str, Any],
+            cost: dict[str, Any], caps: Captions | None) -> dict[str, Any]:
+    """The report's matplotlib figures by file name (tests check their axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figs = {"bleu_per_candidate.png": _fig_candidates(cands), "funnel.png": _fig_funnel(fun),
+            "bleu_per_epoch.png": _fig_epochs(cands, epochs), "cost.png": _fig_cost(cost)}
+    if caps is not None and caps.rows:
+        figs["captions.png"] = _fig_captions(caps)
+    for fig in figs.values():
+        fig.tight_layout()
+    return figs
+
+
+def _label(text: Any, limit: int) -> str:
+    """Hostile text as a plot label: safe, capped, and no `$` (matplotlib would parse it as math)."""
+    return safe_text(str(text), limit).replace("$", r"\$")
+
+
+def _bleu_axis(ax: Any, values: list[float], label: str) -> None:
+    """A BLEU-4 y axis from 0 (BLEU is never negative; an all-zero run gets 0..0.01, not -0.04..0.04)."""
+    ax.set_ylim(0, max([0.01, *(1.15 * v for v in values)]))
+    ax.set_ylabel(label)
+
+
+def _fig_candidates(cands: list[dict[str, Any]]) -> Any:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     scored = [c for c in cands if c["status"] == "scored" and c["bleu4"] is not None]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    failed = [c for c in cands if c["status"] in ("failed", "duplicate")]
+    cats = sorted({str(c["category"] or c["status"]) for c in failed})
+    if cats:
+        fig, (ax, band) = plt.subplots(2, 1, figsize=(7, 3.8 + 0.25 * len(cats)), sharex=True,
+                                       gridspec_kw={"height_ratios": [4, 0.6 + 0.35 * len(cats)]})
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        band = None
     if scored:
         xs = [c["idx"] + 1 for c in scored]
         ax.scatter(xs, [c["bleu4"] for c in scored], label="COCO-protocol BLEU-4", zorder=3)
         if any(c["lemur_bleu4"] is not None for c in scored):
             ax.scatter(xs, [c["lemur_bleu4"] if c["lemur_bleu4"] is not None else float("nan") for c in scored],
-                       marker="x", label="LEMUR-compatible BLEU-4", zorder=3)
+                       marker="+", label="LEMUR-compatible BLEU-4", zorder=3)
         best, run_best = -1.0, []
         for c in scored:
             best = max(best, float(c["bleu4"]))
@@ -69,74 +104,126 @@ def _plots(out: Path, cands: list[dict[str, Any]], epochs: dict[str, list[dict[s
         ax.step(xs, run_best, where="post", color="tab:green", label="running best (COCO protocol)")
         for c in scored:
             ax.annotate(c["cid"], (c["idx"] + 1, c["bleu4"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.legend(fontsize=7, loc="best")
     else:
         ax.text(0.5, 0.5, "no candidate scored", ha="center", transform=ax.transAxes)
+    _bleu_axis(ax, [float(c["bleu4"]) for c in scored] +
+               [float(c["lemur_bleu4"]) for c in scored if c["lemur_bleu4"] is not None], "BLEU-4")
+    ax.set_title("BLEU-4 of every candidate" + (" (x: failed, by category)" if cats else ""))
+    ax.set_xlim(0.5, max([c["idx"] + 1 for c in cands] or [1]) + 0.5)
+    bottom = ax
+    if band is not None:
+        band.scatter([c["idx"] + 1 for c in failed], [cats.index(str(c["category"] or c["status"])) for c in failed],
+                     marker="x", color="tab:red", zorder=3)
+        band.set_yticks(range(len(cats)), [_label(c, 30) for c in cats], fontsize=8)
+        band.set_ylim(-0.6, len(cats) - 0.4)
+        band.set_ylabel("failed", fontsize=8)
+        band.grid(axis="y", color="#eee")
+        bottom = band
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlabel("candidate (creation order)")
+    return fig
+
+
+def _fig_funnel(fun: dict[str, Any]) -> Any:
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("candidate (creation order)")
-    ax.set_ylabel("BLEU-4")
-    ax.set_title("BLEU-4 of every scored candidate")
-    ax.legend(fontsize=7, loc="best")
-    save(fig, "bleu_per_candidate.png")
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     stages = list(fun["stages"].items())
     a1.barh([s for s, _ in stages][::-1], [n for _, n in stages][::-1], color="tab:blue")
     for i, (_, n) in enumerate(stages[::-1]):
         a1.text(n, i, f" {n}", va="center", fontsize=8)
-    a1.set_title("funnel (candidates)")
+    a1.set_title("funnel")
+    a1.set_xlabel("candidates")
     rej = sorted(fun["rejections"], key=lambda x: -x["verdicts"])
     if rej:
-        a2.barh([f"{x['stage']}: {x['category']}" for x in rej][::-1], [x["verdicts"] for x in rej][::-1],
+        a2.barh([_label(f"{x['stage']}: {x['category']}", 40) for x in rej][::-1], [x["verdicts"] for x in rej][::-1],
                 color="tab:red")
+        a2.set_xlabel("failed verdicts")
     else:
         a2.text(0.5, 0.5, "no rejections", ha="center", transform=a2.transAxes)
-    a2.set_title("rejections (failed verdicts, fixed or not) by stage: category", fontsize=9)
-    save(fig, "funnel.png")
+        a2.set_axis_off()
+    a2.set_title("rejections by stage: category\n(failed verdicts, fixed or not)", fontsize=10)
+    for a in (a1, a2):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def _fig_epochs(cands: list[dict[str, Any]], epochs: dict[str, list[dict[str, Any]]]) -> Any:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
+    scored = [c for c in cands if c["status"] == "scored" and c["bleu4"] is not None]
     top = sorted(scored, key=lambda c: -float(c["bleu4"]))[:TOP_K]
+    seen: set[int] = set()
+    values: list[float] = []
     for c in top:
         curve = [e for e in epochs.get(c["cid"], []) if e["bleu4"] is not None]
         if curve:
             ax.plot([e["epoch"] for e in curve], [e["bleu4"] for e in curve], marker="o", label=c["cid"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("COCO-protocol BLEU-4")
+            seen.update(int(e["epoch"]) for e in curve)
+            values += [float(e["bleu4"]) for e in curve]
     ax.set_title(f"BLEU-4 per epoch, top {len(top)} candidates")
-    if top:
-        ax.legend(fontsize=7)
-    save(fig, "bleu_per_epoch.png")
+    if not seen:
+        ax.text(0.5, 0.5, "no per-epoch BLEU-4 recorded", ha="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return fig
+    if len(seen) <= 20:
+        ax.set_xticks(sorted(seen))  # whole epochs only: no 1.2, 1.4 ... between epoch 1 and 2
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    _bleu_axis(ax, values, "COCO-protocol BLEU-4")
+    ax.legend(fontsize=7)
+    return fig
 
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    nodes = cost["per_stage"]
-    axes[0].bar(list(nodes), [v["seconds"] for v in nodes.values()], color="tab:purple")
-    axes[0].set_title("time per stage (s)")
-    axes[1].bar(list(nodes), [v["tokens"] for v in nodes.values()], color="tab:orange")
-    axes[1].set_title("tokens per stage")
-    roles = cost["per_role"]
-    axes[2].bar(list(roles) or ["(no LLM calls)"], [v["tokens"] for v in roles.values()] or [0], color="tab:cyan")
-    axes[2].set_title("tokens per role")
-    for a in axes:
+
+def _fig_cost(cost: dict[str, Any]) -> Any:
+    """Time per stage, and tokens per stage and per role when there were any (a baseline run makes no LLM calls:
+    its token panels are left out with a note instead of drawing empty axes)."""
+    import matplotlib.pyplot as plt
+
+    nodes, roles = cost["per_stage"], cost["per_role"]
+    panels: list[tuple[str, str, dict[str, float]]] = [
+        ("time per stage", "seconds", {k: float(v["seconds"]) for k, v in nodes.items()})]
+    tokens = {k: float(v["tokens"]) for k, v in nodes.items()}
+    if any(tokens.values()):
+        panels.append(("tokens per stage", "tokens", tokens))
+    role_tokens = {k: float(v["tokens"]) for k, v in roles.items()}
+    if any(role_tokens.values()):
+        panels.append(("tokens per role", "tokens", role_tokens))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.7 * len(panels) + 0.5, 3.4), squeeze=False)
+    colors = ("tab:purple", "tab:orange", "tab:cyan")
+    for a, (title, unit, data), color in zip(axes[0], panels, colors, strict=False):
+        a.bar([_label(k, 30) for k in data], list(data.values()), color=color)
+        a.set_title(title)
+        a.set_ylabel(unit)
         a.tick_params(axis="x", labelrotation=45, labelsize=8)
-    save(fig, "cost.png")
+    if len(panels) < 3:
+        fig.text(0.5, -0.02, "no LLM tokens were used (e.g. the random-search baseline): token panels left out",
+                 ha="center", va="top", fontsize=8, color="#555")
+    return fig
 
-    if caps is not None and caps.rows:
-        n = min(len(caps.rows), 6)
-        fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
-        for a, row in zip(axes[0], caps.rows[:n], strict=False):
-            if row.get("image") is not None:
-                a.imshow(row["image"])
-            a.set_axis_off()
-            a.set_title(f"{row['image_id']}", fontsize=8)
-            a.text(0, -0.08, "model: " + _wrap(row["prediction"]) + "\nref: " + _wrap(row["references"][0]),
-                   transform=a.transAxes, fontsize=7, va="top")
-        save(fig, "captions.png")
-    return paths
+
+def _fig_captions(caps: Captions) -> Any:
+    import matplotlib.pyplot as plt
+
+    n = min(len(caps.rows), 6)
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.4), squeeze=False)
+    for a, row in zip(axes[0], caps.rows[:n], strict=False):
+        if row.get("image") is not None:
+            a.imshow(row["image"])
+        a.set_axis_off()
+        a.set_title(f"{row['image_id']}", fontsize=8)
+        a.text(0, -0.05, "model: " + _wrap(row["prediction"]) + "\nref: " + _wrap(row["references"][0]),
+               transform=a.transAxes, fontsize=7, va="top")
+    return fig
 
 
 def _wrap(text: str, width: int = 34) -> str:
-    words, lines, cur = safe_text(text, 200).split(), [], ""
+    words, lines, cur = _label(text, 200).split(), [], ""
     for w in words:
         if len(cur) + len(w) + 1 > width and cur:
             lines.append(cur)
