@@ -106,7 +106,7 @@ class LiveView:
     """
 
     def __init__(self, budget: int, title: str, enabled: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, console: Any = None) -> None:
         self.budget = budget
         self.title = title
         self.enabled = enabled
@@ -124,6 +124,7 @@ class LiveView:
         self.elapsed_before = 0.0
         self.notes: list[str] = []
         self._lock = threading.Lock()
+        self._console = console  # default: a rich Console on stderr
         self._live: Any = None
 
     @property
@@ -135,8 +136,8 @@ class LiveView:
             from rich.console import Console
             from rich.live import Live
 
-            self._live = Live(get_renderable=self._render, console=Console(stderr=True), refresh_per_second=1,
-                              transient=False)
+            self._live = Live(get_renderable=self._render, console=self._console or Console(stderr=True),
+                              refresh_per_second=1, transient=False)
             self._live.__enter__()
         return self
 
@@ -194,6 +195,7 @@ class LiveView:
         if elapsed is not None and elapsed >= 0:
             self.elapsed_before = elapsed
         stages = event.get("funnel") if isinstance(event.get("funnel"), dict) else event.get("reached")
+        score_given = isinstance(stages, dict) and "score" in stages
         if isinstance(stages, dict):
             for stage, _ in FUNNEL:
                 value = stages.get(stage)
@@ -217,7 +219,8 @@ class LiveView:
                     if cid not in self.done:
                         self.done.add(cid)
                         self.scored.append((bleu, cid, safe_text(row.get("origin"), 20)))
-                        self.reached["score"].add(cid)
+                        if not score_given:
+                            self.reached["score"].add(cid)
         if fin is not None:
             self.finished_before = max(0, fin - len(self.done))
 
