@@ -13,6 +13,7 @@ from typing import Any
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.child import STEP_WHAT
+from nncaption.netapi.compute import ComputeClock, StepDeadline
 from nncaption.netapi.job import JobSpec, RunnerResult, Step
 from nncaption.netapi.safetext import safe_text
 from nncaption.netapi.supervise import CandidateFailure, ChildProcess, death_failure
@@ -34,9 +35,10 @@ class ChildLink:
         self.proc = ChildProcess(own_process=own_process)
         self.chan: Channel | None = None
         self.step_started = time.monotonic()
-        self.smoke_deadline = 0.0
+        self.smoke_deadline: StepDeadline | None = None
+        self.cores = 1  # the threads the candidate's process computes with (its compute is divided by them)
 
-    def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
+    def timed_out(self, deadline: StepDeadline, epoch: int | None) -> Exception:
         """The failure for a step that ran past its deadline (the child is killed first)."""
         raise NotImplementedError
 
@@ -57,25 +59,32 @@ class ChildLink:
         self.kill_child()
         return death_failure(status, self._what(), time.monotonic() - self.step_started, self.step)
 
-    def _deadline(self, limit_s: float) -> tuple[float, float]:
+    def clock(self) -> ComputeClock:
+        """The compute clock of the candidate's process tree (see netapi.compute)."""
+        assert self.proc.pid is not None
+        return ComputeClock(self.proc.pid, self.cores, gpu=self.spec.device.startswith("cuda"),
+                            subreaper=self.proc.own_process)
+
+    def _deadline(self, limit_s: float) -> tuple[StepDeadline, float]:
         """(deadline, the limit it stands for) of the step starting now; smoke jobs share one budget."""
         self.step_started = time.monotonic()
         if self.smoke:
+            assert self.smoke_deadline is not None
             return self.smoke_deadline, self.spec.smoke_time_limit_s
-        return self.step_started + limit_s, limit_s
+        return StepDeadline(self.clock(), limit_s), limit_s
 
-    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: float, limit_s: float,
+    def send(self, header: dict[str, Any], *payloads: bytes | memoryview, deadline: StepDeadline, limit_s: float,
              epoch: int | None = None) -> None:
         """Send to the child; a child that stops reading is stopped at the step's deadline like a silent one."""
         assert self.chan is not None
         try:
             self.chan.send(header, *payloads, deadline=deadline)
         except ChannelTimeout:
-            raise self.timed_out(limit_s, epoch) from None
+            raise self.timed_out(deadline, epoch) from None
         except ChannelClosed:
             raise self.died() from None
 
-    def expect(self, kinds: tuple[str, ...], deadline: float, limit_s: float, epoch: int | None = None, *,
+    def expect(self, kinds: tuple[str, ...], deadline: StepDeadline, limit_s: float, epoch: int | None = None, *,
                max_payload: int = 1 << 20) -> tuple[dict[str, Any], list[bytes]]:
         """The child's next reply of one of `kinds`; step reports are noted, failures and silence raised."""
         assert self.chan is not None
@@ -83,7 +92,7 @@ class ChildLink:
             try:
                 header, payloads = self.chan.recv(deadline, max_payload=max_payload)
             except ChannelTimeout:
-                raise self.timed_out(limit_s, epoch) from None
+                raise self.timed_out(deadline, epoch) from None
             except ChannelClosed:
                 raise self.died() from None
             except ChannelError as e:

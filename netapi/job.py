@@ -137,13 +137,21 @@ class JobSpec:
         return self.epoch_time_limit_s if self.decode_time_limit_s is None else self.decode_time_limit_s
 
     def time_budget_s(self) -> float:
-        """The most time the runner's own deadlines allow (without interpreter start-up)."""
+        """The compute the runner's own limits allow (without interpreter start-up; see netapi.compute)."""
         if self.mode is Mode.SMOKE:
             return self.smoke_time_limit_s
         return self.setup_time_limit_s + self.epochs * (self.epoch_time_limit_s + self.decode_limit_s)
 
     def wall_clock_limit_s(self, startup_s: float = 60.0) -> float:
-        """A tight backstop for the sandbox: the runner's deadlines plus start-up (importing torch, opening data)."""
+        """The sandbox's wall-clock backstop: the runner's own step backstops (WALL_BACKSTOP_FACTOR x each limit,
+        which count compute) plus start-up (importing torch, opening data), so the runner always speaks first."""
+        from nncaption.netapi.compute import WALL_BACKSTOP_FACTOR
+
+        factor = 1.0 if self.device.startswith("cuda") else WALL_BACKSTOP_FACTOR
+        return factor * self.time_budget_s() + startup_s
+
+    def compute_limit_s(self, startup_s: float = 60.0) -> float:
+        """The job's compute budget per allotted core (RLIMIT_CPU = this x cores): its limits plus start-up."""
         return self.time_budget_s() + startup_s
 
 

@@ -104,6 +104,10 @@ class RunnerSetupError(Exception):
     """The job itself is unusable (no job.json, no data, no device): not the candidate's fault."""
 
 
+class MachineOverloaded(Exception):
+    """A step was stopped by its wall-clock backstop while the machine starved it of CPU (netapi.compute)."""
+
+
 def _prctl(option: int, value: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -236,6 +240,10 @@ def death_failure(status: int | None, what: str, elapsed: float, step: Step) -> 
     """The failure of a candidate process that went away without saying why (`status`: its wait status)."""
     if status is not None and os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        if sig == signal.SIGXCPU:
+            return CandidateFailure(
+                Category.TIMEOUT, f"the candidate's process used up its CPU-time limit (SIGXCPU) after {elapsed:.1f} "
+                f"s in {what}.\nWhat to change: {Category.TIMEOUT.hint}", step=step, sig=sig)
         if sig == signal.SIGKILL:
             return CandidateFailure(
                 Category.OUT_OF_MEMORY, f"the candidate's process was killed by SIGKILL after {elapsed:.1f} s in "

@@ -41,6 +41,13 @@ import torch._dynamo  # noqa: F401
 from nncaption.netapi.categories import Category
 from nncaption.netapi.child import ChildSetup, serve
 from nncaption.netapi.childlink import ChildLink
+from nncaption.netapi.compute import (
+    OVERLOADED_PREFIX,
+    WALL_BACKSTOP_FACTOR,
+    StepDeadline,
+    allotted_cores,
+    backstop_verdict,
+)
 from nncaption.netapi.job import (
     EXIT_FAILED,
     EXIT_OK,
@@ -71,6 +78,7 @@ from nncaption.netapi.supervise import (
     RESERVE_FILE,
     CandidateFailure,
     EventLog,
+    MachineOverloaded,
     RunnerSetupError,
     release_space,
     reserve_space,
@@ -78,6 +86,8 @@ from nncaption.netapi.supervise import (
 from nncaption.netapi.wire import channel_pair
 
 log = logging.getLogger(__name__)
+
+BATCH_EVENT_INTERVAL_S = 1.0  # "batch" progress events: at most about one a second, plus each epoch's last batch
 
 # --------------------------------------------------------------------------- the runner
 
@@ -141,34 +151,51 @@ class Runner(ChildLink):
         self.proc.fork(child)
         theirs.close()
         self.chan = mine
+        self.cores = allotted_cores(setup.threads)
         self.events.emit("start", seed=spec.seed, device=spec.device, epochs=spec.epochs, mode=spec.mode.value,
                          pid=os.getpid())
-        self.smoke_deadline = time.monotonic() + spec.smoke_time_limit_s
+        self.smoke_deadline = StepDeadline(self.clock(), spec.smoke_time_limit_s)
 
     # ------------------------------------------------------------------ deadlines
 
-    def timed_out(self, limit_s: float, epoch: int | None) -> CandidateFailure:
+    def timed_out(self, deadline: StepDeadline, epoch: int | None) -> Exception:
+        """The failure of a step past its compute limit, or stopped by its wall-clock backstop (see netapi.compute).
+
+        Stopped by the backstop while starved by the machine: MachineOverloaded (a job-error, not the candidate's).
+        """
+        used = deadline.measure()
         self.kill_child()
-        elapsed = time.monotonic() - self.step_started
         what = self._what()
         hint = Category.TIMEOUT.hint
+        limit_s = deadline.limit_s
+        overloaded, numbers = backstop_verdict(used, self.cores)
+        if self.smoke:
+            step, limit = f"the smoke check (during {what})", f"its {limit_s:g} s budget"
+        elif self.step is Step.LEARN:
+            step, limit = f"epoch {epoch} training (learn)", f"the per-epoch time limit of {limit_s:g} s"
+        elif self.step is Step.DECODE:
+            step, limit = f"epoch {epoch} decoding (forward(images))", f"its time limit of {limit_s:g} s"
+        else:
+            step, limit = what, f"the set-up time limit of {limit_s:g} s"
+        if deadline.expired == "backstop":
+            if overloaded:
+                raise MachineOverloaded(
+                    f"{OVERLOADED_PREFIX}: {step} was stopped by its wall-clock backstop of {deadline.backstop_s:g} s "
+                    f"({limit}, counted in compute) after {numbers}; other work on this machine starved the job of "
+                    "CPU, which is not the candidate's fault")
+            return CandidateFailure(
+                Category.TIMEOUT, f"{step} made too little progress: its process was killed at the wall-clock "
+                f"backstop of {deadline.backstop_s:g} s ({WALL_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
+                f"after {numbers}. It was mostly waiting, not computing: look for a sleep, a blocking read, a lock "
+                f"or a loop that waits for something.\nWhat to change: {hint}", step=self.step)
+        clock = "wall time on the GPU" if deadline.clock.gpu else "CPU time per allotted core"
+        msg = f"{step} ran past {limit} ({clock}); its process was killed after {numbers}."
         if self.smoke:
             b, _, h, w = self.in_shape
-            total = time.monotonic() - (self.smoke_deadline - self.spec.smoke_time_limit_s)
-            msg = (f"the smoke check ran past its {limit_s:g} s budget during {what} (after {total:.1f} s) and its "
-                   f"process was killed. It only trains on {self.n_batches} batches of {b} images of {h}x{w} px, "
-                   "so look for a loop that never ends (a decode loop without a length cap, a `while` waiting for "
-                   f"something, a sleep) or a far too large model.\nWhat to change: {hint}")
-        elif self.step is Step.LEARN:
-            msg = (f"epoch {epoch} training (learn) ran past the per-epoch time limit of {limit_s:.0f} s; its process "
-                   f"was killed after {elapsed:.0f} s. {hint}")
-        elif self.step is Step.DECODE:
-            msg = (f"epoch {epoch} decoding (forward(images)) ran past its time limit of {limit_s:.0f} s; its "
-                   f"process was killed after {elapsed:.0f} s. {hint}")
-        else:
-            msg = (f"{what} ran past the set-up time limit of {limit_s:.0f} s; its process was killed after "
-                   f"{elapsed:.0f} s. {hint}")
-        return CandidateFailure(Category.TIMEOUT, msg, step=self.step)
+            msg += (f" It only trains on {self.n_batches} batches of {b} images of {h}x{w} px, so look for a loop "
+                    "that never ends (a decode loop without a length cap, a `while` waiting for something) or a far "
+                    "too large model.")
+        return CandidateFailure(Category.TIMEOUT, f"{msg}\nWhat to change: {hint}", step=self.step)
 
     # ------------------------------------------------------------------ the lifecycle
 
@@ -222,13 +249,21 @@ class Runner(ChildLink):
     _order: Any = None
     _order_epoch = 0
 
-    def _batch_event(self, epoch: int, index: int, loss: float | None) -> None:
-        self.events.emit("batch", epoch=epoch, batch=index + 1, batches=self.n_batches, loss=loss)
+    _last_batch_event = 0.0
+
+    def _batch_event(self, epoch: int, index: int, loss: float | None, *, last: bool = False) -> None:
+        """A "batch" progress event, throttled to about one a second (the last batch of an epoch always)."""
+        now = time.monotonic()
+        if not last and now - self._last_batch_event < BATCH_EVENT_INTERVAL_S:
+            return
+        self._last_batch_event = now
+        self.events.emit("batch", epoch=epoch, epochs=self.spec.epochs, batch=index + 1, batches=self.n_batches,
+                         loss=loss)
 
     def learn(self, epoch: int) -> None:
         assert self.chan is not None
         n = self.n_batches
-        self.events.emit("epoch_start", epoch=epoch, batches=n)
+        self.events.emit("epoch_start", epoch=epoch, epochs=self.spec.epochs, batches=n)
         t = time.monotonic()
         self.step = Step.LEARN
         deadline, limit = self._deadline(self.spec.epoch_time_limit_s)
@@ -259,7 +294,7 @@ class Runner(ChildLink):
         seconds = time.monotonic() - t
         loss = reported_float(header.get("loss"))
         if served:
-            self._batch_event(epoch, n - 1, reported_float(header.get("last_loss", header.get("loss"))))
+            self._batch_event(epoch, n - 1, reported_float(header.get("last_loss", header.get("loss"))), last=True)
         where = f" on {served} batches of {self.spec.batch_size}" if self.smoke else f" in epoch {epoch}"
         failure = learned_failure(header, epoch=epoch, served=served, where=where)
         if failure is not None:
@@ -267,7 +302,10 @@ class Runner(ChildLink):
             raise failure
         self.train_loss = loss
         self.epoch_seconds = seconds
-        self.events.emit("epoch_end", epoch=epoch, seconds=round(seconds, 3), loss=loss)
+        cpu_s = deadline.measure().cpu_s
+        self.events.emit("epoch_end", epoch=epoch, epochs=self.spec.epochs, seconds=round(seconds, 3),
+                         cpu_s=round(cpu_s, 3), loss=loss)
+        self.result.timings["train_cpu_s"] = round(self.result.timings.get("train_cpu_s", 0.0) + cpu_s, 3)
         self.result.timings["train_s"] = round(self.result.timings.get("train_s", 0.0) + seconds, 3)
 
     def decode(self, epoch: int) -> None:
@@ -364,6 +402,10 @@ def run_job(job_dir: Path, *, own_process: bool = False) -> int:
     except RunnerSetupError as e:
         result.status, result.category = RunnerStatus.ERROR, None
         result.message = f"runner setup error: {e}"
+        code = EXIT_RUNNER_ERROR
+    except MachineOverloaded as e:  # starved by the machine: not the candidate's doing (job-error, retried)
+        result.status, result.category, result.message = RunnerStatus.ERROR, None, str(e)
+        result.step = runner.step if runner else Step.START
         code = EXIT_RUNNER_ERROR
     except BaseException as e:  # noqa: BLE001 - a bug of the runner itself; still report it
         traceback.print_exc()

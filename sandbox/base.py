@@ -53,9 +53,10 @@ EventCallback = Callable[[dict[str, Any]], None]
 class Limits:
     """Resource limits for one job."""
 
-    timeout_s: float = 900.0  # whole job, wall clock
+    timeout_s: float = 900.0  # whole job, wall clock: the backstop (the runner's limits count compute)
     memory_mb: int = 6144  # the CUDA torch build needs >= 4 GiB of address space to import
-    cpu_time_s: float | None = None  # None = derived from timeout_s
+    cpu_time_s: float | None = None  # RLIMIT_CPU; None = derived from compute_s (else timeout_s) x cores
+    compute_s: float | None = None  # the job's compute budget per allotted core (netapi.compute)
     file_size_mb: int = 512
     max_pids: int = 256
     output_tail_bytes: int = 16_384  # kept of stdout/stderr each
@@ -99,6 +100,7 @@ class RunResult:
     isolation: list[str] = field(default_factory=list)  # measures actually applied
     backend: str = ""
     verdict: dict[str, Any] | None = None  # a netapi Verdict dict, derived from result.json (sandbox.outcome)
+    overloaded: bool = False  # a job-error because the machine starved the job of CPU (worth one retry later)
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nncaption.netapi.errors import NNCaptionError
+from nncaption.netapi.compute import Usage
+from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.procs import pid_alive
 
 from . import hostenv, ownership
 from .base import Job
-from .docker_io import AttachReader, cgroup_peak, container_pids, max_or_none
+from .docker_io import AttachReader, cgroup_peak, container_pids, container_usage, max_or_none
 from .image_build import OFFLINE_IMAGE
 from .outcome import Observed
 from .quota import Stage
@@ -110,6 +111,19 @@ class DockerSandbox(BaseSandbox["_Started"]):
 
     def _ready(self) -> None:
         self.client  # noqa: B018 - fail early, with a hint, when the engine is unreachable
+
+    def preflight(self) -> None:
+        """Start-up check (exit 2, before any candidate): the engine answers and the sandbox image exists."""
+        from .image_build import image_exists
+
+        try:
+            found = image_exists(self.client, self.image)
+        except DockerUnavailable as e:
+            raise DockerUnavailable(e.message, e.hint, exit_code=2) from None
+        if not found:
+            raise ConfigError(f"the docker sandbox image {self.image} does not exist",
+                              "build it: nncaption sandbox build-image --offline (about 3 minutes), "
+                              "or use --sandbox local.")
 
     def _reap(self) -> None:
         removed = self.reap_orphans()
@@ -298,6 +312,9 @@ class DockerSandbox(BaseSandbox["_Started"]):
             handle.pid = int(handle.state.get("Pid") or 0)
         handle.peak = max_or_none(handle.peak, cgroup_peak(handle.pid))
         return handle.state
+
+    def _usage(self, handle: _Started) -> Usage | None:
+        return container_usage(handle.pid if handle.pid is not None else int(self._state(handle).get("Pid") or 0))
 
     def _exited(self, handle: _Started) -> bool:
         return self._state(handle).get("Status") in ("exited", "dead")

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nncaption.netapi.compute import Usage, tree_usage
+
 from .streams import TailBuffer
 
 log = logging.getLogger(__name__)
@@ -125,3 +127,11 @@ def container_pids(pid: int) -> set[int]:
             continue
     return {pid}
 
+
+
+def container_usage(pid: int) -> Usage | None:
+    """CPU time and run-queue delay of a container's processes (host pid of its init), None when unseen."""
+    if not pid:
+        return None
+    pids = container_pids(pid)
+    return tree_usage(sorted(pids)) if pids else None

@@ -36,7 +36,7 @@ from nncaption.netapi.safetext import strict_dumps
 
 log = logging.getLogger(__name__)
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: time limits count compute (netapi.compute); records of wall-clock limits are not reused
 RUN_SUBDIR = "job"
 REPORT_FILE = "report.json"
 CHECK_FILE = "check.json"

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nncaption.netapi import compute
+from nncaption.netapi.compute import Usage
 from nncaption.netapi.errors import ConfigError
 
 from . import cgroups, cpus, hostenv, ownership, seccomp
@@ -340,6 +342,15 @@ class LocalSandbox(BaseSandbox[Launched]):
 
     def _kill(self, handle: Launched) -> None:
         _kill(handle.proc.pid, handle.plan.cgroup)
+
+    def _usage(self, handle: Launched) -> Usage | None:
+        """CPU time and run-queue delay of the job's process tree (and whatever joined its cgroup)."""
+        if handle.status is not None:
+            return None
+        pids = set(compute.tree_pids([handle.proc.pid]))
+        if handle.plan.cgroup is not None:
+            pids.update(handle.plan.cgroup.pids())
+        return compute.tree_usage(sorted(pids))
 
     @staticmethod
     def _dispose_static(handle: Any) -> None:

@@ -5,7 +5,9 @@ read bounded and schema-checked (`nncaption.netapi.jobfiles`); any failure to re
 or validate them is a candidate failure with a category, never an exception here.
 
 Rules, in order:
-1. our wall-clock timeout fired                          -> timeout
+1. our wall-clock backstop fired: starved by the machine (netapi.compute.backstop_verdict: little CPU
+   used, long waits for a CPU) -> failed / job-error "machine overloaded" (RunResult.overloaded);
+   else                                                  -> timeout (the message gives CPU and wall seconds)
 2. the runner wrote a valid result.json:
    ok + valid predictions (and a clean exit)             -> ok
    ok with missing or malformed predictions              -> failed / eval-contract
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nncaption.netapi.categories import Category, Verdict
+from nncaption.netapi.compute import OVERLOADED_PREFIX, Usage, backstop_verdict
 from nncaption.netapi.job import (
     EXIT_RUNNER_ERROR,
     RESULT_FILE,
@@ -68,6 +71,8 @@ class Observed:
     timings: dict[str, float] = field(default_factory=dict)
     isolation: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    usage: Usage | None = None  # the job's CPU time and run-queue delay until the backstop, where measured
+    cores: int = 1  # the cores the job was allotted
 
 
 @dataclass
@@ -155,6 +160,7 @@ def interpret(job_dir: Path, entry: str, obs: Observed, *, timeout_s: float, bac
         res.traceback_tail = safe_text(runner.traceback or "", TRACEBACK_LIMIT)
     status, category, message = _decide(entry, obs, read, timeout_s)
     res.status, res.category = status, category.value if category else None
+    res.overloaded = category is Category.JOB_ERROR and message.startswith(OVERLOADED_PREFIX)
     res.message = safe_text(message, MESSAGE_LIMIT, keep="head")
     if status == OK:
         res.predictions = read.predictions
@@ -175,7 +181,15 @@ def interpret(job_dir: Path, entry: str, obs: Observed, *, timeout_s: float, bac
 def _decide(entry: str, obs: Observed, read: _Read, timeout_s: float) -> tuple[RunStatus, Category | None, str]:
     runner = read.runner
     if obs.timed_out:
-        return TIMEOUT, Category.TIMEOUT, f"the job ran past its wall-clock limit of {timeout_s:g} s and was killed"
+        if obs.usage is None:
+            return TIMEOUT, Category.TIMEOUT, f"the job ran past its wall-clock limit of {timeout_s:g} s and was killed"
+        overloaded, words = backstop_verdict(obs.usage, obs.cores)
+        if overloaded:
+            return FAILED, Category.JOB_ERROR, (
+                f"{OVERLOADED_PREFIX}: the job was stopped by its wall-clock backstop of {timeout_s:g} s after "
+                f"{words}; other work on this machine starved it of CPU (not the candidate's fault)")
+        return TIMEOUT, Category.TIMEOUT, (
+            f"the job ran past its wall-clock backstop of {timeout_s:g} s and was killed after {words}")
     clean_exit = obs.exit_code == 0 and obs.signal is None
     if runner is not None:
         if runner.status is RunnerStatus.OK:

@@ -45,10 +45,14 @@ class Stage(str, Enum):
 ReportStatus = RunStatus
 
 
-# Outcomes that say something about the candidate itself, so an identical job may reuse them. Timeouts, OOM kills,
-# crashes and cancellations can depend on the machine (its load, a broken install) at the time: those jobs run again.
-REUSABLE_STATUSES: frozenset[ReportStatus] = frozenset({ReportStatus.OK, ReportStatus.FAILED})
-UNREUSABLE_CATEGORIES: frozenset[Category] = frozenset({Category.CRASHED, Category.TIMEOUT, Category.OUT_OF_MEMORY})
+# Outcomes that say something about the candidate itself, so an identical job (same code, spec, dataset) returns
+# them instead of running again: successes and the candidate's failures. Time limits count the candidate's own
+# compute (netapi.compute), so a `timeout` is its own; so is an OOM kill at its memory limit and a crash of its
+# process. Never reused: job-errors (the machine could not run it, "machine overloaded" included), interruptions,
+# cancellations and kills by someone else.
+REUSABLE_STATUSES: frozenset[ReportStatus] = frozenset({ReportStatus.OK, ReportStatus.FAILED, ReportStatus.TIMEOUT,
+                                                        ReportStatus.OUT_OF_MEMORY, ReportStatus.CRASHED})
+UNREUSABLE_CATEGORIES: frozenset[Category] = frozenset({Category.JOB_ERROR, Category.INTERRUPTED})
 
 
 def reusable(status: ReportStatus, category: Category | None) -> bool:

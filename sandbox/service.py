@@ -2,7 +2,7 @@
 
     service = CandidateService(resolve_dataset("synthetic"), get_sandbox("local"),
                                jobs_root=home / "jobs", settings=EvalSettings(epochs=3))
-    service.preflight()                       # dataset and device problems: ConfigError/DatasetError, up front
+    service.preflight()                       # settings, device, sandbox (docker image), dataset: errors up front
     check = await service.check(code, prm)    # static, then smoke in the sandbox -> CheckResult
     report = await service.evaluate(code, prm, on_event=print)   # smoke first (fail fast), train, score
 
@@ -15,7 +15,35 @@ before any job starts.
 `EvalSettings` and `validate_prm` live in sandbox.settings (re-exported here).
 Jobs are content-addressed (sandbox.jobstore): an identical job (same code,
 normalised spec and dataset version) returns its recorded result with
-`reused=True` instead of running again.
+`reused=True` instead of running again, a failure of the candidate's own
+(timeout, out-of-memory, crash, learn error, ...) as well as a success;
+job-errors are never reused (sandbox.report.reusable).
+
+Time limits count the candidate's own compute (CPU time per allotted core on
+CPU, wall time on a GPU; netapi.compute), with a wall-clock backstop of 3x. A
+job stopped by the backstop while the machine starved it of CPU is a job-error
+("machine overloaded", `RunResult.overloaded`): it runs once more after a
+pause (`EvalSettings.overload_retries`, `overload_retry_pause_s`).
+
+Progress events reach `on_event` as the runner writes them (bounded and
+validated, sandbox.streams.ProgressTail), each a flat dict with "event" and
+"t" (the job's clock, seconds since the epoch), plus "job_id"/"stage" for the
+service's own events:
+
+    {"event": "stage", "stage": "smoke"|"train"|"score", "job_id": ...}     the service
+    {"event": "reused", "stage": ..., "job_id": ...}                        the service: a recorded result
+    {"event": "retry", "reason": "machine overloaded", "pause_s": ..., "job_id": ...}
+    {"event": "start", "epochs": E, "mode": "smoke"|"train", "device": ..., "seed": ...}
+    {"event": "model", "params": N, "in_shape": [...], "vocab_size": V}
+    {"event": "epoch_start", "epoch": e, "epochs": E, "batches": B}
+    {"event": "batch", "epoch": e, "epochs": E, "batch": b, "batches": B, "loss": x|None}
+        throttled: at most about one a second, plus the last batch of each epoch
+    {"event": "epoch_end", "epoch": e, "epochs": E, "seconds": wall s, "cpu_s": CPU s, "loss": x|None}
+    {"event": "decoded", "epoch": e, "seconds": s, "images": n}
+    {"event": "done", "epochs": E, "seconds": s}   or   {"event": "error", "category": ..., "message": ...}
+
+Every value may have been forged by the candidate (the file is in its job
+directory): use them for display only.
 """
 
 from __future__ import annotations
@@ -78,8 +106,12 @@ class CandidateService:
     # ------------------------------------------------------------ set-up
 
     def preflight(self) -> DatasetFacts:
-        """The caller's problems, before any job starts: settings, device, dataset (NNCaptionError when wrong)."""
+        """The caller's problems, before any job starts: settings, device, the sandbox (the docker image exists),
+        dataset (NNCaptionError when wrong: ConfigError, exit 2, for what the user must set up)."""
         self.settings.validate()
+        sandbox_preflight = getattr(self.sandbox, "preflight", None)
+        if callable(sandbox_preflight):
+            sandbox_preflight()
         if self.settings.device == "cuda":
             import torch
 
@@ -148,9 +180,7 @@ class CandidateService:
                 emit({"event": "reused", "stage": Stage.SMOKE.value, "job_id": job_id})
                 return old
             t1 = time.monotonic()
-            run_dir = self.store.fresh_run_dir(job_id)
-            job = self._job(run_dir, code, spec)
-            result = await self._run(job, emit)
+            result = await self._run_fresh(job_id, code, spec, emit)
             timings["smoke_s"] = round(time.monotonic() - t1, 3)
             check = self._check_from_result(result, job_id, timings)
             check.job_dir = str(self.store.job_dir(job_id))
@@ -177,6 +207,7 @@ class CandidateService:
         make_job_dir(run_dir, code, spec)
         gpus, num_gpus = self._gpus(spec)
         limits = self._limits(spec.wall_clock_limit_s(self.settings.startup_slack_s))
+        limits.compute_s = spec.compute_limit_s(self.settings.startup_slack_s)
         return Job(job_dir=run_dir, spec=spec, limits=limits, gpus=gpus, num_gpus=num_gpus, entry=RUNNER_ENTRY)
 
     @staticmethod
@@ -237,8 +268,7 @@ class CandidateService:
                 return report
             emit({"event": "stage", "stage": Stage.TRAIN.value, "job_id": job_id})
             t1 = time.monotonic()
-            job = self._job(self.store.fresh_run_dir(job_id), code, spec)
-            result = await self._run(job, emit)
+            result = await self._run_fresh(job_id, code, spec, emit)
             timings = {**check.timings, "train_s": round(time.monotonic() - t1, 3),
                        **{f"sandbox_{k}": v for k, v in result.timings.items()}}
             emit({"event": "stage", "stage": Stage.SCORE.value, "job_id": job_id})
@@ -329,6 +359,20 @@ class CandidateService:
         if self.settings.memory_mb is not None:
             limits.memory_mb = self.settings.memory_mb
         return limits
+
+    async def _run_fresh(self, job_id: str, code: str, spec: JobSpec, emit: EventCallback) -> RunResult:
+        """Run the job in a fresh run dir; a job the machine starved of CPU ("machine overloaded", a job-error that is
+        not the candidate's) runs once more after `overload_retry_pause_s`, and its second result stands."""
+        retries = self.settings.overload_retries
+        while True:
+            result = await self._run(self._job(self.store.fresh_run_dir(job_id), code, spec), emit)
+            if not result.overloaded or retries <= 0:
+                return result
+            retries -= 1
+            pause = self.settings.overload_retry_pause_s
+            log.warning("job %s: %s; running it again in %g s", job_id, safe_text(result.message, 300), pause)
+            emit({"event": "retry", "job_id": job_id, "reason": "machine overloaded", "pause_s": pause})
+            await asyncio.sleep(pause)
 
     async def _run(self, job: Job, emit: EventCallback) -> RunResult:
         arun = getattr(self.sandbox, "arun", None)

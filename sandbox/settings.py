@@ -37,6 +37,8 @@ class EvalSettings:
     batch_size: int = 32  # a prm "batch" overrides it per candidate
     seed: int = 0
     device: str = "cpu"
+    # Time limits count the candidate's compute (CPU s per allotted core; wall s on a GPU), each with a wall-clock
+    # backstop of 3x (netapi.compute)
     epoch_time_limit_s: float = 600.0  # per epoch of training
     decode_time_limit_s: float | None = None  # per decode pass; None = epoch_time_limit_s
     setup_time_limit_s: float = 120.0  # import, Net(...) and train_setup in a training job
@@ -50,6 +52,8 @@ class EvalSettings:
     baseline: bool = True  # score the constant-caption baseline beside the candidate
     reuse: bool = True  # return the recorded result of an identical finished job
     suspect_bleu4: float | None = None  # None = derived from the dataset's references
+    overload_retries: int = 1  # runs again of a job the machine starved of CPU ("machine overloaded")
+    overload_retry_pause_s: float = 30.0  # the pause before such a run again
 
     def validate(self) -> None:
         """ConfigError naming the first setting that makes no sense."""
@@ -65,6 +69,9 @@ class EvalSettings:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {value}", "e.g. 600")
+        if self.overload_retries < 0 or not (math.isfinite(self.overload_retry_pause_s)
+                                             and self.overload_retry_pause_s >= 0):
+            raise ConfigError("overload_retries and overload_retry_pause_s must be >= 0", "e.g. 1 and 30")
         if not BATCH_RANGE[0] <= self.batch_size <= BATCH_RANGE[1]:
             raise ConfigError(f"batch_size must be in {BATCH_RANGE[0]}..{BATCH_RANGE[1]}, got {self.batch_size}",
                               "e.g. 32")

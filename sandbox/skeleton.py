@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import weakref
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from nncaption.netapi.categories import Category
+from nncaption.netapi.compute import Usage
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.job import CANDIDATE_FILE, JOB_FILE, PROGRESS_FILE
 
@@ -49,10 +51,14 @@ CANCEL_GRACE_S = 30.0
 
 
 def cpu_limit_s(limits: Limits, cores: int | None = None) -> float:
-    """RLIMIT_CPU of a job: explicit, else the wall-clock limit times the cores (at least a minute)."""
-    import os
-
-    return limits.cpu_time_s or max(60.0, limits.timeout_s * max(1, cores or os.cpu_count() or 1))
+    """RLIMIT_CPU of a job (a hard cap per process; the runner's per-step limits speak first): explicit, else
+    1.5 x the compute budget (else the wall-clock limit) times the cores, at least a minute."""
+    n = max(1, cores or os.cpu_count() or 1)
+    if limits.cpu_time_s:
+        return limits.cpu_time_s
+    if limits.compute_s:
+        return max(60.0, 1.5 * limits.compute_s * n)
+    return max(60.0, limits.timeout_s * n)
 
 
 class BaseSandbox(ClosingContext, Generic[H]):
@@ -86,6 +92,10 @@ class BaseSandbox(ClosingContext, Generic[H]):
         self._executor: ThreadPoolExecutor | None = None
         self._spawn_thread: ThreadPoolExecutor | None = None
         weakref.finalize(self, close_pool, self._warm, type(self)._dispose_static, self._lock)
+
+    def preflight(self) -> None:
+        """Fail before any job when this backend cannot run jobs here (an NNCaptionError with the next step)."""
+        self._ready()
 
     # -- backend hooks -----------------------------------------------------------------------------
     def _ready(self) -> None:
@@ -121,6 +131,10 @@ class BaseSandbox(ClosingContext, Generic[H]):
 
     def _prepare_stage(self, stage: Stage) -> None:
         """Make a stage usable by the job's user (e.g. chown to the unprivileged uid)."""
+
+    def _usage(self, handle: H) -> Usage | None:
+        """CPU time and run-queue delay of the job's processes so far (None where the backend cannot see them)."""
+        return None
 
     # -- the skeleton ------------------------------------------------------------------------------
     def run(self, job: Job, on_event: EventCallback | None = None, cancel: threading.Event | None = None) -> RunResult:
@@ -223,7 +237,7 @@ class BaseSandbox(ClosingContext, Generic[H]):
         write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
         result = interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name, spec=job.spec)
         if reclaim_error is not None:
-            result.status, result.category = RunStatus.FAILED, Category.CRASHED.value
+            result.status, result.category = RunStatus.FAILED, Category.JOB_ERROR.value
             result.message = f"the job's directory could not be reclaimed ({reclaim_error}); its result is not trusted"
         if cancelled:
             result.status, result.category = RunStatus.CANCELLED, None
@@ -238,6 +252,8 @@ class BaseSandbox(ClosingContext, Generic[H]):
         progress = ProgressTail(stage.path / PROGRESS_FILE)
         t0_wall, t0 = time.time(), time.monotonic()
         deadline = t0 + job.limits.timeout_s
+        start = self._usage(handle)
+        used: Usage | None = None
         timed_out = cancelled = False
         while not self._exited(handle):
             drain(progress, on_event)
@@ -247,11 +263,14 @@ class BaseSandbox(ClosingContext, Generic[H]):
                 break
             if time.monotonic() >= deadline:
                 timed_out = True
+                now = self._usage(handle)  # before the kill: what the job got of the machine decides the verdict
+                used = now.since(start) if now is not None and start is not None else None
                 self._kill(handle)
                 break
             cancel.wait(self.poll_interval_s)
         elapsed = time.monotonic() - t0
         obs = self._observe(handle, job, timed_out=timed_out)
+        obs.usage, obs.cores = used, max(1, job.cpus or job.spec.threads or os.cpu_count() or 1)
         drain(progress, on_event)
         obs.timings["total_s"] = round(elapsed, 3)
         for event, name in (("start", "start_to_runner_start_s"), ("first_batch", "start_to_first_batch_s")):

@@ -48,6 +48,7 @@ CAPTION_USE = {caption_use!r}  # "first" (captions[:, 0, :]) | "all"
 NEEDS_CAPTIONS = {needs_captions!r}
 NAN_AT_BATCH = {nan_at_batch!r}
 SLEEP_IN_LEARN = {sleep_in_learn!r}
+SPIN_IN_LEARN = {spin_in_learn!r}  # CPU seconds of busy work per batch
 SWALLOW = {swallow!r}
 FAIL_IN = {fail_in!r}        # None | "init" | "setup" | "learn" | "learn2" | "forward"
 WIDE = {wide!r}
@@ -98,6 +99,10 @@ class Net(nn.Module):
                     raise ZeroDivisionError("division by zero")
                 if SLEEP_IN_LEARN:
                     time.sleep(SLEEP_IN_LEARN)
+                if SPIN_IN_LEARN:
+                    spin_end = time.process_time() + SPIN_IN_LEARN
+                    while time.process_time() < spin_end:
+                        pass
                 caps = captions[:, 0, :] if CAPTION_USE == "first" else captions.flatten(0, 1)
                 imgs = images if CAPTION_USE == "first" else images.repeat_interleave(captions.shape[1], 0)
                 logits = self.teacher(imgs, caps)
@@ -148,12 +153,14 @@ def tiny_candidate(
     needs_captions: bool = False,
     nan_at_batch: int | None = None,
     sleep_in_learn: float = 0.0,
+    spin_in_learn: float = 0.0,
     swallow: bool = False,
     fail_in: str | None = None,
     wide: bool = False,
 ) -> str:
     return TEMPLATE.format(output=output, caption_use=caption_use, needs_captions=needs_captions,
                            nan_at_batch=nan_at_batch, sleep_in_learn=sleep_in_learn, swallow=swallow,
+                           spin_in_learn=spin_in_learn,
                            fail_in=fail_in, wide=wide)
 
 
@@ -320,17 +327,21 @@ def test_nan_caught_even_when_the_candidate_swallows_the_abort(tiny_dataset: Any
 
 
 def test_epoch_time_limit_stops_a_slow_learn(tiny_dataset: Any, tmp_path: Path) -> None:
+    """A learn that sleeps uses no CPU: the wall-clock backstop (3 x the limit) stops it, as the candidate's timeout."""
     t = time.monotonic()
     code, result, _ = run_here(tmp_path, tiny_candidate(sleep_in_learn=30.0), tiny_dataset, epoch_time_limit_s=1.0)
-    assert time.monotonic() - t < 20  # the alarm interrupted the sleep; it did not run 30 s per batch
+    assert time.monotonic() - t < 20  # the backstop interrupted the sleep; it did not run 30 s per batch
     assert_failed(code, result, Category.TIMEOUT)
-    assert "time limit of 1 s" in result.message
+    assert "time limit of 1 s" in result.message and "backstop of 3 s" in result.message
+    assert "CPU-seconds" in result.message and "waiting, not computing" in result.message
 
 
 def test_epoch_time_limit_holds_when_learn_swallows_exceptions(tiny_dataset: Any, tmp_path: Path) -> None:
-    code, result, _ = run_here(tmp_path, tiny_candidate(sleep_in_learn=0.6, swallow=True), tiny_dataset,
+    code, result, _ = run_here(tmp_path, tiny_candidate(spin_in_learn=0.6, swallow=True), tiny_dataset,
                                epoch_time_limit_s=1.0, max_train_batches=None)
     assert_failed(code, result, Category.TIMEOUT)
+    assert "per-epoch time limit of 1 s (CPU time per allotted core)" in result.message
+    assert "CPU-seconds" in result.message and "wall time" in result.message
 
 
 def test_predictions_of_finished_epochs_survive_a_later_failure(tiny_dataset: Any, tmp_path: Path) -> None:

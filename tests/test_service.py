@@ -201,10 +201,17 @@ def test_only_outcomes_that_speak_for_the_candidate_are_reused() -> None:
     from nncaption.sandbox.report import reusable
 
     assert reusable(ReportStatus.OK, None) and reusable(ReportStatus.FAILED, Category.LEARN_ERROR)
+    # time limits count the candidate's own compute: its timeouts, OOM kills and crashes are its own (issue 14)
     for status, category in [(ReportStatus.TIMEOUT, Category.TIMEOUT), (ReportStatus.FAILED, Category.CRASHED),
-                             (ReportStatus.OUT_OF_MEMORY, Category.OUT_OF_MEMORY), (ReportStatus.CANCELLED, None),
-                             (ReportStatus.KILLED, Category.CRASHED)]:
-        assert not reusable(status, category)
+                             (ReportStatus.OUT_OF_MEMORY, Category.OUT_OF_MEMORY), (ReportStatus.CRASHED,
+                                                                                     Category.CRASHED)]:
+        assert reusable(status, category)
+    # the machine's failures ("machine overloaded" is a job-error), interruptions, cancellations, outside kills
+    machine: list[tuple[ReportStatus, Category | None]] = [
+        (ReportStatus.FAILED, Category.JOB_ERROR), (ReportStatus.FAILED, Category.INTERRUPTED),
+        (ReportStatus.CANCELLED, None), (ReportStatus.KILLED, Category.CRASHED)]
+    for status, cat in machine:
+        assert not reusable(status, cat)
 
 
 def test_a_smoke_job_without_a_verdict_is_a_candidate_failure() -> None:
