@@ -26,6 +26,9 @@ from nncaption.netapi.safetext import safe_text, strict_dumps
 FUNNEL: tuple[tuple[str, str], ...] = (("design", "designed"), ("static", "static ok"), ("review", "reviewed"),
                                        ("smoke", "smoke ok"), ("train", "trained"), ("score", "scored"))
 OUTCOMES = ("candidate_scored", "candidate_failed")
+# the funnel keys of the `resumed` event (graph/journal.py's funnel) for the view's stages
+RESUMED_FUNNEL = {"design": "designed", "static": "static_ok", "review": "review_ok", "smoke": "smoke_ok",
+                  "train": "trained", "score": "scored"}
 PROGRESS_EVERY_S = 1.0
 MAX_TRACKED = 10_000  # candidates remembered for de-duplication (a run's budget is far below)
 
@@ -189,20 +192,25 @@ class LiveView:
             self.notes.append(f"budget reached: {safe_text(event.get('reason'), 80)}")
 
     def _resumed(self, event: dict[str, Any]) -> None:
-        """Whole-run counts from before the resume: finished, funnel stages, failures, scored candidates."""
-        fin = _int(event.get("finished"))
-        elapsed = _num(event.get("elapsed_s"))
+        """Whole-run counts from before the resume (graph/runner.py's `resumed` event): `counts` (finished, failed,
+        duplicate ...), `funnel` (designed, static_ok, review_ok, smoke_ok, trained, scored), `elapsed_before_s`,
+        `inflight` (candidates it continues); optional `failures` by category and a `leaderboard`."""
+        raw = event.get("counts")
+        counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        fin = _int(counts.get("finished", event.get("finished")))
+        elapsed = _num(event.get("elapsed_before_s", event.get("elapsed_s")))
         if elapsed is not None and elapsed >= 0:
             self.elapsed_before = elapsed
-        stages = event.get("funnel") if isinstance(event.get("funnel"), dict) else event.get("reached")
-        score_given = isinstance(stages, dict) and "score" in stages
+        stages = event.get("funnel")
+        score_given = False
         if isinstance(stages, dict):
             for stage, _ in FUNNEL:
-                value = stages.get(stage)
+                value = stages.get(RESUMED_FUNNEL[stage], stages.get(stage))
                 if isinstance(value, list):
                     self.reached[stage].update(safe_text(c, 40) for c in value[:MAX_TRACKED])
                 else:
                     self.reached_before[stage] = _int(value) or 0
+                score_given = score_given or (stage == "score" and value is not None)
         failures = event.get("failures")
         if isinstance(failures, dict):
             for cat, value in list(failures.items())[:100]:
@@ -210,6 +218,10 @@ class LiveView:
                 if n is not None:
                     key = safe_text(cat, 40)
                     self.failures[key] = self.failures.get(key, 0) + n
+        else:
+            earlier = (_int(counts.get("failed")) or 0) + (_int(counts.get("duplicate")) or 0)
+            if earlier:
+                self.failures["before the resume"] = earlier
         board = event.get("leaderboard")
         if isinstance(board, list):
             for row in board[:MAX_TRACKED]:
@@ -221,6 +233,11 @@ class LiveView:
                         self.scored.append((bleu, cid, safe_text(row.get("origin"), 20)))
                         if not score_given:
                             self.reached["score"].add(cid)
+        inflight = event.get("inflight")
+        if isinstance(inflight, list):
+            for cid in inflight[:MAX_TRACKED]:
+                if cid and str(cid) not in self.done:
+                    self.waiting[safe_text(cid, 40)] = "continued after the resume"
         if fin is not None:
             self.finished_before = max(0, fin - len(self.done))
 

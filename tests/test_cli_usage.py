@@ -159,9 +159,10 @@ class FakeClock:
 def test_live_view_progress_running_and_resumed_counts() -> None:
     clock = FakeClock()
     view = LiveView(6, "t", enabled=False, clock=clock)
-    view({"event": "resumed", "finished": 3, "elapsed_s": 50, "funnel": {"design": 4, "train": 3, "score": 2},
-          "failures": {"timeout": 1}, "leaderboard": [{"cid": "c0001", "bleu4": 0.2, "origin": "draft"},
-                                                      {"cid": "c0002", "bleu4": 0.1, "origin": "draft"}]})
+    view({"event": "resumed", "counts": {"finished": 3, "scored": 2, "failed": 1}, "elapsed_before_s": 50,
+          "funnel": {"designed": 4, "static_ok": 0, "trained": 3, "scored": 2}, "failures": {"timeout": 1},
+          "leaderboard": [{"cid": "c0001", "bleu4": 0.2, "origin": "draft"},
+                          {"cid": "c0002", "bleu4": 0.1, "origin": "draft"}], "inflight": ["c0004"]})
     view({"event": "candidate_scored", "candidate": "c0001", "bleu4": 0.2})  # announced again: counted once
     view({"event": "node_started", "candidate": "c0004", "node": "train"})
     view({"event": "node_started", "candidate": "c0005", "node": "review"})
@@ -212,3 +213,17 @@ def test_json_logs_throttle_progress_and_print_an_outcome_once(capsys: pytest.Ca
     assert [(e["event"], e["candidate"], e.get("batch")) for e in events] == [
         ("train_progress", "c1", 1), ("train_progress", "c2", 1), ("train_progress", "c1", 7),
         ("train_progress", "c1", 9), ("candidate_scored", "c1", None)]
+
+
+def test_live_view_takes_the_runners_resumed_event() -> None:
+    """The shape graph/runner.py emits: whole-run counts and journal funnel, no leaderboard."""
+    view = LiveView(8, "t", enabled=False, clock=FakeClock())
+    view({"event": "resumed", "counts": {"planned": 1, "finished": 4, "scored": 2, "failed": 1, "duplicate": 1},
+          "funnel": {"designed": 5, "static_ok": 4, "review_ok": 4, "smoke_ok": 3, "trained": 2, "scored": 2,
+                     "duplicate": 1}, "inflight": ["c0005"], "elapsed_before_s": 120.0})
+    view({"event": "node_finished", "candidate": "c0005", "node": "train", "status": "ok"})
+    view({"event": "candidate_scored", "candidate": "c0005", "bleu4": 0.3})
+    text = _text(view)
+    funnel = next(line for line in text.splitlines() if line.count("│") >= 6)
+    assert [c.strip() for c in funnel.split("│")[1:-1]] == ["5", "4", "4", "3", "3", "3"]
+    assert "candidates 5/8 finished" in text and "120 s" in text and "before the resume 2" in text
