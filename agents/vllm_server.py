@@ -5,7 +5,13 @@ deepseek_r1` so that the thinking arrives in `message.reasoning` instead of the
 content; Qwen3 models use `qwen3`. The launcher waits until `/health` answers,
 keeps the server in the foreground, and stops it on exit (SIGTERM to its process
 group, SIGKILL after a grace period). vLLM is an optional extra (`nn-caption[vllm]`)
-and needs a GPU.
+and needs a GPU (0.9 or later: `--reasoning-parser` without the old
+`--enable-reasoning`).
+
+The context is capped (`--max-model-len`, default 32768): without it vLLM takes the
+model's full 131072 tokens, whose KV cache (about 18 GiB for Qwen3-8B) does not fit
+beside the ~16 GB of bf16 weights on a 24 GB card. `--max-num-seqs` defaults to the
+run's concurrency, since that many requests are in flight at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 from nncaption.agents.errors import EndpointUnavailable, VLLMNotInstalled
 
 AUTO = "auto"
+DEFAULT_MAX_MODEL_LEN = 32768
 
 
 def reasoning_parser_for(model: str) -> str | None:
@@ -55,27 +62,59 @@ def vllm_command(
     host: str = "127.0.0.1",
     *,
     reasoning_parser: str | None = AUTO,
-    max_model_len: int | None = None,
+    max_model_len: int | None = DEFAULT_MAX_MODEL_LEN,
     served_model_name: str | None = None,
+    gpu_memory_utilization: float | None = None,
+    max_num_seqs: int | None = None,
     extra: Sequence[str] | str = (),
     executable: str = "vllm",
 ) -> list[str]:
-    """The argv of `vllm serve` for `model` (reasoning parser chosen from the name when AUTO)."""
+    """The argv of `vllm serve` for `model` (reasoning parser chosen from the name when AUTO).
+
+    `max_model_len` None or 0 leaves vLLM's own default (the model's full context).
+    """
     cmd = [executable, "serve", model, "--host", host, "--port", str(port)]
     parser = reasoning_parser_for(model) if reasoning_parser == AUTO else reasoning_parser
     if parser and parser.lower() != "none":
         cmd += ["--reasoning-parser", parser]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
+    if gpu_memory_utilization is not None:
+        cmd += ["--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
+    if max_num_seqs:
+        cmd += ["--max-num-seqs", str(max_num_seqs)]
     if served_model_name:
         cmd += ["--served-model-name", served_model_name]
     cmd += shlex.split(extra) if isinstance(extra, str) else list(extra)
     return cmd
 
 
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL: IPv6 addresses in brackets ([::1]), names and IPv4 as they are."""
+    host = host.strip()
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host` (a wildcard means loopback)."""
+    bare = host.strip().strip("[]")
+    if bare in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if bare == "::":
+        return "::1"
+    return bare
+
+
 def health_url(host: str, port: int) -> str:
-    connect = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    return f"http://{connect}:{port}/health"
+    """The /health URL of a server listening on `host`:`port` (http://[::1]:8000/health for IPv6)."""
+    return f"http://{url_host(connect_host(host))}:{port}/health"
+
+
+def base_url(host: str, port: int) -> str:
+    """The OpenAI-compatible base URL of a server listening on `host`:`port`."""
+    return f"http://{url_host(connect_host(host))}:{port}/v1"
 
 
 class VLLMProcess:

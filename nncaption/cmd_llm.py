@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -204,21 +205,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_vllm(args: argparse.Namespace) -> int:
-    from nncaption.agents.vllm_server import VLLMProcess, find_vllm, health_url, vllm_command
+    from nncaption.agents.vllm_server import VLLMProcess, base_url, find_vllm, health_url
 
     if check_port(args.port) == 0:
         raise UsageError("serve-vllm needs a fixed --port (vLLM cannot report a port it picked)",
                          f"choose e.g. --port {DEFAULT_PORT}.")
-    ensure_port_free(args.host, args.port)
-    argv = vllm_command(args.model, args.port, args.host, reasoning_parser=args.reasoning_parser,
-                        max_model_len=args.max_model_len, extra=args.extra or "", executable=find_vllm())
-    print("starting: " + " ".join(argv), flush=True)
+    argv = serve_vllm_argv(args)  # flag mistakes are refused before the port check and the search for vllm
+    ensure_port_free(args.host.strip("[]"), args.port)
+    argv[0] = find_vllm()
+    print("starting: " + " ".join(shlex.quote(a) for a in argv), flush=True)
     proc = VLLMProcess(argv, health_url(args.host, args.port))
     with _sigterm_as_interrupt():
         try:
             proc.start()
             proc.wait_ready(timeout_s=args.health_timeout)
-            print(f"vLLM is ready at http://{args.host}:{args.port}/v1 (model {args.model}); Ctrl-C stops it",
+            served = args.served_model_name or args.model
+            print(f"vLLM is ready at {base_url(args.host, args.port)} (model {served}); Ctrl-C stops it",
                   flush=True)
             assert proc.proc is not None
             code = proc.proc.wait()
@@ -229,6 +231,25 @@ def cmd_serve_vllm(args: argparse.Namespace) -> int:
             return 0
         finally:
             proc.stop()
+
+
+def serve_vllm_argv(args: argparse.Namespace) -> list[str]:
+    """The `vllm serve` command line for the parsed `llm serve-vllm` flags (argv[0] is "vllm")."""
+    from nncaption.agents.vllm_server import vllm_command
+
+    if args.max_model_len is not None and args.max_model_len < 0:
+        raise UsageError(f"--max-model-len {args.max_model_len} is negative",
+                         "give the context length in tokens (e.g. 32768), or 0 for vLLM's default.")
+    if args.gpu_memory_utilization is not None and not 0.0 < args.gpu_memory_utilization <= 1.0:
+        raise UsageError(f"--gpu-memory-utilization {args.gpu_memory_utilization:g} is outside (0, 1]",
+                         "give the fraction of GPU memory vLLM may use, e.g. 0.9.")
+    seqs = args.max_num_seqs if args.max_num_seqs is not None else args.concurrency
+    if seqs is not None and seqs < 1:
+        raise UsageError(f"--max-num-seqs {seqs} must be at least 1", "give the requests served at once, e.g. 4.")
+    return vllm_command(args.model, args.port, args.host.strip("[]"), reasoning_parser=args.reasoning_parser,
+                        max_model_len=args.max_model_len, served_model_name=args.served_model_name,
+                        gpu_memory_utilization=args.gpu_memory_utilization, max_num_seqs=seqs,
+                        extra=args.extra or "")
 
 
 def _check_out(out: Path) -> Path:
@@ -321,7 +342,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve_opts(vl)
     vl.add_argument("--reasoning-parser", default="auto",
                     help="vLLM reasoning parser (default auto: deepseek_r1 for R1-style names; 'none' to disable)")
-    vl.add_argument("--max-model-len", type=int, default=None, metavar="N", help="context length to serve")
+    vl.add_argument("--max-model-len", type=int, default=32768, metavar="N",
+                    help="context length to serve (default 32768: prompt + reasoning + answer; 0 = vLLM's default, "
+                         "the model's full context, which needs far more KV-cache memory)")
+    vl.add_argument("--gpu-memory-utilization", type=float, default=None, metavar="F",
+                    help="fraction of GPU memory vLLM may take (vLLM's default 0.9)")
+    vl.add_argument("--max-num-seqs", type=int, default=None, metavar="N",
+                    help="requests served at once (default: --concurrency; else vLLM's default)")
+    vl.add_argument("--concurrency", type=int, default=None, metavar="N",
+                    help="the run's concurrency (candidates in flight): sets --max-num-seqs when that is not given")
+    vl.add_argument("--served-model-name", default=None, metavar="NAME",
+                    help="the name clients use (default: MODEL); give the same to --llm-model / model in the config")
     vl.add_argument("--extra", default="", metavar="ARGS", help="more vllm serve arguments, quoted as one string")
     vl.add_argument("--health-timeout", type=float, default=1800.0, metavar="S",
                     help="seconds to wait for /health (default 1800)")

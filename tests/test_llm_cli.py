@@ -31,7 +31,55 @@ R1 = "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B"
 
 def test_vllm_command_for_the_reference_generator() -> None:
     assert vllm_command(R1, 8001) == ["vllm", "serve", R1, "--host", "127.0.0.1", "--port", "8001",
-                                      "--reasoning-parser", "deepseek_r1"]
+                                      "--reasoning-parser", "deepseek_r1", "--max-model-len", "32768"]
+    assert "--max-model-len" not in vllm_command(R1, max_model_len=0)  # vLLM's own default
+
+
+def _serve_vllm_argv(*flags: str) -> list[str]:
+    from nncaption.cli import build_parser
+    from nncaption.cmd_llm import serve_vllm_argv
+
+    return serve_vllm_argv(build_parser().parse_args(["llm", "serve-vllm", R1, *flags]))
+
+
+def test_serve_vllm_flags_become_vllm_arguments() -> None:
+    assert _serve_vllm_argv() == ["vllm", "serve", R1, "--host", "127.0.0.1", "--port", "8000",
+                                  "--reasoning-parser", "deepseek_r1", "--max-model-len", "32768"]
+    argv = _serve_vllm_argv("--host", "::", "--port", "8011", "--max-model-len", "16384",
+                            "--gpu-memory-utilization", "0.85", "--concurrency", "6", "--served-model-name", "r1")
+    assert argv == ["vllm", "serve", R1, "--host", "::", "--port", "8011", "--reasoning-parser", "deepseek_r1",
+                    "--max-model-len", "16384", "--gpu-memory-utilization", "0.85", "--max-num-seqs", "6",
+                    "--served-model-name", "r1"]
+    assert _serve_vllm_argv("--concurrency", "6", "--max-num-seqs", "3")[-2:] == ["--max-num-seqs", "3"]
+    assert _serve_vllm_argv("--host", "[::1]")[3:5] == ["--host", "::1"]
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (("--gpu-memory-utilization", "1.5"), "outside (0, 1]"),
+    (("--max-num-seqs", "0"), "at least 1"),
+    (("--max-model-len", "-1"), "negative"),
+])
+def test_serve_vllm_bad_flags_are_usage_errors(flags: tuple[str, ...], needle: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from nncaption.cli import main
+
+    assert main(["llm", "serve-vllm", R1, *flags]) == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host,health,base", [
+    ("127.0.0.1", "http://127.0.0.1:8000/health", "http://127.0.0.1:8000/v1"),
+    ("0.0.0.0", "http://127.0.0.1:8000/health", "http://127.0.0.1:8000/v1"),
+    ("::1", "http://[::1]:8000/health", "http://[::1]:8000/v1"),
+    ("[::1]", "http://[::1]:8000/health", "http://[::1]:8000/v1"),
+    ("::", "http://[::1]:8000/health", "http://[::1]:8000/v1"),
+    ("fe80::1", "http://[fe80::1]:8000/health", "http://[fe80::1]:8000/v1"),
+    ("gpu-box", "http://gpu-box:8000/health", "http://gpu-box:8000/v1"),
+])
+def test_urls_bracket_ipv6_hosts(host: str, health: str, base: str) -> None:
+    from nncaption.agents.vllm_server import base_url, health_url
+
+    assert (health_url(host, 8000), base_url(host, 8000)) == (health, base)
 
 
 @pytest.mark.parametrize("model,parser", [
@@ -54,7 +102,7 @@ def test_vllm_command_options() -> None:
                        executable="/opt/vllm")
     assert cmd == ["/opt/vllm", "serve", "m/x", "--host", "0.0.0.0", "--port", "9000", "--max-model-len", "32768",
                    "--served-model-name", "gen", "--gpu-memory-utilization", "0.85", "--enforce-eager"]
-    assert vllm_command("llama", reasoning_parser="deepseek_r1")[-2:] == ["--reasoning-parser", "deepseek_r1"]
+    assert vllm_command("llama", reasoning_parser="deepseek_r1")[-4:-2] == ["--reasoning-parser", "deepseek_r1"]
 
 
 def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -76,7 +124,7 @@ def test_missing_vllm_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
 FAKE_VLLM = textwrap.dedent('''\
     #!{python}
     """Stand-in for `vllm serve`: answers /health after a short load; SIGTERM handling per $FAKE_MODE."""
-    import http.server, os, signal, sys, time
+    import http.server, os, signal, socket, sys, time
     argv = sys.argv[1:]
     assert argv[0] == "serve", argv
     port = int(argv[argv.index("--port") + 1])
@@ -96,7 +144,10 @@ FAKE_VLLM = textwrap.dedent('''\
             self.end_headers()
         def log_message(self, *a):
             pass
-    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+    host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+    class S(http.server.HTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    S((host, port), H).serve_forever()
 ''')
 
 
@@ -242,6 +293,23 @@ def test_cli_serve_vllm_with_stand_in(fake_vllm: Path, tmp_path: Path, cli_procs
     code, out = stop_cli(proc)
     assert code == 0 and "stopping vLLM" in out
     assert not alive(vllm_pid)  # stopped on exit
+
+
+def test_cli_serve_vllm_on_ipv6_loopback(fake_vllm: Path, tmp_path: Path,
+                                        cli_procs: list[subprocess.Popen[str]]) -> None:
+    if (Path(sys.executable).parent / "vllm").exists():  # pragma: no cover - a real vLLM beside this Python
+        pytest.skip("a real vllm is installed beside this Python")
+    port = free_port()
+    env = {"PATH": f"{fake_vllm.parent}:{os.environ.get('PATH', '')}", "FAKE_PIDFILE": str(tmp_path / "pid")}
+    proc, url, started = start_cli(["llm", "serve-vllm", R1, "--host", "::1", "--port", str(port),
+                                    "--served-model-name", "r1"], env)
+    cli_procs.append(proc)
+    assert url == f"http://[::1]:{port}/v1"  # /health was reached at http://[::1]:PORT/health
+    assert "--max-model-len 32768" in started and "--served-model-name r1" in started
+    with urllib.request.urlopen(f"http://[::1]:{port}/health", timeout=5) as r:
+        assert r.status == 200
+    code, _ = stop_cli(proc)
+    assert code == 0
 
 
 def test_cli_design_writes_a_candidate_that_check_accepts(tiny_dataset: object, tmp_path: Path,
