@@ -22,7 +22,7 @@ from typing import Any
 
 from nncaption.graph.html_page import PAGE
 from nncaption.graph.trace import RunReader, run_summary, step_detail, step_lines
-from nncaption.netapi.safetext import strict_dumps
+from nncaption.netapi.safetext import safe_text, strict_dumps
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def bleu_svg(cands: list[dict[str, Any]], width: int = 640, height: int = 320, m
         return f'{head}<text x="{width // 2}" y="{height // 2}" text-anchor="middle">no candidate yet</text></svg>'
     cats: list[str] = []
     for c in failed:
-        cat = str(c.get("category") or c["status"])
+        cat = safe_text(str(c.get("category") or c["status"]), 60)
         if cat not in cats:
             cats.append(cat)
     if len(cats) > max_bands:
@@ -152,7 +152,7 @@ def bleu_svg(cands: list[dict[str, Any]], width: int = 640, height: int = 320, m
                      f'{esc(cat[:18])}</text>'
                      f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" stroke="#f3dada"/>')
     for c in failed:
-        cat = str(c.get("category") or c["status"])
+        cat = safe_text(str(c.get("category") or c["status"]), 60)
         row = cats.index(cat) if cat in cats else len(cats) - 1
         x, y = px(c["idx"]), y0 + bands_at + band_h * row + band_h / 2
         parts.append(f'<path class="fail" d="M{x - 4:.1f},{y - 4:.1f}L{x + 4:.1f},{y + 4:.1f}M{x - 4:.1f},{y + 4:.1f}'
