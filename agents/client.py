@@ -1,12 +1,18 @@
-"""`LLMClient`: chat completions over any OpenAI-compatible endpoint, with retries and a trace.
+"""`LLMClient`: chat completions over any OpenAI-compatible endpoint, with retries, budgets and a trace.
 
-Built on `openai.AsyncOpenAI` with the SDK's own retries switched off, so that one
-loop here decides what is retried (timeouts, connection errors, 429, 5xx: with
-exponential backoff and jitter, honouring a short Retry-After) and every failure
-becomes a typed `LLMError`. One semaphore bounds the requests in flight across
-all roles. Each call returns an `LLMExchange` (reply, reasoning, usage, latency,
-attempts); with `record_path` every HTTP exchange is appended to a JSONL file
-that `nncaption llm replay` serves back.
+Requests stream (SSE) by default, with an idle timeout (no byte for `idle_timeout_s`)
+separate from the total deadline `timeout_s` (see `agents/stream.py`); a server
+that refuses `stream` is asked without it from then on, one that ignores it is
+read as plain JSON. One loop here decides what is retried: connection errors,
+5xx (also a proxy's HTML page), 429 with exponential backoff and jitter honouring
+a short Retry-After; an idle timeout is retried `timeout_retries` times with a new
+seed, and an endpoint that sent nothing for several requests in a row fails fast
+for a while (a hung server costs minutes, not hours). Each endpoint's kind and
+context window are read once (`agents/profiles.py`): `max_tokens` is clamped to
+fit, lowered again from the numbers in a context error (every role), and only a
+prompt that does not fit by itself raises `ContextLengthExceeded`. A reply cut at
+max_tokens without an answer is `TruncatedReply`; a prompt the server silently cut
+is `ContextTruncated`. Every failure is a typed `LLMError` carrying its exchange.
 
 The client binds its HTTP connections and semaphore to the running event loop;
 when it is used from a new loop (sync wrappers call `asyncio.run` per call) it
@@ -17,120 +23,79 @@ different loops at the same time.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import openai
+import httpx
 
+from nncaption.agents import profiles
 from nncaption.agents.errors import (
-    BadResponse,
     ContextLengthExceeded,
+    ContextTruncated,
     EndpointRejected,
     EndpointTimeout,
-    EndpointUnavailable,
     LLMError,
-    RateLimited,
+    ReplyTooLarge,
     StructuredReplyError,
+    TruncatedReply,
 )
-from nncaption.agents.jsonparse import parse_json_object
+from nncaption.agents.interpret import (  # noqa: F401 - re-exported for callers and tests
+    HTTPReply,
+    error_message,
+    html_page_summary,
+    is_context_length_error,
+    parse_retry_after,
+    raise_for_reply,
+)
+from nncaption.agents.jsonparse import clean_text, parse_json_object
 from nncaption.agents.reasoning import split_reasoning
 from nncaption.agents.recording import Recorder
 from nncaption.agents.records import LLMExchange, Usage
 from nncaption.agents.settings import EndpointSettings, LLMSettings
+from nncaption.agents.stream import Limits, Timing, post
+from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
-_CONTEXT_PATTERNS = re.compile(
-    r"context[ _-]?length|maximum context|context window|too many tokens|prompt is too long|"
-    r"input tokens? exceed|exceeds? the model'?s? max|max_model_len",
-    re.IGNORECASE,
-)
+IDLE_TIMEOUT_S = 120.0
+TIMEOUT_RETRIES = 1
+MAX_REPLY_BYTES = 8_000_000
+MAX_REASONING_CHARS = 2_000_000
+HUNG_AFTER = 3  # idle timeouts in a row (across calls) after which an endpoint fails fast ...
+HUNG_COOLDOWN_S = 300.0  # ... for this long after the last one
+MAX_ADJUSTMENTS = 4  # re-asks after a context error or a rejected parameter, per call
+TRUNCATED_PROMPT_SHARE = 0.5  # reported prompt_tokens below this share of chars/4 means the server cut the prompt
+MIN_CHECKED_PROMPT_CHARS = 4000
 
 
-@dataclass
-class _HTTPReply:
-    """What one HTTP try produced, before interpretation."""
-
-    status: int
-    text: str
-    headers: dict[str, str]
-    request_body: dict[str, Any] | None
-
-
-def error_message(body: Any, fallback: str = "") -> str:
-    """The human message in an OpenAI / vLLM / FastAPI style error body."""
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        if isinstance(err, str) and err:
-            return err
-        for key in ("message", "detail"):
-            if body.get(key):
-                return str(body[key])
-    if isinstance(body, str) and body.strip():
-        return body.strip()[:500]
-    return fallback
-
-
-def is_context_length_error(status: int, body: Any) -> bool:
-    """A 400/413 that says the prompt does not fit the model's context."""
-    if status not in (400, 413, 422):
-        return False
-    code = ""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        code = str(body["error"].get("code") or "")
-    return code == "context_length_exceeded" or bool(_CONTEXT_PATTERNS.search(error_message(body)))
-
-
-_HTML_START = re.compile(r"^\s*(<!doctype html|<html|<head|<body|<\?xml)", re.IGNORECASE)
-_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-
-
-def html_page_summary(text: str, content_type: str = "") -> str | None:
-    """A one-line description of an HTML page ("an HTML page titled '502 Bad Gateway'"); None when not HTML."""
-    if "html" not in content_type.lower() and not _HTML_START.match(text[:500]):
-        return None
-    m = _HTML_TITLE.search(text[:20_000])
-    title = " ".join(m.group(1).split())[:120] if m else ""
-    return f"an HTML page titled {title!r}" if title else "an HTML page"
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are ignored)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+def setting(ep: EndpointSettings, name: str, default: Any) -> Any:
+    """An endpoint setting that older settings objects may lack."""
+    value = getattr(ep, name, None)
+    return default if value is None else value
 
 
 class LLMClient:
     """Async chat client for the designer, reviewer and fixer roles."""
 
-    def __init__(
-        self,
-        settings: LLMSettings | None = None,
-        *,
-        record_path: Path | str | None = None,
-        seed: int | None = None,
-        keep_exchanges: bool = False,
-    ) -> None:
+    def __init__(self, settings: LLMSettings | None = None, *, record_path: Path | str | None = None,
+                 seed: int | None = None, keep_exchanges: bool = False) -> None:
         self.settings = settings or LLMSettings()
         self.keep_exchanges = keep_exchanges
         self.recorder = Recorder(record_path) if record_path else None
         self._rng = random.Random(seed)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sdk: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+        self._http: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        self._info: dict[str, profiles.EndpointInfo] = {}
+        self._info_locks: dict[str, asyncio.Lock] = {}
         self._no_response_format: set[tuple[str, str]] = set()
+        self._no_stream: set[str] = set()  # endpoints that refused stream=true
+        self._plain: set[str] = set()  # endpoints that answered a stream request with plain JSON
+        self._quirks: dict[tuple[str, str], set[str]] = {}
+        self._hung: dict[str, tuple[int, float]] = {}  # endpoint -> (idle timeouts in a row, when the last was)
         self.exchanges: list[LLMExchange] = []  # with keep_exchanges: every exchange made, in order
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -142,39 +107,44 @@ class LLMClient:
 
     async def aclose(self) -> None:
         """Close the HTTP connections opened on the current loop."""
-        clients, self._sdk = self._sdk, {}
-        for c in clients.values():
+        http, self._http = self._http, None
+        if http is not None:
             try:
-                await c.close()
+                await http.aclose()
             except RuntimeError:  # opened on a loop that is gone
                 pass
 
-    def _bind_loop(self) -> None:
+    def _bind_loop(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        if loop is not self._loop or self._http is None:
             # Connections and the semaphore belong to the old loop: start afresh on this one.
+            if loop is not self._loop:
+                self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+                self._info_locks = {}
             self._loop = loop
-            self._sdk = {}
-            self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+                                           limits=httpx.Limits(max_connections=None))
+        return self._http
 
-    def _sdk_for(self, ep: EndpointSettings) -> openai.AsyncOpenAI:
-        key = (ep.base_url, ep.api_key_env)
-        if key not in self._sdk:
-            self._sdk[key] = openai.AsyncOpenAI(
-                base_url=ep.base_url, api_key=ep.api_key(), max_retries=0, timeout=ep.timeout_s
-            )
-        return self._sdk[key]
+    @staticmethod
+    def _headers(ep: EndpointSettings) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ep.api_key()}", "Accept": "application/json, text/event-stream",
+                "User-Agent": "nn-caption"}
+
+    async def endpoint_info(self, ep: EndpointSettings) -> profiles.EndpointInfo:
+        """The endpoint's kind and context windows, read once per client (see agents/profiles.py)."""
+        http = self._bind_loop()
+        url = ep.base_url.rstrip("/")
+        lock = self._info_locks.setdefault(url, asyncio.Lock())
+        async with lock:
+            if url not in self._info:
+                self._info[url] = await profiles.discover(http, url, self._headers(ep),
+                                                          profile=str(setting(ep, "profile", "auto")))
+        return self._info[url]
 
     # -- public calls ----------------------------------------------------------------------
-    async def chat(
-        self,
-        role: str,
-        messages: list[dict[str, Any]],
-        *,
-        response_format: dict[str, Any] | None = None,
-        max_tokens: int | None = None,
-        seed: int | None = None,
-    ) -> LLMExchange:
+    async def chat(self, role: str, messages: list[dict[str, Any]], *, response_format: dict[str, Any] | None = None,
+                   max_tokens: int | None = None, seed: int | None = None) -> LLMExchange:
         """One chat completion for `role`; raises an `LLMError` subclass carrying the exchange.
 
         `seed` is OpenAI's standard sampling seed (reproducible sampling on servers that
@@ -182,25 +152,31 @@ class LLMClient:
         """
         self._bind_loop()
         ep = self.settings.for_role(role)
-        params: dict[str, Any] = {"temperature": ep.temperature, "top_p": ep.top_p,
-                                  "max_tokens": max_tokens or ep.max_tokens}
-        if seed is not None:
-            params["seed"] = int(seed)
-        if response_format is not None:
-            params["response_format"] = response_format
         ex = LLMExchange(role=role, endpoint=ep.base_url, model=ep.model, messages=list(messages),
-                         params={**params, **ep.extra_body}, started_at=time.time())
+                         started_at=time.time())
         t0 = time.perf_counter()
         t_start = t0
-        assert self._semaphore is not None
         try:
+            info = await self.endpoint_info(ep)
+            ex.profile = info.profile
+            prompt_tokens = profiles.estimate_prompt_tokens(messages)
+            params: dict[str, Any] = {
+                "temperature": ep.temperature, "top_p": ep.top_p,
+                "max_tokens": profiles.fit_max_tokens(max_tokens or ep.max_tokens, info.context_for(ep.model),
+                                                      prompt_tokens)}
+            if seed is not None:
+                params["seed"] = int(seed)
+            if response_format is not None:
+                params["response_format"] = response_format
+            assert self._semaphore is not None
             async with self._semaphore:
                 t_start = time.perf_counter()
                 ex.queued_s = t_start - t0
-                data = await self._with_retries(ep, messages, params, ex)
-            self._fill(ex, data)
+                data, timing = await self._with_retries(ep, info, messages, params, ex)
+            self._fill(ex, data, timing, sum(len(str(m.get("content") or "")) for m in messages))
+            self._check(ep, ex)
         except LLMError as e:
-            ex.error = f"{e.category}: {e.message}"
+            ex.error = safe_text(f"{e.category}: {e.message}", 2000)
             e.exchange = ex
             raise
         finally:
@@ -210,15 +186,9 @@ class LLMClient:
                 self.exchanges.append(ex)
         return ex
 
-    async def chat_json(
-        self,
-        role: str,
-        messages: list[dict[str, Any]],
-        *,
-        schema: dict[str, Any],
-        schema_name: str = "reply",
-        max_tokens: int | None = None,
-    ) -> tuple[dict[str, Any], list[LLMExchange]]:
+    async def chat_json(self, role: str, messages: list[dict[str, Any]], *, schema: dict[str, Any],
+                        schema_name: str = "reply", max_tokens: int | None = None
+                        ) -> tuple[dict[str, Any], list[LLMExchange]]:
         """A chat call whose answer is a JSON object following `schema`.
 
         Asks for `response_format={"type": "json_schema", ...}`; when the endpoint
@@ -228,10 +198,8 @@ class LLMClient:
         """
         ep = self.settings.for_role(role)
         exchanges: list[LLMExchange] = []
-        fmt: dict[str, Any] | None = {
-            "type": "json_schema",
-            "json_schema": {"name": schema_name, "schema": schema, "strict": True},
-        }
+        fmt: dict[str, Any] | None = {"type": "json_schema",
+                                      "json_schema": {"name": schema_name, "schema": schema, "strict": True}}
         if (ep.base_url, ep.model) in self._no_response_format:
             fmt = None
         try:
@@ -242,139 +210,204 @@ class LLMClient:
             assert e.exchange is not None
             exchanges.append(e.exchange)
             log.info("%s rejected response_format (%s); falling back to tolerant JSON parsing",
-                     ep.base_url, e.message)
+                     ep.safe_url() if hasattr(ep, "safe_url") else ep.base_url, e.message)
             ex = await self.chat(role, messages, response_format=None, max_tokens=max_tokens)
             self._no_response_format.add((ep.base_url, ep.model))  # it was the format: skip it from now on
         exchanges.append(ex)
-        obj = parse_json_object(ex.reply)
+        obj = await asyncio.to_thread(parse_json_object, ex.reply)
         if obj is None:
-            raise StructuredReplyError(
-                f"the {role} reply holds no JSON object: {ex.reply[:200]!r}",
-                endpoint=ep.base_url, exchange=ex,
-            )
+            cls = TruncatedReply if ex.truncated else StructuredReplyError
+            raise cls(f"the {role} reply holds no JSON object: {safe_text(ex.reply, 200, keep='head')}",
+                      endpoint=ep.base_url, exchange=ex)
         return obj, exchanges
 
     # -- internals -------------------------------------------------------------------------
-    async def _with_retries(
-        self, ep: EndpointSettings, messages: list[dict[str, Any]], params: dict[str, Any], ex: LLMExchange
-    ) -> dict[str, Any]:
-        attempt = 0
-        while True:
-            attempt += 1
-            ex.attempts = attempt
-            try:
-                return await self._try_once(ep, messages, params)
-            except LLMError as e:
-                if not e.retryable or attempt > ep.max_retries:
-                    if e.retryable:
-                        e.message = f"{e.message} (gave up after {attempt} attempts)"
-                    raise
-                delay = min(ep.backoff_max_s, ep.backoff_base_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
-                if isinstance(e, RateLimited) and e.retry_after_s is not None:
-                    if e.retry_after_s > ep.retry_after_max_s:
-                        e.message = f"{e.message} (the server asked to wait {e.retry_after_s:.0f} s)"
-                        raise
-                    delay = max(delay, e.retry_after_s)
-                log.warning("%s attempt %d/%d failed (%s: %s); retrying in %.2f s", ep.base_url, attempt,
-                            ep.max_retries + 1, e.category, e.message, delay)
-                await asyncio.sleep(delay)
+    def _limits(self, ep: EndpointSettings) -> Limits:
+        url = ep.base_url.rstrip("/")
+        idle = float(setting(ep, "idle_timeout_s", IDLE_TIMEOUT_S))
+        if url in self._plain or url in self._no_stream or not setting(ep, "stream", True):
+            idle = ep.timeout_s  # the whole reply comes at once: only the total deadline means anything
+        return Limits(idle_s=min(idle, ep.timeout_s), total_s=ep.timeout_s,
+                      max_bytes=int(setting(ep, "max_reply_bytes", MAX_REPLY_BYTES)),
+                      max_reasoning_chars=int(setting(ep, "max_reasoning_chars", MAX_REASONING_CHARS)))
 
-    async def _try_once(
-        self, ep: EndpointSettings, messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> dict[str, Any]:
-        reply = await self._http(ep, messages, params)
-        if self.recorder is not None and reply.request_body is not None:
-            self.recorder.write(reply.request_body, reply.status, reply.text)
-        return self._interpret(ep, reply)
-
-    async def _http(self, ep: EndpointSettings, messages: list[dict[str, Any]], params: dict[str, Any]) -> _HTTPReply:
-        """One HTTP try. Transport failures raise; any HTTP status comes back as a reply."""
-        sdk = self._sdk_for(ep)
-        kwargs: dict[str, Any] = {k: v for k, v in params.items()}
-        try:
-            async with asyncio.timeout(ep.timeout_s):
-                raw = await sdk.chat.completions.with_raw_response.create(
-                    model=ep.model, messages=cast(Any, messages), extra_body=ep.extra_body or None,
-                    timeout=ep.timeout_s, **kwargs,
-                )
-                text = raw.text
-            return _HTTPReply(raw.status_code, text, dict(raw.headers), _sent_body(raw.http_response.request))
-        except (openai.APITimeoutError, TimeoutError):
-            raise EndpointTimeout(f"{ep.describe()} did not answer within {ep.timeout_s:g} s",
-                                  endpoint=ep.base_url) from None
-        except openai.APIConnectionError as e:
-            raise EndpointUnavailable(f"cannot connect to {ep.base_url}: {e.__cause__ or e.message}",
-                                      endpoint=ep.base_url) from None
-        except openai.APIStatusError as e:
-            resp = e.response
-            return _HTTPReply(resp.status_code, resp.text, dict(resp.headers), _sent_body(resp.request))
-
-    def _interpret(self, ep: EndpointSettings, reply: _HTTPReply) -> dict[str, Any]:
-        """Turn an HTTP reply into the response JSON or the right typed error."""
-        try:
-            body: Any = json.loads(reply.text)
-        except ValueError:
-            body = reply.text
-        status = reply.status
-        where = ep.base_url
-        if not isinstance(body, (dict, list)):
-            page = html_page_summary(reply.text, reply.headers.get("content-type", ""))
-            if page is not None:  # not an OpenAI-compatible server: retrying cannot help, and once is enough
-                raise BadResponse(
-                    f"{ep.describe()} answered HTTP {status} with {page}, not an OpenAI-compatible JSON reply",
-                    "point base_url at an OpenAI-compatible API (for vLLM: http://HOST:PORT/v1); "
-                    f"open {where}/models in a browser to see what answers there.",
-                    endpoint=where, status=status)
-        if status == 429:
-            raise RateLimited(f"{ep.describe()} is rate limiting (429): {error_message(body, 'too many requests')}",
-                              endpoint=where, status=status,
-                              retry_after_s=parse_retry_after(reply.headers.get("retry-after")))
-        if status >= 500:
-            raise EndpointUnavailable(
-                f"{ep.describe()} failed with HTTP {status}: {error_message(body, 'server error')}",
-                endpoint=where, status=status)
-        if status >= 400:
-            msg = error_message(body, f"HTTP {status}")
-            if is_context_length_error(status, body):
-                raise ContextLengthExceeded(f"the prompt does not fit {ep.model}'s context: {msg}",
-                                            endpoint=where, status=status)
-            raise EndpointRejected(f"{ep.describe()} rejected the request (HTTP {status}): {msg}",
-                                   endpoint=where, status=status)
-        if not isinstance(body, dict):
-            raise BadResponse(f"{ep.describe()} answered HTTP {status} with invalid JSON: {reply.text[:200]!r}",
-                              endpoint=where, status=status)
-        if "error" in body and not body.get("choices"):
-            raise EndpointRejected(f"{ep.describe()} answered with an error: {error_message(body)}",
-                                   endpoint=where, status=status)
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict) \
-                or not isinstance(choices[0].get("message"), dict):
-            raise BadResponse(f"{ep.describe()} answered without choices[0].message: {reply.text[:200]!r}",
-                              endpoint=where, status=status)
+    def _body(self, ep: EndpointSettings, info: profiles.EndpointInfo, messages: list[dict[str, Any]],
+              params: dict[str, Any]) -> dict[str, Any]:
+        quirks = frozenset(self._quirks.get((ep.base_url, ep.model), set()))
+        shaped = profiles.shape_params(info.profile, ep.model, params, profiles.estimate_prompt_tokens(messages),
+                                       quirks)
+        body: dict[str, Any] = {"model": ep.model, "messages": messages, **shaped, **ep.extra_body}
+        if setting(ep, "stream", True) and ep.base_url.rstrip("/") not in self._no_stream:
+            body["stream"] = True
+            if "no-stream-options" not in quirks:
+                body["stream_options"] = {"include_usage": True}
         return body
 
-    @staticmethod
-    def _fill(ex: LLMExchange, data: dict[str, Any]) -> None:
+    def _hung_problem(self, ep: EndpointSettings) -> str | None:
+        count, last = self._hung.get(ep.base_url.rstrip("/"), (0, 0.0))
+        if count >= HUNG_AFTER and time.monotonic() - last < HUNG_COOLDOWN_S:
+            return f"{ep.describe()} sent nothing for its last {count} requests (hung server?)"
+        return None
+
+    async def _with_retries(self, ep: EndpointSettings, info: profiles.EndpointInfo, messages: list[dict[str, Any]],
+                            params: dict[str, Any], ex: LLMExchange) -> tuple[dict[str, Any], Timing]:
+        attempt = adjustments = timeouts = 0
+        url = ep.base_url.rstrip("/")
+        while True:
+            hung = self._hung_problem(ep)
+            if hung:
+                raise EndpointTimeout(hung, "check the server's log; it accepted connections but never answered.",
+                                      endpoint=ep.base_url)
+            attempt += 1
+            ex.attempts = attempt
+            body = self._body(ep, info, messages, params)
+            ex.params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+            timing = Timing()
+            reply: HTTPReply | None = None
+            try:
+                reply = await post(self._bind_loop(), f"{url}/chat/completions", self._headers(ep), body,
+                                   self._limits(ep), timing, describe=ep.describe(), where=ep.base_url)
+                if reply.data is None and reply.status == 200 and body.get("stream"):
+                    self._plain.add(url)
+                data = raise_for_reply(ep.base_url, ep.describe(), ep.model, reply)
+                self._record(body, reply)
+                self._hung.pop(url, None)
+                return data, timing
+            except ContextLengthExceeded as e:
+                self._record(body, reply)
+                lower = self._lower_budget(ep, info, e, params, messages)
+                if lower is None or adjustments >= MAX_ADJUSTMENTS:
+                    raise
+                adjustments += 1
+                log.info("%s: prompt + max_tokens do not fit; asking again with max_tokens %d (was %d)",
+                         ep.describe(), lower, params["max_tokens"])
+                params["max_tokens"] = lower
+            except EndpointRejected as e:
+                if adjustments >= MAX_ADJUSTMENTS or not self._learn(ep, body, e):
+                    self._record(body, reply)
+                    raise
+                adjustments += 1
+                if url in self._no_stream and body.get("stream"):
+                    attempt -= 1  # the server only refused streaming: not a failed try of this request
+                else:
+                    self._record(body, reply)
+            except LLMError as e:
+                self._record(body, reply)
+                if isinstance(e, EndpointTimeout) and timing.first_byte is None:
+                    count, _ = self._hung.get(url, (0, 0.0))
+                    self._hung[url] = (count + 1, time.monotonic())
+                elif timing.first_byte is not None:
+                    self._hung.pop(url, None)
+                await self._backoff(ep, e, attempt, timeouts, params)
+                if isinstance(e, EndpointTimeout):
+                    timeouts += 1
+
+    def _record(self, body: dict[str, Any], reply: HTTPReply | None) -> None:
+        """Append the exchange to the recording (not a server's refusal of streaming: a replay never needs it)."""
+        if self.recorder is not None and reply is not None:
+            self.recorder.write(body, reply.status, reply.text)
+
+    async def _backoff(self, ep: EndpointSettings, e: LLMError, attempt: int, timeouts: int,
+                       params: dict[str, Any]) -> None:
+        """Sleep before the next try, or re-raise `e` when no try is left."""
+        if not e.retryable:
+            raise e
+        if isinstance(e, EndpointTimeout):
+            if timeouts >= int(setting(ep, "timeout_retries", TIMEOUT_RETRIES)):
+                e.message = f"{e.message} (gave up after {timeouts + 1} tries)"
+                raise e
+            if "seed" in params:  # the same seed may walk into the same endless generation
+                params["seed"] = self._rng.randrange(2**31)
+        elif attempt > ep.max_retries:
+            e.message = f"{e.message} (gave up after {attempt} attempts)"
+            raise e
+        delay = min(ep.backoff_max_s, ep.backoff_base_s * 2 ** (attempt - 1)) * self._rng.uniform(0.5, 1.0)
+        if e.retry_after_s is not None:
+            if e.retry_after_s > ep.retry_after_max_s:
+                e.message = f"{e.message} (the server asked to wait {e.retry_after_s:.0f} s)"
+                raise e
+            delay = max(delay, e.retry_after_s)
+        log.warning("%s attempt %d failed (%s: %s); retrying in %.2f s", ep.describe(), attempt, e.category,
+                    safe_text(e.message, 300), delay)
+        await asyncio.sleep(delay)
+
+    def _lower_budget(self, ep: EndpointSettings, info: profiles.EndpointInfo, e: ContextLengthExceeded,
+                      params: dict[str, Any], messages: list[dict[str, Any]]) -> int | None:
+        """A max_tokens that fits after context error `e`; None when the prompt alone does not fit."""
+        current = int(params["max_tokens"])
+        prompt = e.prompt_tokens
+        if e.context_tokens and prompt is None:
+            prompt = profiles.estimate_prompt_tokens(messages)
+        if e.context_tokens and prompt is not None:
+            room = e.context_tokens - prompt - profiles.SAFETY_TOKENS
+            if room < profiles.MIN_REPLY_TOKENS:
+                e.message = f"{e.message} (the prompt alone is {prompt} of {e.context_tokens} tokens)"
+                return None
+            if room < current:
+                return room
+            if e.prompt_tokens is not None:
+                return None  # it fits by the server's own numbers: something else is wrong
+        half = current // 2
+        return half if half >= profiles.MIN_REPLY_TOKENS else None
+
+    def _learn(self, ep: EndpointSettings, body: dict[str, Any], e: EndpointRejected) -> bool:
+        """Adapt to a parameter the endpoint refused; True when asking again may succeed."""
+        msg = e.message.lower()
+        url = ep.base_url.rstrip("/")
+        quirks = self._quirks.setdefault((ep.base_url, ep.model), set())
+        if "stream_options" in msg and "stream_options" in body:
+            quirks.add("no-stream-options")
+        elif "stream" in msg and body.get("stream"):
+            self._no_stream.add(url)
+        elif "max_completion_tokens" in msg and "max_tokens" in body:
+            quirks.add("max_completion_tokens")
+        elif ("temperature" in msg or "top_p" in msg) and ("temperature" in body or "top_p" in body) \
+                and ("unsupported" in msg or "not support" in msg):
+            quirks.add("no-sampling")
+        else:
+            return False
+        log.info("%s refused a parameter (%s); asking again without it", ep.describe(), safe_text(e.message, 200))
+        return True
+
+    def _fill(self, ex: LLMExchange, data: dict[str, Any], timing: Timing, prompt_chars: int) -> None:
         choice = data["choices"][0]
         message = choice["message"]
         content = message.get("content")
-        server_reasoning = message.get("reasoning") or message.get("reasoning_content")
-        ex.reply, ex.reasoning = split_reasoning(content if isinstance(content, str) else "",
-                                                 server_reasoning if isinstance(server_reasoning, str) else None)
-        ex.finish_reason = choice.get("finish_reason")
-        ex.response_id = data.get("id")
-        returned = data.get("model")
-        ex.model_returned = returned if isinstance(returned, str) else None
-        ex.usage = Usage.from_response(data.get("usage"), ex.reasoning, ex.reply)
+        server_reasoning = message.get("reasoning_content")
+        if not isinstance(server_reasoning, str) or not server_reasoning:
+            server_reasoning = message.get("reasoning")
+        ex.reply, ex.reasoning = split_reasoning(clean_text(content) if isinstance(content, str) else "",
+                                                 clean_text(server_reasoning)
+                                                 if isinstance(server_reasoning, str) else None)
+        finish = choice.get("finish_reason")
+        ex.finish_reason = safe_text(finish, 40) if isinstance(finish, str) else None
+        rid, returned = data.get("id"), data.get("model")
+        ex.response_id = safe_text(rid, 200) if isinstance(rid, str) else None
+        ex.model_returned = safe_text(returned, 200) if isinstance(returned, str) else None
+        ex.usage = Usage.from_response(data.get("usage"), ex.reasoning, ex.reply, prompt_chars)
+        ex.streamed = timing.streamed
+        ex.first_byte_s = (timing.first_byte - timing.sent) if timing.first_byte is not None else None
+        start = timing.first_token or timing.first_byte
+        if start is not None and timing.done is not None and timing.done > start:
+            ex.tokens_per_s = round(ex.usage.completion_tokens / (timing.done - start), 2)
 
-
-def _sent_body(request: Any) -> dict[str, Any] | None:
-    """The JSON body the SDK actually sent (what record and replay hash)."""
-    try:
-        body = json.loads(request.content)
-    except (ValueError, AttributeError, TypeError):
-        return None
-    return body if isinstance(body, dict) else None
+    def _check(self, ep: EndpointSettings, ex: LLMExchange) -> None:
+        """Truncation, a silently cut prompt and oversized reasoning are errors, not replies."""
+        limit = int(setting(ep, "max_reasoning_chars", MAX_REASONING_CHARS))
+        if len(ex.reasoning) > limit:
+            raise ReplyTooLarge(f"{ep.describe()} sent {len(ex.reasoning)} characters of reasoning (cap {limit})",
+                                endpoint=ep.base_url)
+        prompt_chars = sum(len(str(m.get("content") or "")) for m in ex.messages)
+        if not ex.usage.estimated and prompt_chars >= MIN_CHECKED_PROMPT_CHARS \
+                and ex.usage.prompt_tokens < TRUNCATED_PROMPT_SHARE * prompt_chars / 4:
+            raise ContextTruncated(
+                f"{ep.describe()} read only {ex.usage.prompt_tokens} prompt tokens of a {prompt_chars}-character "
+                f"prompt (about {prompt_chars // 4} tokens): the server cut the prompt to its context window",
+                endpoint=ep.base_url)
+        if ex.truncated and not ex.reply.strip():
+            budget = ex.params.get("max_tokens") or ex.params.get("max_completion_tokens")
+            raise TruncatedReply(f"{ep.describe()} stopped at max_tokens ({budget}) before answering "
+                                 f"({len(ex.reasoning)} characters of reasoning, no answer)", endpoint=ep.base_url)
 
 
 def run_sync(coro: Any, client: LLMClient | None = None) -> Any:

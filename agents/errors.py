@@ -21,6 +21,7 @@ class LLMError(NNCaptionError):
 
     category = "llm"
     default_hint = "check the endpoint settings (base_url, model, API key variable) and that the server is up."
+    retry_after_s: float | None = None  # what the server asked to wait (Retry-After), when it did
 
     def __init__(
         self,

@@ -439,7 +439,7 @@ def test_an_html_error_page_is_reported_once_and_briefly(tiny_dataset: Any, tmp_
             "</h1></center><hr><center>nginx/1.25.3</center>" + "<p>padding</p>" * 200 + "</body></html>")
 
     def html(body: dict[str, Any], server: ScriptedServer) -> Reply:
-        return Reply(502, page.encode(), {"Content-Type": "text/html"})
+        return Reply(404, page.encode(), {"Content-Type": "text/html"})  # a 5xx page would be retried (proxy)
 
     public = tiny_dataset.public_dir
     with ScriptedServer(html) as srv:

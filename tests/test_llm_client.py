@@ -169,11 +169,13 @@ def test_connection_refused_is_endpoint_unavailable() -> None:
     assert "cannot connect" in ei.value.message
 
 
-def test_context_length_400_is_typed_and_not_retried() -> None:
+def test_context_length_400_lowers_max_tokens_once_then_is_typed() -> None:
     with ScriptedServer([context_limit(5, ok("never"))]) as srv:
         with pytest.raises(ContextLengthExceeded) as ei:
             chat(fast_settings(srv.base_url))
-    assert len(srv.bodies) == 1 and "maximum context length" in ei.value.message
+    # the error said the window (4096) and the prompt's size: one more try with a budget that fits, then typed
+    assert len(srv.bodies) == 2 and srv.bodies[1]["max_tokens"] < 4096 < srv.bodies[0]["max_tokens"]
+    assert "maximum context length" in ei.value.message and ei.value.context_tokens == 4096
 
 
 def test_other_4xx_is_rejected_with_the_endpoint_message() -> None:
@@ -304,7 +306,7 @@ def test_the_model_the_server_returned_is_recorded_beside_the_one_requested() ->
     assert LLMExchange.from_dict(old).model_returned is None
 
 
-@pytest.mark.parametrize("code", [200, 404, 502])
+@pytest.mark.parametrize("code", [200, 404])
 def test_an_html_page_is_one_brief_bad_response_never_retried(code: int) -> None:
     page = b"<html><head><title>Welcome to nginx!</title></head><body>" + b"<p>x</p>" * 500 + b"</body></html>"
     with ScriptedServer([lambda body, server: Reply(code, page, {"Content-Type": "text/html"})]) as srv:
@@ -320,3 +322,18 @@ def test_a_base_url_without_http_scheme_or_host_is_refused_at_once(url: str) -> 
     with pytest.raises(ConfigError) as ei:
         LLMSettings.single(url, "m")
     assert "http://" in ei.value.message and "base_url" in ei.value.message
+
+
+@pytest.mark.parametrize("code,proxy_timeout", [(502, False), (503, False), (504, True), (524, True)])
+def test_a_proxy_5xx_html_page_is_retried_with_a_proxy_hint(code: int, proxy_timeout: bool) -> None:
+    page = (f"<html><head><title>{code}: A timeout occurred</title></head><body>cloudflare</body></html>"
+            if code == 524 else f"<html><head><title>{code} Bad Gateway</title></head><body>nginx</body></html>")
+    with ScriptedServer([lambda body, server: Reply(code, page.encode(), {"Content-Type": "text/html"}),
+                         ok("fine")]) as srv:
+        ex = chat(fast_settings(srv.base_url, max_retries=4))
+    assert ex.reply == "fine" and ex.attempts == 2 and len(srv.bodies) == 2
+    with ScriptedServer([lambda body, server: Reply(code, page.encode(), {"Content-Type": "text/html"})]) as srv:
+        with pytest.raises(EndpointUnavailable) as ei:
+            chat(fast_settings(srv.base_url, max_retries=1))
+    assert len(srv.bodies) == 2 and "<html" not in ei.value.message
+    assert ("proxy" in ei.value.hint) == proxy_timeout
