@@ -1,29 +1,30 @@
-"""Fork a run: continue it from step N's checkpoint, possibly on another LLM endpoint, into a NEW run directory.
+"""Fork a run: continue it from step N, possibly on another LLM endpoint, into a NEW run directory.
 
-LangGraph time travel on a copy: step N ran in superstep S, so the fork starts
-from the checkpoint saved after superstep S-1 (its `checkpoint_id` is looked up in
-the original's checkpoint database, read-only). The new directory gets
+LangGraph time travel on a copy. Every candidate is its own thread (thread_id =
+its id); step N is candidate C's node at step S of C's thread, so C continues from
+the checkpoint saved after its step S-1 (its `checkpoint_id` is looked up in the
+original's checkpoint database, read-only). The new directory gets
 
 - consistent copies of both databases (SQLite's backup API from read-only
   connections, so a running original is fine), the blobs (hard links: blobs are
   immutable) and copies of the candidate files and sandbox jobs;
-- in the copied checkpoint database: the checkpoints after the fork point and the
-  writes of superstep S's tasks removed, so every task of superstep S runs again;
-- in the copied results database: everything superstep S and later wrote (steps,
-  LLM calls, attempts, verdicts, jobs, candidates planned from S on, the final
-  fields of candidates recorded from S on) removed, step numbering continuing;
+- in the copied results database: everything steps N and later wrote (steps, LLM
+  calls, attempts, verdicts, jobs, candidates planned from N on, the final fields
+  of candidates recorded from N on) removed, step numbering continuing;
+- in the copied checkpoint database: the threads of the dropped candidates
+  removed, and every kept candidate that had steps from N on rewound to the
+  checkpoint before its first such step, so each of those steps runs again;
 - config.json with the new endpoint, and fork.json saying where it came from.
 
-Then `SearchRun(..., resume=True)` continues the copy (with `checkpoint_id` in the
-config when the runner accepts one). Steps before superstep S are identical to the
-original's; later ones are made by the new endpoint. The original is never opened
-for writing: its databases hash the same before and after.
+Then `SearchRun(..., resume=True)` continues the copy. Steps before N are
+identical to the original's; later ones are made by the new endpoint. The
+original is never opened for writing: its databases hash the same before and
+after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import os
@@ -43,19 +44,23 @@ from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
-THREAD_ID = "search"
+LEGACY_THREAD_ID = "search"  # the one thread of runs made before the per-candidate scheduler
 FORK_FILE = "fork.json"
 Masker = Callable[[Any], dict[str, Any]]
 
 
-def fork_checkpoint(run_dir: Path, superstep: int) -> str:
-    """The checkpoint saved after `superstep - 1` in the original (read-only): where superstep `superstep` began."""
+def fork_checkpoint(run_dir: Path, cid: str, thread_step: int) -> str:
+    """The checkpoint of `cid`'s thread saved after its step `thread_step - 1` (read-only): where that step began."""
     db = connect_ro(run_dir / CHECKPOINT_DB)
     try:
         rows = db.execute("SELECT checkpoint_id, metadata FROM checkpoints WHERE thread_id=? AND checkpoint_ns='' "
-                          "ORDER BY checkpoint_id", (THREAD_ID,)).fetchall()
+                          "ORDER BY checkpoint_id", (cid,)).fetchall()
+        legacy = db.execute("SELECT 1 FROM checkpoints WHERE thread_id=? LIMIT 1", (LEGACY_THREAD_ID,)).fetchone()
     finally:
         db.close()
+    if legacy is not None and not rows:
+        raise UsageError(f"{run_dir} was made by the superstep engine (one thread for the whole run)",
+                         "fork it with the nncaption version that made it, or start a new run")
     found = None
     for r in rows:
         try:
@@ -63,10 +68,10 @@ def fork_checkpoint(run_dir: Path, superstep: int) -> str:
         except (TypeError, ValueError, RecursionError):
             log.debug("checkpoint %s: unreadable metadata", r["checkpoint_id"], exc_info=True)
             continue
-        if isinstance(meta, dict) and meta.get("step") == superstep - 1:
+        if isinstance(meta, dict) and meta.get("step") == thread_step - 1:
             found = str(r["checkpoint_id"])  # the latest one wins (a resumed run may have redone the step)
     if found is None:
-        raise TraceLookupError(f"no checkpoint before superstep {superstep} in {run_dir / CHECKPOINT_DB}",
+        raise TraceLookupError(f"no checkpoint of {cid} before its step {thread_step} in {run_dir / CHECKPOINT_DB}",
                                "fork from a step of a run that checkpointed it (see `nncaption trace RUN_DIR`)")
     return found
 
@@ -147,37 +152,53 @@ def copy_run(src: Path, dst: Path) -> None:
             _copy_tree(src / name, dst / name, skip=("lock", ".trash"))
 
 
-def trim_checkpoints(db_path: Path, checkpoint_id: str) -> int:
-    """In a COPY: drop the checkpoints after `checkpoint_id` and the writes made from it (they are redone)."""
+def trim_checkpoints(db_path: Path, rewind: dict[str, str], dropped: list[str]) -> int:
+    """In a COPY: rewind each thread in `rewind` (cid -> checkpoint id) by dropping the checkpoints after it and
+    the writes made from it (they are redone), and remove the threads of the `dropped` candidates."""
     db = sqlite3.connect(db_path)
+    n = 0
     try:
         with db:
-            n = db.execute("DELETE FROM checkpoints WHERE thread_id=? AND checkpoint_id > ?",
-                           (THREAD_ID, checkpoint_id)).rowcount
-            db.execute("DELETE FROM writes WHERE thread_id=? AND checkpoint_id >= ?", (THREAD_ID, checkpoint_id))
+            for cid, checkpoint_id in rewind.items():
+                n += db.execute("DELETE FROM checkpoints WHERE thread_id=? AND checkpoint_id > ?",
+                                (cid, checkpoint_id)).rowcount
+                db.execute("DELETE FROM writes WHERE thread_id=? AND checkpoint_id >= ?", (cid, checkpoint_id))
+            for cid in dropped:
+                n += db.execute("DELETE FROM checkpoints WHERE thread_id=?", (cid,)).rowcount
+                db.execute("DELETE FROM writes WHERE thread_id=?", (cid,))
     finally:
         db.close()
     return int(n)
 
 
-def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
-    """In a COPY: remove what supersteps >= `superstep` wrote, so the journal is what the fork point saw."""
+def rewind_points(src: Path, step: int) -> tuple[dict[str, str], list[str]]:
+    """(cid -> checkpoint to rewind to, candidates to drop) for a fork at `step`, read from the original."""
+    with RunReader(src) as reader:
+        dropped = [r["cid"] for r in reader.rows("SELECT cid FROM candidates WHERE planned_step >= ?", (step,))]
+        first = reader.rows("SELECT cid, MIN(superstep) AS s FROM steps WHERE step >= ? AND node <> 'dispatch' "
+                           "AND cid <> '' GROUP BY cid", (step,))
+    rewind = {r["cid"]: fork_checkpoint(src, r["cid"], int(r["s"])) for r in first if r["cid"] not in dropped}
+    return rewind, dropped
+
+
+def trim_results(run_dir: Path, step: int) -> dict[str, int]:
+    """In a COPY: remove what steps >= `step` wrote, so the journal is what the fork point saw."""
     db = sqlite3.connect(run_dir / RESULTS_DB)
     removed: dict[str, int] = {}
     try:
         with db:
-            db.execute("CREATE TEMP TABLE gone AS SELECT step FROM steps WHERE superstep >= ?", (superstep,))
+            db.execute("CREATE TEMP TABLE gone AS SELECT step FROM steps WHERE step >= ?", (step,))
             for table in ("llm_calls", "attempts", "verdicts", "sandbox_jobs"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE step IN (SELECT step FROM gone)").rowcount
-            removed["steps"] = db.execute("DELETE FROM steps WHERE superstep >= ?", (superstep,)).rowcount
-            new = [r[0] for r in db.execute("SELECT cid FROM candidates WHERE planned_step >= ?", (superstep,))]
+            removed["steps"] = db.execute("DELETE FROM steps WHERE step >= ?", (step,)).rowcount
+            new = [r[0] for r in db.execute("SELECT cid FROM candidates WHERE planned_step >= ?", (step,))]
             for cid in new:
                 for table in ("epochs", "dedup", "attempts", "verdicts", "sandbox_jobs", "llm_calls"):
                     db.execute(f"DELETE FROM {table} WHERE cid=?", (cid,))
                 if rundir.cid(cid) and _real_dir(run_dir / "candidates" / cid):  # never a path or a link
                     shutil.rmtree(run_dir / "candidates" / cid, ignore_errors=True)
             removed["candidates"] = db.execute("DELETE FROM candidates WHERE planned_step >= ?",
-                                               (superstep,)).rowcount
+                                               (step,)).rowcount
             trained = {r[0] for r in db.execute("SELECT DISTINCT cid FROM steps WHERE node='train'")}
             for (cid,) in db.execute("SELECT cid FROM candidates").fetchall():
                 if cid not in trained:
@@ -198,7 +219,7 @@ def trim_results(run_dir: Path, superstep: int) -> dict[str, int]:
             removed["reopened"] = db.execute(
                 "UPDATE candidates SET status='planned', category=NULL, stage=NULL, message=NULL, "
                 "traceback_tail=NULL, bleu4=NULL, lemur_bleu4=NULL, params=NULL, duplicate_of=NULL, job_id=NULL, "
-                "fix_rounds=0, recorded_step=NULL, finished_at=NULL WHERE recorded_step >= ?", (superstep,)).rowcount
+                "fix_rounds=0, recorded_step=NULL, finished_at=NULL WHERE recorded_step >= ?", (step,)).rowcount
             db.execute("UPDATE candidates SET status='planned' WHERE recorded_step IS NULL")  # in flight at the fork
             db.execute("UPDATE sqlite_sequence SET seq=(SELECT COALESCE(MAX(step), 0) FROM steps) WHERE name='steps'")
     finally:
@@ -231,7 +252,7 @@ def _new_dir(src: Path, step: int) -> Path:
 def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_url: str | None = None,
              llm_model: str | None = None, json_logs: bool = False, mask: Masker | None = None,
              emit: Callable[[dict[str, Any]], None] | None = None, trust_config: bool = False) -> dict[str, Any]:
-    """Copy `run_dir` up to step `step`'s superstep into a new run directory and continue it there.
+    """Copy `run_dir` up to step `step` into a new run directory and continue it there.
 
     The original's endpoints, key variables, sandbox and folders are used only when this user made it (or
     `trust_config`); otherwise `llm_base_url` replaces all of them by the defaults, or the fork is refused
@@ -242,10 +263,10 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
 
     src = Path(run_dir).expanduser().resolve()
     with RunReader(src) as reader:
-        row = reader.one("SELECT superstep FROM steps WHERE step=?", (step,))
+        row = reader.one("SELECT superstep, node, cid FROM steps WHERE step=?", (step,))
         if row is None:
             raise TraceLookupError(f"step {step} is not in {src}", "list the steps with `nncaption trace RUN_DIR`")
-        superstep = int(row["superstep"])
+        superstep, node, cid = int(row["superstep"]), str(row["node"]), str(row["cid"])
         config = reader.config()
     if not config:
         raise UsageError(f"{src} has no readable {CONFIG_FILE}", "fork a run made by `nncaption run`")
@@ -257,7 +278,8 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         config = runtrust.stripped(config)
     elif trust_config:
         runtrust.remember(src, config)
-    checkpoint_id = fork_checkpoint(src, superstep)
+    rewind, dropped = rewind_points(src, step)
+    checkpoint_id = rewind.get(cid) if node != "dispatch" else None  # a planning step: that candidate is re-planned
     dst = (new_dir.expanduser().resolve() if new_dir else _new_dir(src, step))
     if dst.exists() and any(dst.iterdir()):
         raise UsageError(f"{dst} already exists and is not empty", "give --into a new folder")
@@ -270,20 +292,18 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         raise ConfigError(f"the forked configuration is invalid: {e}", "check --llm-base-url / --llm-model") from None
     masked = mask(settings) if mask else settings.model_dump(mode="json")
     copy_run(src, dst)
-    trim_checkpoints(dst / CHECKPOINT_DB, checkpoint_id)
-    removed = trim_results(dst, superstep)
+    trim_checkpoints(dst / CHECKPOINT_DB, rewind, dropped)
+    removed = trim_results(dst, step)
     _retarget_run_row(dst, settings, masked)
     rundir.write_file(dst, CONFIG_FILE, json.dumps(masked, indent=2, sort_keys=True) + "\n")
     runtrust.remember(dst, masked)
-    origin = {"source": str(src), "step": step, "superstep": superstep, "checkpoint_id": checkpoint_id,
+    origin = {"source": str(src), "step": step, "superstep": superstep, "candidate": cid or None,
+              "checkpoint_id": checkpoint_id,
               "llm_base_url": llm_base_url, "llm_model": llm_model, "created_at": time.time(), "removed": removed}
     rundir.write_file(dst, FORK_FILE, json.dumps(origin, indent=2, sort_keys=True) + "\n")
-    kwargs: dict[str, Any] = {"emit": emit or _log_event, "resume": True, "masked_config": masked}
-    if "checkpoint_id" in inspect.signature(SearchRun.__init__).parameters:
-        kwargs["checkpoint_id"] = checkpoint_id
-    search = SearchRun(settings, dst, **kwargs)
+    search = SearchRun(settings, dst, emit=emit or _log_event, resume=True, masked_config=masked)
     outcome = asyncio.run(search.run())
-    return {"run_dir": str(dst), "source": str(src), "step": step, "superstep": superstep,
+    return {"run_dir": str(dst), "source": str(src), "step": step, "superstep": superstep, "candidate": cid or None,
             "checkpoint_id": checkpoint_id, "status": outcome.status, "stop_reason": outcome.stop_reason,
             "best": outcome.best, "counts": outcome.counts, "removed": removed}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,10 +188,12 @@ class Pipeline:
                        message=safe_text(c.message, 3000), line=getattr(c, "line", None), job_id=job_id,
                        job_dir=job_dir, reused=bool(getattr(c, "reused", False)), seconds=time.monotonic() - t0)
 
-    async def train(self, code: str, prm: Mapping[str, Any]) -> Trained:
+    async def train(self, code: str, prm: Mapping[str, Any], *,
+                    on_event: Callable[[dict[str, Any]], None] | None = None) -> Trained:
+        """Train and score in the sandbox; `on_event` gets the job's progress events (progress.jsonl lines)."""
         t0 = time.monotonic()
         try:
-            r = await self.service.evaluate(code, dict(prm))
+            r = await self.service.evaluate(code, dict(prm), on_event=on_event)
         except NNCaptionError as e:
             log.error("training could not run: %s", e)
             return Trained(ok=False, category="internal", message=f"{e.category}: {e.message}")

@@ -2,12 +2,16 @@
 
     outcome = asyncio.run(SearchRun(settings, run_dir, emit=print).run())
 
-`resume=True` continues the run directory's checkpoint (the settings are read
-back from RUN_DIR/config.json); finished candidates are kept, in-flight ones are
-redone, and training jobs are content-addressed, so nothing trains twice.
-Cancelling the task that awaits `run()` (SIGINT in the CLI) cancels the running
-nodes, which kills their sandbox jobs; the steps left running are recorded as
-interrupted and the last superstep's checkpoint stays for `--resume`.
+Every candidate is its own LangGraph thread, started by the scheduler
+(graph/scheduler.py) with no barrier between candidates. `resume=True` continues
+the run directory (the settings are read back from RUN_DIR/config.json): finished
+candidates are final in the store and never redone, in-flight ones continue their
+threads from their last checkpoint, and training jobs are content-addressed, so
+nothing trains twice. A resumed run announces itself with one `resumed` event that
+carries the whole-run counts and funnel. Cancelling the task that awaits `run()`
+(SIGINT in the CLI) cancels the running nodes, which kills their sandbox jobs; the
+steps left running are recorded as interrupted and each thread's last checkpoint
+stays for `--resume`.
 """
 
 from __future__ import annotations
@@ -15,18 +19,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.build import THREAD_ID, build_graph
-from nncaption.graph.nodes import EventSink, Nodes
+from nncaption.graph import journal as jr
+from nncaption.graph.build import build_graph
+from nncaption.graph.nodes import EventSink, Nodes, Slots
 from nncaption.graph.pipeline import Pipeline
 from nncaption.graph.runlock import RunLock
+from nncaption.graph.scheduler import RunClock, Scheduler
 from nncaption.graph.settings import RunSettings
-from nncaption.graph.state import initial_state
 from nncaption.graph.store import RunStore
 from nncaption.netapi.errors import ConfigError, NNCaptionError
 from nncaption.netapi.safetext import safe_text
@@ -181,20 +187,15 @@ class SearchRun:
     """A run directory plus the graph that fills it."""
 
     def __init__(self, settings: RunSettings, run_dir: Path, *, emit: EventSink | None = None, resume: bool = False,
-                 pipeline_factory: PipelineFactory | None = None, masked_config: dict[str, Any] | None = None,
-                 checkpoint_id: str | None = None) -> None:
+                 pipeline_factory: PipelineFactory | None = None, masked_config: dict[str, Any] | None = None
+                 ) -> None:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.emit: EventSink = emit or (lambda event: None)
         self.resume = resume
         self.pipeline_factory = pipeline_factory or default_pipeline
         self.masked_config = masked_config or settings.model_dump(mode="json")
-        self.checkpoint_id = checkpoint_id  # continue from this checkpoint (a fork: LangGraph time travel)
-        self.state: dict[str, Any] = {}
-        # "sync": a superstep's checkpoint and its tasks' pending writes (the Sends) are on disk before the next
-        # superstep starts. ("async" lost the pending Sends of the last superstep on SIGKILL: a resume then found
-        # nothing to do.)
-        self.durability: Any = "sync"
+        self.state: dict[str, Any] = {}  # stop_reason, whole-run counts and leaderboard once the run ends
 
     def _agent_names(self) -> dict[str, str]:
         a = self.settings.agents
@@ -211,6 +212,9 @@ class SearchRun:
         store = RunStore(self.run_dir)
         if not self.resume:
             store.write_config(self.masked_config)
+            from nncaption.graph import runtrust  # this user's own run: --resume may use its config.json
+
+            runtrust.remember(self.run_dir, self.masked_config)
         store.start_run(self.run_dir.name, seed=self.settings.seed, config=self.masked_config,
                         agents=self._agent_names(), dataset=self.settings.data.dataset)
         elapsed_before = store.elapsed_before()
@@ -218,27 +222,15 @@ class SearchRun:
         status, reason = "failed", None
         try:
             async with self.pipeline_factory(self.settings, store) as (pipeline, _client):
-                nodes = Nodes(self.settings, store, pipeline, self.emit, started_at=t0,
-                              elapsed_before=elapsed_before)
+                slots = Slots.for_settings(self.settings, os.cpu_count() or 1)
+                nodes = Nodes(self.settings, store, pipeline, self.emit, slots)
                 async with open_checkpointer(store.checkpoint_path) as saver:
                     app = build_graph(nodes, retries=self.settings.node_retries).compile(checkpointer=saver)
-                    config: Any = {"configurable": {"thread_id": THREAD_ID},
-                                   "recursion_limit": self.settings.recursion_limit,
-                                   "max_concurrency": self.settings.concurrency + 1}
-                    if self.checkpoint_id:
-                        config["configurable"]["checkpoint_id"] = self.checkpoint_id
-                    snapshot = await app.aget_state(config)
-                    started = bool(snapshot.values)
-                    if started and not snapshot.next and not self.checkpoint_id:
-                        if snapshot.values.get("stop_reason") is None:
-                            raise ConfigError(f"{self.run_dir}: the checkpoint has no pending work but the run did "
-                                              "not finish", "start a new run; this checkpoint cannot be continued")
-                        final = snapshot.values  # already finished: nothing to do
-                    else:
-                        final = await app.ainvoke(None if started else initial_state(), config,
-                                                  durability=self.durability)
-                    self.state = dict(final)
-            reason = self.state.get("stop_reason")
+                    if self.resume:
+                        self._announce_resume(store)
+                    scheduler = Scheduler(self.settings, store, app, self.emit, RunClock(t0, elapsed_before))
+                    reason = await scheduler.run()
+            self.state = {"stop_reason": reason, "counts": store.run_counts(), "leaderboard": store.best(10)}
             status = "failed" if reason in ("endpoints-down", "machine-unusable") else "finished"
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "interrupted"
@@ -252,7 +244,7 @@ class SearchRun:
             self.emit({"event": "run_finished", "status": status, "stop_reason": reason,
                        "run_dir": str(self.run_dir), "best": outcome.best,
                        "best_file": str(outcome.best_file) if outcome.best_file else None,
-                       "elapsed_s": round(outcome.elapsed_s, 3)})
+                       "elapsed_s": round(outcome.elapsed_s, 3), "counts": outcome.counts})
             self.outcome = outcome
         if reason == "endpoints-down":
             raise EndpointsDown(f"stopped after {self.settings.endpoint_down_after} candidates in a row lost their "
@@ -265,6 +257,14 @@ class SearchRun:
                 "nothing to fix in the candidates: repair the machine (for CUDA: python -m "
                 f"nncaption.evals.gpu_doctor), then continue with `nncaption run --resume {self.run_dir}`")
         return outcome
+
+    def _announce_resume(self, store: RunStore) -> None:
+        """One `resumed` event with the whole-run counts and funnel (candidates scored before the kill are not
+        announced again)."""
+        entries = store.journal()
+        self.emit({"event": "resumed", "counts": store.run_counts(), "funnel": jr.funnel(entries),
+                   "inflight": [e.cid for e in entries if e.status in (jr.Status.PLANNED, jr.Status.INTERRUPTED)],
+                   "elapsed_before_s": round(store.elapsed_before(), 3)})
 
     def _last_job_error(self) -> str:
         store = RunStore(self.run_dir)

@@ -101,9 +101,10 @@ class RunSettings(_Strict):
 
     seed: int = 0
     concurrency: int = Field(default=2, ge=1, le=256, description="candidates in flight at once")
+    lookahead: int = Field(default=1, ge=0, le=64, description="candidates beyond concurrency that may design and "
+                           "check while every training slot is busy (each waits for a free training slot)")
     refill_at: int | None = Field(default=None, ge=1, le=256,
-                                  description="free slots needed before new candidates are planned (default: half "
-                                  "of concurrency, so new candidates start together and move in step)")
+                                  description="ignored (older runs): the scheduler fills each slot as it frees")
     max_fix_rounds: int = Field(default=2, ge=0, le=10, description="fixer rounds per candidate (checks and training)")
     node_retries: int = Field(default=3, ge=1, le=10, description="tries of a node on a transient endpoint error")
     endpoint_down_after: int = Field(default=3, ge=1, description="stop when this many candidates in a row lost their "
@@ -118,11 +119,6 @@ class RunSettings(_Strict):
     sandbox: SandboxSettings = Field(default_factory=lambda: SandboxSettings())
 
     @property
-    def refill_slots(self) -> int:
-        return min(self.concurrency, self.refill_at or max(1, (self.concurrency + 1) // 2))
-
-    @property
     def recursion_limit(self) -> int:
-        """Supersteps the graph may take: every candidate walks at most ~6 nodes per fix round, plus dispatch."""
-        per_candidate = 8 + 5 * (self.max_fix_rounds + 1)
-        return 50 + self.budget.candidates * per_candidate
+        """Steps one candidate's thread may take: at most ~6 nodes per fix round, with room to spare."""
+        return 20 + 6 * (self.max_fix_rounds + 1)

@@ -2,14 +2,14 @@
 
 Layout of RUN_DIR:
     config.json        the resolved run configuration (secrets masked)
-    checkpoints.sqlite LangGraph's AsyncSqliteSaver (the graph's small state, one row per superstep)
+    checkpoints.sqlite LangGraph's AsyncSqliteSaver (one thread per candidate: its small state after every node)
     results.sqlite     the journal and everything else (schema in nncaption.graph.schema)
     blobs/ab/abcd...   code, prompts, replies, reasoning, logs, stored once by SHA-256
     candidates/<cid>/attempt-<n>.py   every version of every candidate's code
     jobs/<job key>/    sandbox job dirs (content-addressed: an identical job is reused, never retrained)
     run.log            the run's log
 
-Every write is idempotent (keyed by candidate, attempt, stage or superstep), so a
+Every write is idempotent (keyed by candidate, attempt, stage or step), so a
 node redone after a crash overwrites what its first try wrote. All writes come
 from the event loop's thread; a lock makes the connection safe if not.
 """
@@ -93,11 +93,15 @@ class RunStore:
         return ref
 
     def blob(self, ref: str) -> str:
-        """The text stored under `ref` (KeyError when there is none)."""
-        path = self.blob_dir / ref[:2] / ref
-        if len(ref) != 64 or not path.is_file():
+        """The text stored under `ref` (KeyError when there is none, `ref` is not 64 hex digits, or the blob is a
+        link, a FIFO or over the size cap: a run directory may come from elsewhere, see graph/rundir.py)."""
+        from nncaption.graph import rundir
+
+        parts = rundir.blob_path(ref)
+        data = rundir.read_bytes(self.run_dir, parts, rundir.DEFAULT_MAX_BYTES + 1) if parts else None
+        if data is None or len(data) > rundir.DEFAULT_MAX_BYTES:
             raise KeyError(ref)
-        return path.read_bytes().decode("utf-8", errors="surrogatepass")
+        return data.decode("utf-8", errors="surrogatepass")
 
     # ------------------------------------------------------------------ run
     def write_config(self, config: Mapping[str, Any]) -> None:
@@ -140,7 +144,8 @@ class RunStore:
 
     # ------------------------------------------------------------------ steps
     def step_begin(self, superstep: int, node: str, cid: str, attempt: int | None = None) -> int:
-        """Open (or reopen, when a node is retried or redone after a crash) the row of one node execution.
+        """Open (or reopen, when a node is retried or redone after a crash) the row of one node execution;
+        `superstep` is the node's step in its candidate's LangGraph thread (0 for the planning step).
 
         LLM calls already recorded for the step stay: they happened and cost tokens (the trace lists them in
         order, failed tries with their error)."""
@@ -173,16 +178,17 @@ class RunStore:
         return int(n)
 
     # ------------------------------------------------------------------ candidates
-    def plan_candidate(self, e: Entry, *, mode: str, snippets: Sequence[str], superstep: int) -> None:
+    def plan_candidate(self, e: Entry, *, mode: str, snippets: Sequence[str], step: int) -> None:
+        """A new candidate's row, planned at run step `step` (its `dispatch` step)."""
         self._exec(
             "INSERT OR REPLACE INTO candidates (cid, idx, parent, origin, mode, status, debug_depth, decoder, "
             "snippets_json, planned_step, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (e.cid, e.index, e.parent, e.origin.value, mode, Status.PLANNED.value, e.debug_depth, e.decoder,
-             _json(list(snippets)), superstep, time.time()))
+             _json(list(snippets)), step, time.time()))
 
-    def record_candidate(self, cid: str, *, superstep: int, **fields: Any) -> None:
-        """Final fields of a candidate (status, category, stage, bleu4, ...), recorded at `superstep`."""
-        self.update_candidate(cid, recorded_step=superstep, finished_at=time.time(), **fields)
+    def record_candidate(self, cid: str, *, step: int, **fields: Any) -> None:
+        """Final fields of a candidate (status, category, stage, bleu4, ...), recorded at run step `step`."""
+        self.update_candidate(cid, recorded_step=step, finished_at=time.time(), **fields)
 
     def update_candidate(self, cid: str, **fields: Any) -> None:
         """Set some columns of a candidate's row; `prm` is stored as JSON."""
@@ -242,7 +248,7 @@ class RunStore:
 
         The owner is the first claimant recorded as scored or failed (that network ran; a `job-error` means the
         machine could not run it, so it owns nothing), else the lowest index among the claimants still on their way.
-        Asked again once training ends, the rule settles twins that reached training in one superstep the same way
+        Asked again once training ends, the rule settles twins that reached training together the same way
         whatever order their jobs took (the service ran the job once).
         """
         self._exec("INSERT OR IGNORE INTO dedup VALUES (?,?,?)", (key, cid, idx))
@@ -259,11 +265,11 @@ class RunStore:
 
     # ------------------------------------------------------------------ journal
     def journal(self, before_step: int | None = None) -> list[Entry]:
-        """The candidates as they stood before superstep `before_step` (all of them when None).
+        """The candidates as they stood before run step `before_step` (all of them when None).
 
-        A candidate planned at or after that step is left out; one recorded at or after it is still
-        `planned`: so a node sees exactly what the checkpointed steps before it wrote, which makes the
-        policy's choices the same whether or not the run was interrupted.
+        Steps are numbered in order of start across the whole run. A candidate planned at or after that step
+        is left out; one recorded at or after it is still `planned`: so a node (a step redone after a crash
+        included) sees what the steps before it wrote, not what happened later.
         """
         limit = before_step if before_step is not None else 1 << 62
         rows = self._query("SELECT * FROM candidates WHERE planned_step < ? ORDER BY idx", (limit,))
@@ -287,14 +293,14 @@ class RunStore:
         return out
 
     def failed_attempts(self, before_step: int | None = None) -> list[AttemptFailure]:
-        """Every rejected attempt (static, review, smoke or train verdict) of the supersteps before `before_step`."""
+        """Every rejected attempt (static, review, smoke or train verdict) of the steps before `before_step`."""
         limit = before_step if before_step is not None else 1 << 62
         rows = self._query(
-            "SELECT v.cid, v.attempt, v.stage, v.category, v.message, s.superstep, a.summary FROM verdicts v "
-            "JOIN steps s ON s.step = v.step LEFT JOIN attempts a ON a.cid = v.cid AND a.attempt = v.attempt "
-            "WHERE v.ok = 0 AND s.superstep < ? ORDER BY s.superstep, v.cid, v.attempt", (limit,))
+            "SELECT v.cid, v.attempt, v.stage, v.category, v.message, v.step, a.summary FROM verdicts v "
+            "LEFT JOIN attempts a ON a.cid = v.cid AND a.attempt = v.attempt "
+            "WHERE v.ok = 0 AND v.step < ? ORDER BY v.step, v.cid, v.attempt", (limit,))
         return [AttemptFailure(cid=r["cid"], attempt=r["attempt"], stage=r["stage"], category=r["category"] or "",
-                               text=r["message"] or "", summary=r["summary"] or "", order=r["superstep"])
+                               text=r["message"] or "", summary=r["summary"] or "", order=r["step"])
                 for r in rows]
 
     # ------------------------------------------------------------------ answers
@@ -314,3 +320,29 @@ class RunStore:
 
     def candidate_rows(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._query("SELECT * FROM candidates ORDER BY idx")]
+
+    def candidate(self, cid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM candidates WHERE cid=?", (cid,))
+        return dict(rows[0]) if rows else None
+
+    def final_categories(self) -> list[str | None]:
+        """The category of every finished candidate, in the order they were recorded (None when scored)."""
+        return [r[0] for r in self._query("SELECT category FROM candidates WHERE recorded_step IS NOT NULL AND "
+                                          "status IN ('scored', 'failed', 'duplicate') ORDER BY recorded_step")]
+
+    def tokens_used(self) -> int:
+        rows = self._query("SELECT COALESCE(SUM(tokens), 0) FROM steps")
+        return int(rows[0][0]) if rows else 0
+
+    def run_counts(self) -> dict[str, int]:
+        """Whole-run counts (all sessions): candidates by status, repaired ones, tokens and LLM calls."""
+        counts = {"planned": 0, "finished": 0, "scored": 0, "failed": 0, "duplicate": 0, "interrupted": 0,
+                  "repaired": 0}
+        for r in self._query("SELECT status, COUNT(*) FROM candidates GROUP BY status"):
+            counts[str(r[0])] = int(r[1])
+        counts["finished"] = counts["scored"] + counts["failed"] + counts["duplicate"]
+        counts["repaired"] = int(self._query("SELECT COUNT(*) FROM candidates WHERE status='scored' AND "
+                                             "(fix_rounds > 0 OR origin='fix')")[0][0])
+        counts["tokens"] = self.tokens_used()
+        counts["llm_calls"] = int(self._query("SELECT COUNT(*) FROM llm_calls")[0][0])
+        return counts

@@ -5,10 +5,12 @@
 `graph` is an async context manager factory (the server enters it once and closes
 it at shutdown): it opens the run directory's store, builds the same parts as
 `nncaption run` (dataset, sandbox, candidate service, agents, from the run's
-config.json, or the defaults for a new folder) and yields the compiled graph.
-`checkpointer` yields the `AsyncSqliteSaver` on RUN_DIR/checkpoints.sqlite, as the
-CLI configures it; the CLI's run is the thread "search". Without the environment
-variable a new run directory is made under $NNCAPTION_HOME/runs.
+config.json, or the defaults for a new folder) and yields the compiled
+per-candidate graph. `checkpointer` yields the `AsyncSqliteSaver` on
+RUN_DIR/checkpoints.sqlite, as the CLI configures it; each candidate of the CLI's
+run is a thread named by its id ("c0001", "c0002", ...), which Studio lists and
+replays. Without the environment variable a new run directory is made under
+$NNCAPTION_HOME/runs.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.build import THREAD_ID, build_graph
+from nncaption.graph.build import build_graph
 from nncaption.graph.store import CHECKPOINT_DB, CONFIG_FILE, RunStore
 
 log = logging.getLogger(__name__)
 
 RUN_DIR_ENV = "NNCAPTION_STUDIO_RUN_DIR"
-__all__ = ["THREAD_ID", "checkpointer", "graph", "studio_run_dir"]
+__all__ = ["checkpointer", "graph", "studio_run_dir"]
 
 
 def studio_run_dir() -> Path:
@@ -66,7 +68,7 @@ async def checkpointer() -> AsyncIterator[Any]:
 
 @contextlib.asynccontextmanager
 async def graph(config: Any = None) -> AsyncIterator[Any]:
-    """The compiled search graph over the run directory's store and the CLI's parts (no checkpointer attached:
+    """The compiled per-candidate graph over the run directory's store and the CLI's parts (no checkpointer attached:
     the server attaches the one from `checkpointer`; pass `checkpointer=` to `compile_graph` to use it directly)."""
     async with compile_graph(studio_run_dir()) as app:
         yield app
@@ -75,8 +77,6 @@ async def graph(config: Any = None) -> AsyncIterator[Any]:
 @contextlib.asynccontextmanager
 async def compile_graph(run_dir: Path, *, saver: Any = None, pipeline_factory: Any = None) -> AsyncIterator[Any]:
     """Store + pipeline + nodes for `run_dir`, compiled (with `saver` when given)."""
-    import time
-
     from nncaption.graph.nodes import Nodes
     from nncaption.graph.runner import default_pipeline
 
@@ -86,8 +86,7 @@ async def compile_graph(run_dir: Path, *, saver: Any = None, pipeline_factory: A
         store.write_config(settings.model_dump(mode="json"))
     try:
         async with (pipeline_factory or default_pipeline)(settings, store) as (pipeline, _client):
-            nodes = Nodes(settings, store, pipeline, lambda event: log.info("event %s", event.get("event")),
-                          started_at=time.monotonic(), elapsed_before=store.elapsed_before())
+            nodes = Nodes(settings, store, pipeline, lambda event: log.info("event %s", event.get("event")))
             yield build_graph(nodes, retries=settings.node_retries).compile(checkpointer=saver)
     finally:
         store.close()

@@ -1,4 +1,4 @@
-"""The graph's pure parts: search policy, AST dedup, journal feedback, state reducers, run store, run config."""
+"""The graph's pure parts: search policy, AST dedup, journal feedback, progress events, run store, run config."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from nncaption.graph import journal as jr
 from nncaption.graph.dedup import dedup_key
 from nncaption.graph.policy import Mode, PolicySettings, choose
-from nncaption.graph.state import add_counts, merge_inflight, merge_leaderboard
+from nncaption.graph.progress import ProgressForwarder
 from nncaption.graph.store import RunStore
 from nncaption.netapi.errors import ConfigError
 
@@ -127,30 +127,42 @@ def test_funnel_counts_how_far_candidates_got() -> None:
     assert f["designed"] == 3 and f["smoke_ok"] == 2 and f["scored"] == 1 and f["duplicate"] == 1
 
 
-# ------------------------------------------------------------------ reducers
+# ------------------------------------------------------------------ training progress
 
 
-def test_reducers_keep_state_bounded() -> None:
-    assert merge_inflight({"a": "design", "b": "train"}, {"a": None, "c": "design"}) == {"b": "train", "c": "design"}
-    assert add_counts({"scored": 1}, {"scored": 2, "failed": 1}) == {"scored": 3, "failed": 1}
-    board: list[dict[str, object]] = []
-    for i in range(30):
-        board = merge_leaderboard(board, [{"cid": f"c{i}", "index": i, "bleu4": (i % 7) / 10}])
-    assert len(board) == 10 and board[0]["bleu4"] == 0.6 and board[0]["cid"] == "c6"
+def test_progress_is_validated_throttled_and_ignores_the_smoke_job() -> None:
+    now = [0.0]
+    sent: list[dict[str, object]] = []
+    fwd = ProgressForwarder("c0001", sent.append, clock=lambda: now[0])
+    fwd({"event": "start", "mode": "smoke", "epochs": 1})
+    fwd({"event": "batch", "epoch": 1, "batch": 1, "batches": 2, "loss": 9.0})
+    assert sent == []  # the smoke job that evaluate runs (or reuses) first
+    fwd({"event": "start", "mode": "train", "epochs": 2})
+    fwd({"event": "epoch_start", "epoch": 1, "batches": 63})
+    fwd({"event": "batch", "epoch": 1, "batch": 40, "batches": 63, "loss": 3.25})
+    now[0] = 0.5
+    fwd({"event": "batch", "epoch": 1, "batch": 41, "batches": 63, "loss": float("nan")})
+    assert len(sent) == 1  # at most one a second
+    now[0] = 1.2
+    fwd({"event": "epoch_end", "epoch": 1, "seconds": 12.0, "loss": 3.2})
+    fwd({"event": "batch", "epoch": True, "batch": -3, "batches": "63", "loss": 1e300})  # hostile values: ignored
+    assert sent[-1] == {"event": "train_progress", "candidate": "c0001", "epoch": 1, "epochs": 2, "batch": 41,
+                        "batches": 63, "loss": 3.2, "epoch_seconds": 12.0}
+    assert len(sent) == 2
 
 
 # ------------------------------------------------------------------ store
 
 
-def test_store_journal_sees_only_earlier_supersteps(tmp_path: Path) -> None:
+def test_store_journal_sees_only_earlier_steps(tmp_path: Path) -> None:
     store = RunStore(tmp_path / "run")
     e = jr.Entry(cid="c0001", index=0, origin=jr.Origin.COMPOSE)
-    store.plan_candidate(e, mode="draft", snippets=[], superstep=1)
+    store.plan_candidate(e, mode="draft", snippets=[], step=1)
     ref = store.add_attempt("c0001", 1, made_by="design", code="x = 1\n", prm={"lr": 0.1}, summary="s", step=1)
     assert store.blob(ref) == "x = 1\n"
     assert (tmp_path / "run" / "candidates" / "c0001" / "attempt-1.py").read_text() == "x = 1\n"
     store.add_epochs("c0001", [{"epoch": 1, "bleu4": 0.05}, {"epoch": 2, "bleu4": 0.07}])
-    store.record_candidate("c0001", superstep=5, status="scored", bleu4=0.07, stage="score")
+    store.record_candidate("c0001", step=5, status="scored", bleu4=0.07, stage="score")
     assert store.journal(1) == []
     assert store.journal(5)[0].status is jr.Status.PLANNED  # recorded at 5: not visible to step 5 itself
     done = store.journal(6)[0]
@@ -173,13 +185,13 @@ def test_dedup_owner_is_the_recorded_twin_else_the_lowest_index(tmp_path: Path) 
     store = RunStore(tmp_path / "run")
     for i in range(4):
         store.plan_candidate(jr.Entry(cid=f"c{i}", index=i, origin=jr.Origin.COMPOSE), mode="draft", snippets=[],
-                             superstep=1)
-    # c2 reaches training first, then c1 (same superstep): c1 owns the key; asked again, c2 is the duplicate
+                             step=1)
+    # c2 reaches training first, then c1 (both in flight): c1 owns the key; asked again, c2 is the duplicate
     assert store.claim_dedup("k", "c2", 2) == "c2"
     assert store.claim_dedup("k", "c1", 1) == "c1"
     assert store.claim_dedup("k", "c2", 2) == "c1"
-    store.record_candidate("c2", superstep=4, status="duplicate", duplicate_of="c1")
-    store.record_candidate("c1", superstep=4, status="scored", bleu4=0.1)
+    store.record_candidate("c2", step=4, status="duplicate", duplicate_of="c1")
+    store.record_candidate("c1", step=5, status="scored", bleu4=0.1)
     # c0 comes late (a fix loop): the recorded network owns it although c0's index is lower
     assert store.claim_dedup("k", "c0", 0) == "c1"
     assert store.claim_dedup("k", "c3", 3) == "c1"
@@ -187,7 +199,7 @@ def test_dedup_owner_is_the_recorded_twin_else_the_lowest_index(tmp_path: Path) 
     assert store.claim_dedup("other", "c3", 3) == "c3"
     # a network the machine could not run (job-error) owns nothing: its twin trains
     assert store.claim_dedup("gpu", "c0", 0) == "c0"
-    store.record_candidate("c0", superstep=6, status="failed", category="job-error")
+    store.record_candidate("c0", step=6, status="failed", category="job-error")
     assert store.claim_dedup("gpu", "c3", 3) == "c3"
     store.close()
 

@@ -1,9 +1,10 @@
 """`nncaption trace RUN_DIR --fork N --llm-base-url ... --llm-model ...` on a real run.
 
-The fork continues the baseline run from step N's checkpoint against the offline
-composer endpoint (real HTTP on 127.0.0.1) into a new run directory: the steps
-before N's superstep are identical to the original's, the later design/review/fix
-steps name the new endpoint's model, and the original's databases hash the same.
+The fork continues the baseline run from step N (the last candidate's design: its
+thread rewinds to the checkpoint before it) against the offline composer endpoint
+(real HTTP on 127.0.0.1) into a new run directory: the steps before N are identical
+to the original's, the later design/review/fix steps name the new endpoint's model,
+and the original's databases hash the same.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_fork_onto_another_endpoint(real_run: Path, tmp_path: Path) -> None:
     [line] = proc.stdout.strip().splitlines()  # --json: exactly one JSON object on stdout
     out = json.loads(line)
     assert out["ok"] is True and out["run_dir"] == str(into) and out["superstep"] == superstep
-    assert out["checkpoint_id"]
+    assert out["checkpoint_id"] and out["candidate"] == last
 
     # the original is untouched
     assert hashes(real_run) == before
@@ -61,9 +62,9 @@ def test_fork_onto_another_endpoint(real_run: Path, tmp_path: Path) -> None:
 
     # before the fork point: identical steps; from it on: the new endpoint's model
     new = rows(into, "SELECT step, superstep, node, cid, attempt, status, code_ref FROM steps ORDER BY step")
-    kept = [s for s in steps if s[1] < superstep]
+    kept = [s for s in steps if s[0] < n]
     assert new[: len(kept)] == kept
-    later = [s for s in new if s[1] >= superstep]
+    later = [s for s in new if s[0] >= n]
     assert later and any(s[2] == "design" and s[3] == last for s in later) and later[0][0] > kept[-1][0]
     calls = rows(into, f"SELECT step, role, model, model_returned FROM llm_calls WHERE step >= {later[0][0]}")
     assert calls and {c[2] for c in calls} == {FORK_MODEL}

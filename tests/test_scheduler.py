@@ -1,0 +1,152 @@
+"""The scheduler has no barrier: candidates never wait for each other, and a freed slot is refilled at once.
+
+The in-process baseline agents and the real graph, run store and checkpointer, with a stand-in for the sandbox
+whose "trainings" are real sleeps of different lengths (4 s and 0.5 s, alternating) and whose smoke checks take
+0.05 s. Read back from the run store's step times: the gaps between a candidate's own consecutive steps add up to
+at most 5% of the run (the first moments, when three candidates start at once on one event loop, are most
+of what remains), and each candidate that finishes while the budget lasts is followed by the next
+candidate's planning step within a second. Under the old engine (one superstep for every node of every
+candidate) the short candidates waited for the long trainings between their steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from nncaption.agents.baseline import BaselineDesigner, BaselineFixer, BaselineReviewer
+from nncaption.graph.pipeline import Checked, Pipeline, Trained
+from nncaption.graph.runner import SearchRun
+from nncaption.graph.settings import RunSettings
+from nncaption.graph.store import RunStore
+
+TRAIN_SECONDS = (4.0, 0.5)
+
+
+class SleepingPipeline(Pipeline):
+    """Baseline agents (real); smoke and training are sleeps (training lengths alternate per call)."""
+
+    def __init__(self, fixer: Any = None) -> None:
+        super().__init__(BaselineDesigner(seed=0), BaselineReviewer(), fixer or BaselineFixer(), None)
+        self._lengths = itertools.cycle(TRAIN_SECONDS)
+        self.trainings: list[str] = []
+
+    async def smoke(self, code: str, prm: Any) -> Checked:
+        await asyncio.sleep(0.05)
+        return Checked(ok=True, stage="smoke")
+
+    async def train(self, code: str, prm: Any, *, on_event: Any = None) -> Trained:
+        self.trainings.append(code)
+        seconds = next(self._lengths)
+        for i in range(4):
+            await asyncio.sleep(seconds / 4)
+            if on_event is not None:
+                on_event({"event": "batch", "epoch": 1, "batch": i + 1, "batches": 4, "loss": 3.0 - i / 10})
+        return Trained(ok=True, bleu4=0.01 + len(code) % 97 / 1000, epochs=[{"epoch": 1, "bleu4": 0.01}])
+
+
+def factory_for(pipeline: Pipeline) -> Any:
+    @contextlib.asynccontextmanager
+    async def factory(settings: RunSettings, store: RunStore) -> AsyncIterator[tuple[Pipeline, Any]]:
+        yield pipeline, None
+
+    return factory
+
+
+def settings(candidates: int, concurrency: int, **extra: Any) -> RunSettings:
+    return RunSettings.model_validate({"seed": 0, "concurrency": concurrency, "budget": {"candidates": candidates},
+                                       "policy": {"num_drafts": candidates}, "agents": {"snippets": 2}, **extra})
+
+
+def steps(run_dir: Path) -> list[dict[str, Any]]:
+    db = sqlite3.connect(run_dir / "results.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM steps ORDER BY step")]
+    finally:
+        db.close()
+
+
+async def _warm_up() -> None:
+    """One design, static check and review before the timed run: the first of each imports its modules, which
+    would hold the event loop (and show as a gap) for a moment on a cold process."""
+    from nncaption.agents.protocols import DesignRequest
+
+    pipeline = SleepingPipeline()
+    design = await pipeline.design(DesignRequest(mode="compose", k=2, seed=1))
+    pipeline.static(design.code)
+    await pipeline.review(design.code, design.prm)
+
+
+def test_no_candidate_waits_for_another_and_freed_slots_refill_at_once(tmp_path: Path) -> None:
+    asyncio.run(_warm_up())
+    events: list[dict[str, Any]] = []
+    run_dir = tmp_path / "run"
+    search = SearchRun(settings(8, 2), run_dir, emit=events.append, pipeline_factory=factory_for(SleepingPipeline()))
+    outcome = asyncio.run(search.run())
+    assert outcome.status == "finished" and outcome.counts.get("scored") == 8
+    rows = steps(run_dir)
+    assert all(r["status"] == "ok" for r in rows)
+    start = min(r["started_at"] for r in rows)
+    run_s = max(r["finished_at"] for r in rows) - start
+    gaps = 0.0
+    for cid in {r["cid"] for r in rows}:
+        own = sorted((r for r in rows if r["cid"] == cid), key=lambda r: r["started_at"])
+        assert [r["node"] for r in own] == ["dispatch", "design", "static", "review", "smoke", "train", "record"]
+        own = own[1:]  # the pipeline: design .. record (dispatch is the scheduler's planning step)
+        gaps += sum(max(0.0, b["started_at"] - a["finished_at"]) for a, b in itertools.pairwise(own))
+    assert gaps <= 0.05 * run_s, (gaps, run_s)
+    # every candidate finished while the budget lasted is followed by the next candidate's planning within 1 s
+    planned = sorted(r["started_at"] for r in rows if r["node"] == "dispatch")
+    recorded = sorted(r["finished_at"] for r in rows if r["node"] == "record")
+    in_flight = 2 + 1  # concurrency + lookahead planned at the start
+    for finished, next_plan in zip(recorded, planned[in_flight:], strict=False):
+        assert next_plan - finished <= 1.0, (finished - start, next_plan - start)
+    # trainings of different lengths overlapped: the short ones did not wait for the long ones
+    progress = [e for e in events if e["event"] == "train_progress"]
+    assert progress and {"epoch", "batch", "batches", "loss", "epoch_seconds"} <= set(progress[0])
+
+
+def test_unchanged_fix_is_not_run_again_and_the_fixer_is_told(tmp_path: Path) -> None:
+    """A fixer that returns the failed code unchanged: the attempt ends with the recorded verdict (no second
+    training), and the next fix round's failure message says the change was empty."""
+    from nncaption.agents.protocols import Fix
+
+    class FailingPipeline(SleepingPipeline):
+        async def train(self, code: str, prm: Any, *, on_event: Any = None) -> Trained:
+            self.trainings.append(code)
+            return Trained(ok=False, category="timeout", message="epoch 1 took too long", stage="train")
+
+    class SameFixer:
+        name = "same"
+
+        def __init__(self) -> None:
+            self.messages: list[str] = []
+
+        async def fix(self, code: str, prm: Any, error: Any) -> Fix:
+            self.messages.append(str(error.message))
+            return Fix(code=code, prm=dict(prm), summary="no change", category=None, exchanges=[], producer="same")
+
+    fixer = SameFixer()
+    pipeline = FailingPipeline(fixer)
+    run_dir = tmp_path / "run"
+    outcome = asyncio.run(SearchRun(settings(1, 1, max_fix_rounds=2), run_dir,
+                                    pipeline_factory=factory_for(pipeline)).run())
+    assert outcome.status == "finished"
+    assert len(pipeline.trainings) == 1  # attempts 2 and 3 were attempt 1 again: not trained
+    assert len(fixer.messages) == 2 and "changed nothing" not in fixer.messages[0]
+    assert "changed nothing" in fixer.messages[1]
+    store = RunStore(run_dir)
+    try:
+        verdicts = [tuple(r) for r in store.db.execute("SELECT attempt, stage, ok, category FROM verdicts "
+                                                       "WHERE stage='train' ORDER BY attempt")]
+        row = store.candidate("c0001")
+    finally:
+        store.close()
+    assert verdicts == [(1, "train", 0, "timeout"), (2, "train", 0, "timeout"), (3, "train", 0, "timeout")]
+    assert row is not None and row["status"] == "failed" and row["category"] == "timeout" and row["attempts"] == 3
