@@ -22,6 +22,7 @@ asked for (see `nncaption.agents.hparams`) and its summary.
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
 import textwrap
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 EXTRACTION_CATEGORIES: tuple[str, ...] = ("empty-reply", "no-code", "truncated", "multiple-candidates-none-valid",
                                           PRM_CATEGORY)
 CODE_FIELDS: tuple[str, ...] = ("code", "python", "file", "source")
+PARSE_TIMEOUT_S = 60.0
 
 _HINTS: dict[str, str] = {
     "empty-reply": "the model returned nothing: check max_tokens and the endpoint, then ask again.",
@@ -150,22 +152,42 @@ def _parses(code: str) -> bool:
         return False
 
 
+MAX_BARE_CUTS = 8  # syntax-error cuts tried on unfenced code (each parse is linear: the whole is linear)
+
+
 def _bare_code(section: str) -> str | None:
-    """Code written without fences: the whole text, or the longest parsing run from the first code-like line."""
+    """Code written without fences: the whole text, or the run from the first code-like line up to the prose after it.
+
+    Linear in the text's size: instead of re-parsing after trimming each line, the text is cut
+    just before the line a parse fails on (trailing prose), at most MAX_BARE_CUTS times.
+    """
     text = section.strip("\n")
     if not text.strip():
         return None
-    if _parses(text) and re.search(r"^\s*(class|def|import|from)\s", text, re.MULTILINE):
+    if re.search(r"^\s*(class|def|import|from)\s", text, re.MULTILINE) and _parses(text):
         return text + "\n"
     lines = text.splitlines()
     start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
     if start is None:
         return None
-    # Drop trailing prose one line at a time until the rest parses (bounded by the line count).
-    for end in range(len(lines), start, -1):
+    end = len(lines)
+    for _ in range(MAX_BARE_CUTS):
         chunk = "\n".join(lines[start:end])
-        if _NET_TEXT.search(chunk) and _parses(chunk):
+        if not _NET_TEXT.search(chunk):
+            return None
+        try:
+            pyast.parse(chunk)
             return chunk + "\n"
+        except SyntaxError as e:
+            bad = (e.lineno or 0) - 1  # 0-based within chunk
+            cut = start + bad if bad > 0 else end - 1
+            if cut >= end:  # an error at the very end (unclosed bracket...): drop the last line
+                cut = end - 1
+            if cut <= start:
+                return None
+            end = cut
+        except ValueError:
+            return None
     return None
 
 
@@ -218,12 +240,13 @@ def extract_code(text: str, reasoning: str | None = None, *, truncated: bool = F
 
     `text` is the reply content, possibly with `<think>` blocks; `reasoning` the
     server's separate reasoning field when it split one out. The answer outside the
-    reasoning is searched first; the reasoning only when the answer holds no code.
-    `truncated` (the server's finish_reason was "length") turns "no code" into
-    category `truncated`.
+    reasoning is searched first; the reasoning only when the answer holds no code and
+    the reply was not cut off. `truncated` (the server's finish_reason was "length")
+    turns "no code" into category `truncated`, and code is never taken from the
+    reasoning of such a reply (the model may have rejected that draft while thinking).
     """
     try:
-        return _extract(text or "", reasoning)
+        return _extract(text or "", reasoning, truncated=truncated)
     except ExtractionError as e:
         if truncated and e.category in ("no-code", "empty-reply"):
             raise ExtractionError("truncated", f"{e.message}; the server stopped at max_tokens",
@@ -263,7 +286,7 @@ def _json_code(obj: dict[str, Any]) -> str:
     return code.strip("\n") + "\n"
 
 
-def _extract(raw: str, reasoning: str | None) -> str:
+def _extract(raw: str, reasoning: str | None, *, truncated: bool = False) -> str:
     if not raw.strip() and not (reasoning or "").strip():
         raise ExtractionError("empty-reply", "the reply is empty")
     answer, thinking = split_reasoning(raw, reasoning)
@@ -271,9 +294,15 @@ def _extract(raw: str, reasoning: str | None) -> str:
     if obj is not None:
         return _json_code(obj)
     try:
-        return _from_section(answer)
+        code = _from_section(answer)
+        if truncated and _ends_in_open_fence(answer):
+            raise ExtractionError("truncated", "the reply was cut off (max_tokens) inside its code block",
+                                  candidate=code)
+        return code
     except _NoCandidates:
         pass
+    if truncated:
+        raise ExtractionError("truncated", "the reply was cut off (max_tokens) before its answer held any code")
     if thinking:
         try:
             return _from_section(thinking)
@@ -289,6 +318,26 @@ def _extract(raw: str, reasoning: str | None) -> str:
     if not answer.strip():
         raise ExtractionError("empty-reply", "the reply holds reasoning but no answer")
     raise ExtractionError("no-code", f"the reply holds no Python code: {answer[:160]!r}")
+
+
+def _ends_in_open_fence(answer: str) -> bool:
+    blocks = fenced_blocks(answer)
+    return bool(blocks) and not blocks[-1].closed
+
+
+def answer_section(text: str, reasoning: str | None = None, *, truncated: bool = False) -> str:
+    """The part of a reply the candidate came from: the answer, or the reasoning when the answer holds no code
+    (an R1 reasoning field holding the whole answer, with no `</think>` and empty content)."""
+    answer, thinking = split_reasoning(text or "", reasoning)
+    if truncated or not thinking or json_reply(answer) is not None:
+        return answer
+    try:
+        _from_section(answer)
+        return answer
+    except _NoCandidates:
+        return thinking
+    except ExtractionError:
+        return answer
 
 
 @dataclass
@@ -308,7 +357,7 @@ def extract_candidate(text: str, reasoning: str | None = None, *, truncated: boo
     with the extracted code as `candidate`, so a fixer can still work from it.
     """
     code = extract_code(text, reasoning, truncated=truncated)
-    answer, _ = split_reasoning(text or "", reasoning)
+    answer = answer_section(text, reasoning, truncated=truncated)
     obj = json_reply(answer)
     try:
         if obj is not None:
@@ -323,7 +372,7 @@ def extract_candidate(text: str, reasoning: str | None = None, *, truncated: boo
         prm, notes = validate_llm_prm(raw, code) if raw is not None else (None, [])
     except PrmError as e:
         raise ExtractionError(PRM_CATEGORY, e.message, candidate=code) from None
-    summary = safe_text(" ".join(summary.split()), 300, keep="head") if summary else extract_summary(text, reasoning)
+    summary = safe_text(" ".join(summary.split()), 300, keep="head") if summary else extract_summary(answer)
     return Candidate(code=code, prm=prm, summary=summary or None, notes=notes)
 
 
@@ -334,6 +383,19 @@ def candidate_from_exchange(exchange: LLMExchange) -> Candidate:
     except ExtractionError as e:
         e.exchange = exchange
         raise
+
+
+async def candidate_from_exchange_async(exchange: LLMExchange, timeout_s: float = PARSE_TIMEOUT_S) -> Candidate:
+    """`candidate_from_exchange` off the event loop, bounded in time (a stuck parse fails the reply, not the run).
+
+    On the time bound the worker thread is left to finish on its own; the reply ends as `no-code`.
+    """
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(candidate_from_exchange, exchange), timeout_s)
+    except TimeoutError:
+        err = ExtractionError("no-code", f"reading the code out of the reply took over {timeout_s:g} s")
+        err.exchange = exchange
+        raise err from None
 
 
 def extract_summary(text: str, reasoning: str | None = None) -> str | None:
