@@ -39,6 +39,7 @@ from nncaption.netapi.errors import ConfigError
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MAX_TOKENS = 32768  # a reasoning model's reply (thinking + a ~2.4K-token model file); clamped to fit
+DEFAULT_IDLE_TIMEOUT_S = 120.0  # no byte from a streaming reply for this long: the request is hung
 PLACEHOLDER_API_KEY = "EMPTY"  # what vLLM and most local servers accept when no key is configured
 OPENAI_HOSTS: frozenset[str] = frozenset({"api.openai.com"})
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
@@ -115,6 +116,14 @@ class EndpointSettings(BaseModel):
     max_tokens: int = Field(default=DEFAULT_MAX_TOKENS, ge=1)
     # Total deadline of one request (a long reasoning reply takes minutes).
     timeout_s: float = Field(default=600.0, gt=0.0)
+    # Stream the reply (SSE); a server that refuses it is asked without. No byte for idle_timeout_s: timed out.
+    stream: bool = True
+    idle_timeout_s: float = Field(default=DEFAULT_IDLE_TIMEOUT_S, gt=0.0)
+    # Tries after a timed-out request (each with a new seed) before the call fails as endpoint-timeout.
+    timeout_retries: int = Field(default=1, ge=0)
+    # Caps on what one reply may hold (a reply over them is reply-too-large, not read further).
+    max_reply_bytes: int = Field(default=8_000_000, ge=1024)
+    max_reasoning_chars: int = Field(default=2_000_000, ge=1024)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = Field(default=4, ge=0)
     # Backoff: delay = min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U(0.5, 1.0)
