@@ -175,3 +175,21 @@ def _safe_steps(run_dir: Path) -> list[tuple[int, str, str, int | None, str]]:
         return steps_of(run_dir)
     except sqlite3.Error:
         return []
+
+
+def test_trace_into_a_closed_pipe_exits_quietly(real_run: Path, tmp_path: Path) -> None:
+    """`trace RUN | head -2` and `trace RUN --json | head -c 300`: the output stops, no error, no crash log."""
+    env = {**os.environ, "NNCAPTION_HOME": str(tmp_path / "home")}
+    for args in ([str(real_run)], [str(real_run), "--json"], [str(real_run), "--candidate", "c0001"]):
+        proc = subprocess.Popen([sys.executable, "-m", "nncaption.cli", "trace", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before the first write: deterministic, unlike racing `head`
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 141 and err == "", err
+    for pipeline, check in ((f"trace {real_run} | head -2", lambda out: len(out.splitlines()) == 2),
+                            (f"trace {real_run} --json | head -c 300", lambda out: len(out) == 300)):
+        shell = subprocess.run(f"{sys.executable} -m nncaption.cli {pipeline}", shell=True, text=True,
+                               capture_output=True, env=env, timeout=120, check=False)
+        assert shell.returncode == 0 and check(shell.stdout) and shell.stderr == "", shell.stderr
+    assert not (tmp_path / "home" / "logs").exists()

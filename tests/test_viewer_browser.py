@@ -71,6 +71,12 @@ def test_viewer_shows_candidates_and_step_code(browser: Any, real_run: Path, tmp
     assert page.locator("li.step").count() == n_steps
     assert page.locator("#tree li").count() == len(cids)
     assert page.locator("#chart svg").count() == 1
+    box = page.locator("#chart svg").bounding_box()
+    assert box is not None and box["width"] >= 600 and box["height"] >= 300  # readable, not a 250x130 thumbnail
+    assert page.locator("#chart svg text.ylabel").count() == 1
+    assert page.locator("#chart svg line.xtick").count() == len(cids)
+    failed = sum(1 for c in page.locator("tr.cand td:nth-child(2)").all_inner_texts() if "failed" in c)
+    assert page.locator("#chart svg path.fail").count() == failed
     page.click(f"li.step[data-step='{train_step}']")
     code = page.locator("#detail pre.code").inner_text()
     assert "class Net" in code and "def forward" in code
