@@ -4,6 +4,15 @@ Subclasses implement `chat(body) -> Reply` (and optionally `model_ids()`); this
 module does the HTTP: routing `POST /v1/chat/completions`, `GET /v1/models`,
 `GET /health`, JSON error bodies in OpenAI's shape, keep-alive, and running in a
 background thread as a context manager (`with Server(...) as s: s.base_url`).
+
+Whatever connects is untrusted (the servers may listen beyond loopback), so the
+HTTP layer is bounded (the connection pool is `agents/http_pool.py`): a request
+body over `max_request_bytes` is answered 413 without being read; Content-Length
+is required and strict (missing, `abc`, `-1`, duplicates, chunked: 400); a body
+must arrive within `body_seconds`; invalid UTF-8, malformed or deeply nested JSON
+get a 400 JSON answer; idle keep-alive connections wait in one selector (not one
+thread each) and are closed after `idle_seconds`; requests are served by a fixed
+pool of `workers` threads; at most `max_connections` stay open.
 """
 
 from __future__ import annotations
@@ -15,8 +24,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
+
+from nncaption.agents.http_pool import PoolHTTPServer
 
 log = logging.getLogger(__name__)
 _TOKEN = re.compile(r"\w+|[^\w\s]")
@@ -95,11 +106,17 @@ class OpenAICompatServer:
     """Base class: serve `chat()` over HTTP in a thread, or in the foreground with `serve_forever()`."""
 
     name = "nncaption-server"
+    max_request_bytes = 16 << 20  # a chat request; larger ones are answered 413 unread
+    max_json_depth = 64  # nesting of the request's JSON
+    body_seconds = 60.0  # the whole body must arrive within this
+    idle_seconds = 30.0  # an idle keep-alive connection (or a stalled request) is closed after this
+    workers = 64  # threads serving requests
+    max_connections = 4096  # open connections; beyond, the longest idle one is closed
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self._requested_port = port
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: PoolHTTPServer | None = None
         self._bound_port: int | None = None
         self._thread: threading.Thread | None = None
         self.stopping = threading.Event()  # set on stop; slow handlers should wait on it
@@ -129,9 +146,8 @@ class OpenAICompatServer:
         if self._httpd is not None:
             return
         handler = _make_handler(self)
-        httpd = ThreadingHTTPServer((self.host, self._requested_port), handler)
-        httpd.daemon_threads = True
-        httpd.block_on_close = False  # a hanging handler must not block shutdown
+        httpd = PoolHTTPServer((self.host, self._requested_port), handler, workers=self.workers,
+                               idle_seconds=self.idle_seconds, max_connections=self.max_connections)
         self._httpd = httpd
         self._bound_port = int(httpd.server_address[1])
 
@@ -175,13 +191,84 @@ class OpenAICompatServer:
             self.requests_served += 1
 
 
+class BadRequest(Exception):
+    """A request this server will not serve: its HTTP status and message (sent as an OpenAI error body)."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def json_depth_ok(raw: bytes, limit: int) -> bool:
+    """Whether the brackets of a JSON text nest at most `limit` deep (strings skipped); linear, no parsing."""
+    depth, in_str, esc = 0, False, False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def parse_body(raw: bytes, max_depth: int) -> Any:
+    """The request's JSON value; BadRequest (400) for invalid UTF-8, malformed or too deeply nested JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(400, f"the request body is not valid UTF-8 (byte {e.start})", "invalid_utf8") from None
+    if not json_depth_ok(raw, max_depth):
+        raise BadRequest(400, f"the request JSON nests deeper than {max_depth} levels", "json_too_deep")
+    try:
+        return json.loads(text or "{}")
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(400, f"the request body is not valid JSON ({type(e).__name__})", "invalid_json") from None
+
+
+def _content_length(headers: Any, limit: int) -> int:
+    """The strict Content-Length of a request: one value, ASCII digits only, at most `limit` (else BadRequest)."""
+    if headers.get("Transfer-Encoding"):
+        raise BadRequest(400, "Transfer-Encoding is not supported; send a Content-Length", "bad_length")
+    values = headers.get_all("Content-Length") or []
+    if not values:
+        raise BadRequest(400, "a POST needs a Content-Length header", "bad_length")
+    if len(set(values)) > 1 or not (values[0].isascii() and values[0].strip().isdigit()):
+        raise BadRequest(400, f"invalid Content-Length {values[0][:40]!r}", "bad_length")
+    n = int(values[0].strip())
+    if n > limit:
+        raise BadRequest(413, f"the request body of {n} bytes is over this server's limit of {limit} bytes",
+                         "request_too_large")
+    return n
+
+
 def _make_handler(server: OpenAICompatServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        default_request_version = "HTTP/1.0"  # an unparsable request line still gets status line and headers
         server_version = server.name
+        timeout = server.idle_seconds  # a stalled request line, header or body read gives up after this
+        rbufsize = 0  # unbuffered: a kept-alive connection carries no unread bytes back to the selector
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            log.debug("%s - %s", self.address_string(), format % args)
+            log.debug("%s - %s", self.address_string(), (format % args).encode("unicode_escape").decode()[:500])
+
+        def handle(self) -> None:
+            self.close_connection = True
+            self.handle_one_request()  # one request per turn; the pool parks a kept-alive connection again
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            self.close_connection = True
+            self._send(error_reply(code, message or "bad request", code="bad_request"))
 
         def _send(self, reply: Reply) -> None:
             data, ctype = reply.encode()
@@ -189,13 +276,15 @@ def _make_handler(server: OpenAICompatServer) -> type[BaseHTTPRequestHandler]:
                 self.send_response(reply.status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 for k, v in reply.headers.items():
-                    if k.lower() != "content-type":
+                    if k.lower() not in ("content-type", "content-length", "connection"):
                         self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (e.g. its timeout fired)
+            except OSError:
+                self.close_connection = True  # the client gave up (e.g. its timeout fired)
 
         def _path(self) -> str:
             return self.path.split("?", 1)[0].rstrip("/")
@@ -209,26 +298,33 @@ def _make_handler(server: OpenAICompatServer) -> type[BaseHTTPRequestHandler]:
                     {"id": m, "object": "model", "created": 0, "owned_by": server.name} for m in server.model_ids()
                 ]}))
             else:
-                self._send(error_reply(404, f"no route GET {path}", "not_found_error"))
+                self._send(error_reply(404, f"no route GET {path[:200]}", "not_found_error"))
+
+        def _read_body(self, n: int) -> bytes:
+            deadline = time.monotonic() + server.body_seconds
+            chunks, left = [], n
+            while left > 0:
+                if time.monotonic() > deadline:
+                    raise BadRequest(408, f"the request body did not arrive within {server.body_seconds:g} s",
+                                     "body_timeout")
+                try:
+                    chunk = self.rfile.read(min(left, 1 << 16))
+                except TimeoutError:
+                    raise BadRequest(408, "the request body stalled", "body_timeout") from None
+                if not chunk:
+                    raise BadRequest(400, f"the body ended {left} bytes before its Content-Length", "short_body")
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
 
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
-            path = self._path()
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            if path not in ("/v1/chat/completions", "/chat/completions"):
-                self._send(error_reply(404, f"no route POST {path}; this server offers /v1/chat/completions",
-                                       "not_found_error"))
-                return
             try:
-                body = json.loads(raw or b"{}")
-            except ValueError:
-                self._send(error_reply(400, "the request body is not valid JSON"))
+                body = self._request_body()
+            except BadRequest as e:
+                self.close_connection = True  # the body may be unread: this connection cannot carry another
+                self._send(error_reply(e.status, e.message, code=e.code))
                 return
-            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-                self._send(error_reply(400, "the request needs a 'messages' list", code="invalid_messages"))
-                return
-            if body.get("stream"):
-                self._send(error_reply(400, f"{server.name} does not support stream=true", code="stream_unsupported"))
+            if body is None:
                 return
             server._count()
             try:
@@ -237,5 +333,20 @@ def _make_handler(server: OpenAICompatServer) -> type[BaseHTTPRequestHandler]:
                 log.exception("%s failed on a request", server.name)
                 reply = error_reply(500, f"{server.name} failed: {type(e).__name__}: {e}", "server_error")
             self._send(reply)
+
+        def _request_body(self) -> dict[str, Any] | None:
+            path = self._path()
+            length = _content_length(self.headers, server.max_request_bytes)
+            raw = self._read_body(length)
+            if path not in ("/v1/chat/completions", "/chat/completions"):
+                self._send(error_reply(404, f"no route POST {path[:200]}; this server offers /v1/chat/completions",
+                                       "not_found_error"))
+                return None
+            body = parse_body(raw, server.max_json_depth)
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+                raise BadRequest(400, "the request needs a 'messages' list", "invalid_messages")
+            if body.get("stream"):
+                raise BadRequest(400, f"{server.name} does not support stream=true", "stream_unsupported")
+            return body
 
     return Handler

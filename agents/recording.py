@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.netapi.errors import ConfigError
+from nncaption.netapi.safetext import safe_text
 
 
 def canonical_request(body: dict[str, Any]) -> str:
@@ -58,16 +59,26 @@ def load_recording(path: Path | str) -> dict[str, list[dict[str, Any]]]:
         raise ConfigError(f"record file {p} does not exist",
                           "record one first with --llm-record FILE.jsonl (or LLMClient(record_path=...)).")
     by_key: dict[str, list[dict[str, Any]]] = {}
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read record file {p}: {e.strerror}", "check the path", exit_code=2) from None
+    for n, bline in enumerate(raw.splitlines(), start=1):
+        if not bline.strip():
             continue
-        try:
-            entry = json.loads(line)
+        try:  # a hostile file: invalid UTF-8, deep nesting, odd shapes are configuration errors with the line
+            entry = json.loads(bline.decode("utf-8"))
             request = entry["request"]
             status = int(entry["status"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{p}:{n} is not a record line ({e})",
-                              "the file must be the JSONL written by --llm-record; do not edit it by hand.") from None
+            if not isinstance(entry, dict) or not isinstance(request, dict):
+                raise TypeError("an entry and its request must be JSON objects")
+            if not 100 <= status <= 599:
+                raise ValueError(f"HTTP status {status} out of range")
+        except (ValueError, KeyError, TypeError, RecursionError, IndexError) as e:
+            why = "too deeply nested" if isinstance(e, RecursionError) else safe_text(str(e), 200)
+            raise ConfigError(f"{p}:{n} is not a record line ({why})",
+                              "the file must be the JSONL written by --llm-record; do not edit it by hand.",
+                              exit_code=2) from None
         entry["status"] = status
         by_key.setdefault(request_key(request), []).append(entry)
     return by_key
