@@ -151,21 +151,18 @@ async def _agents(settings: RunSettings, store: RunStore, data: Any) -> tuple[An
 
 
 async def _probe_endpoints(llm: Any) -> None:
-    """Fail fast with one clear error when no endpoint of the run answers at all."""
-    import httpx
+    """Stop before the first candidate when an endpoint of the run does not answer (exit 1) or is misconfigured:
+    a refused key, a base_url without /v1, a model the server does not serve (exit 2; see agents/probe.py)."""
+    from nncaption.agents.probe import probe_endpoints
 
-    urls = sorted({llm.for_role(r).base_url.rstrip("/") for r in ("designer", "reviewer", "fixer")})
-    problems = []
-    async with httpx.AsyncClient(timeout=10.0) as http:
-        for url in urls:
-            try:
-                await http.get(f"{url}/models")
-                return
-            except (httpx.HTTPError, OSError) as e:
-                problems.append(f"{url}: {type(e).__name__}: {e}")
-    raise EndpointsDown(f"no LLM endpoint answers ({'; '.join(problems)})",
-                        "start the server (e.g. `nncaption llm offline` or vLLM) or fix --llm-base-url; "
-                        "or run the random-search baseline without --llm-base-url")
+    report = await probe_endpoints(llm)
+    report.raise_problems()
+    if report.down:
+        every = all(info.listing_status is None for info in report.infos.values())
+        raise EndpointsDown(f"{'no LLM endpoint answers' if every else 'an LLM endpoint does not answer'} "
+                            f"({'; '.join(report.down)})",
+                            "start the server (e.g. `nncaption llm offline` or vLLM) or fix --llm-base-url; "
+                            "or run the random-search baseline without --llm-base-url")
 
 
 @contextlib.asynccontextmanager
