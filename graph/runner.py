@@ -30,6 +30,7 @@ from nncaption.graph import journal as jr
 from nncaption.graph.build import build_graph
 from nncaption.graph.nodes import EventSink, Nodes, Slots
 from nncaption.graph.pipeline import Pipeline
+from nncaption.graph.preflight import check_concurrency
 from nncaption.graph.runlock import RunLock
 from nncaption.graph.scheduler import RunClock, Scheduler
 from nncaption.graph.settings import RunSettings
@@ -217,6 +218,7 @@ class SearchRun:
         elapsed_before = store.elapsed_before()
         t0 = time.monotonic()
         status, reason = "failed", None
+        self._check_concurrency()
         try:
             async with self.pipeline_factory(self.settings, store) as (pipeline, _client):
                 slots = Slots.for_settings(self.settings, os.cpu_count() or 1)
@@ -244,16 +246,27 @@ class SearchRun:
                        "elapsed_s": round(outcome.elapsed_s, 3), "counts": outcome.counts})
             self.outcome = outcome
         if reason == "endpoints-down":
-            raise EndpointsDown(f"stopped after {self.settings.endpoint_down_after} candidates in a row lost their "
+            down = min(self.settings.endpoint_down_after, self.settings.budget.candidates)
+            raise EndpointsDown(f"stopped after {down} candidates in a row lost their "
                                 "LLM endpoint", f"check the endpoints, then continue with "
                                 f"`nncaption run --resume {self.run_dir}`")
         if reason == "machine-unusable":
             raise MachineUnusable(
-                f"stopped after {self.settings.job_error_after} candidates in a row could not run on this machine: "
+                f"stopped after {min(self.settings.job_error_after, self.settings.budget.candidates)} candidates in a "
+                "row could not run on this machine: "
                 f"{self._last_job_error()}",
                 "nothing to fix in the candidates: repair the machine (for CUDA: python -m "
                 f"nncaption.evals.gpu_doctor), then continue with `nncaption run --resume {self.run_dir}`")
         return outcome
+
+    def _check_concurrency(self) -> None:
+        """Use no more concurrency than this machine can train at once (a warning and an event when lowered)."""
+        check = check_concurrency(self.settings)
+        if check.adjusted:
+            log.warning("concurrency %d is more than this machine can train at once (%s): using %d",
+                        check.requested, check.why, check.using)
+            self.emit(check.event())
+            self.settings = self.settings.model_copy(update={"concurrency": check.using})
 
     def _announce_resume(self, store: RunStore) -> None:
         """One `resumed` event with the whole-run counts and funnel (candidates scored before the kill are not

@@ -110,6 +110,20 @@ def test_jobs_that_cannot_run_here_stop_the_run_with_one_clear_error(tiny_datase
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "machine-unusable"
 
 
+def test_a_budget_smaller_than_endpoint_down_after_still_stops_as_endpoints_down(tiny_dataset: Any,
+                                                                                 tmp_path: Path) -> None:
+    # 2 candidates, endpoint_down_after 3: both lost their endpoint, so the run failed as endpoints-down (exit 1),
+    # not "finished" with nothing scored
+    with FlakyServer(down_from=0) as server:
+        search = SearchRun(_settings(tiny_dataset.root, server.base_url, 2, 2), tmp_path / "run")
+        with pytest.raises(EndpointsDown, match="2 candidates in a row lost their LLM endpoint"):
+            asyncio.run(search.run())
+    store = RunStore(tmp_path / "run")
+    run = store.run_row()
+    store.close()
+    assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
+
+
 def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_path: Path) -> None:
     search = SearchRun(_settings(tiny_dataset.root, "http://127.0.0.1:9/v1", 2, 1), tmp_path / "run")
     with pytest.raises(EndpointsDown, match="no LLM endpoint answers"):

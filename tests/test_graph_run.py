@@ -27,9 +27,11 @@ FAULT_RATE = 0.3
 
 
 def tiny_settings(prepared: Path, jobs_root: Path, **extra: Any) -> dict[str, Any]:
-    """A small search on the tiny dataset: 1 epoch of 2 batches, 8 val images, 2 candidates at once."""
+    """A small search on the tiny dataset, one candidate at a time with no lookahead: each plan then sees every
+    earlier candidate's outcome, so runs with the same seed make the same candidates whatever their timing (at
+    higher concurrency a plan depends on which candidates happened to finish first)."""
     base: dict[str, Any] = {
-        "seed": SEED, "concurrency": 2, "max_fix_rounds": 2,
+        "seed": SEED, "concurrency": 1, "lookahead": 0, "max_fix_rounds": 2,
         "budget": {"candidates": 5},
         "policy": {"num_drafts": 2, "p_debug": 0.3, "p_improve": 0.6},
         "agents": {"snippets": 3, "fault_rate": FAULT_RATE},
@@ -95,23 +97,21 @@ def test_later_designer_prompt_has_earlier_scores_and_traceback(
     store = RunStore(run_dir)
     try:
         db = store.db
-        prompts = [(r["superstep"], store.blob(r["messages_ref"])) for r in db.execute(
-            "SELECT s.superstep, c.messages_ref FROM llm_calls c JOIN steps s ON s.step = c.step "
-            "WHERE c.role = 'designer' ORDER BY s.superstep")]
+        prompts = [(r["step"], store.blob(r["messages_ref"])) for r in db.execute(
+            "SELECT c.step, c.messages_ref FROM llm_calls c WHERE c.role = 'designer' ORDER BY c.step")]
         assert prompts
         found_scores = found_tail = False
-        for superstep, text in prompts:
+        for step, text in prompts:
             user = "\n".join(m["content"] for m in json.loads(text) if m["role"] == "user")
             earlier = [r for r in db.execute(
                 "SELECT c.cid, c.bleu4 FROM candidates c WHERE c.status='scored' AND c.recorded_step < ?",
-                (superstep,))]
+                (step,))]
             for r in earlier:  # the candidate's whole per-epoch curve, as recorded in the epochs table
                 curve = " -> ".join(f"{e[0]:.4f}" for e in db.execute(
                     "SELECT bleu4 FROM epochs WHERE cid=? ORDER BY epoch", (r["cid"],)))
                 found_scores = found_scores or (curve.count("->") == 2 and f"BLEU-4 per epoch: {curve}" in user)
             failed = [r for r in db.execute(
-                "SELECT v.message FROM verdicts v JOIN steps s ON s.step = v.step WHERE v.ok = 0 AND s.superstep < ?",
-                (superstep,))]
+                "SELECT v.message FROM verdicts v WHERE v.ok = 0 AND v.step < ?", (step,))]
             for r in failed:
                 last = [ln for ln in (r["message"] or "").strip().splitlines() if ln.strip()][-1:]
                 if last and last[0].strip()[:60] in user and "Recent failures" in user:

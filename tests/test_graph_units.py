@@ -261,3 +261,24 @@ def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path: Path) -
     assert is_live(run_dir) is False  # the kernel dropped the lock with the process
     with RunLock(run_dir):
         assert is_live(run_dir) is True
+
+
+# ------------------------------------------------------------------ start-up checks
+
+
+def test_concurrency_is_lowered_to_what_the_machine_can_train_at_once() -> None:
+    from nncaption.graph.preflight import check_concurrency
+    from nncaption.graph.settings import RunSettings
+
+    cpu = check_concurrency(RunSettings.model_validate({"concurrency": 100}), cores=2)
+    assert (cpu.requested, cpu.using, cpu.adjusted) == (100, 2, True) and "2 CPU core(s)" in cpu.why
+    assert cpu.event() == {"event": "concurrency_adjusted", "requested": 100, "using": 2, "why": cpu.why}
+    threads = check_concurrency(RunSettings.model_validate({"concurrency": 8, "train": {"threads": 4}}), cores=16)
+    assert threads.using == 4
+    fits = check_concurrency(RunSettings.model_validate({"concurrency": 2}), cores=2)
+    assert not fits.adjusted
+    gpu = check_concurrency(RunSettings.model_validate({
+        "concurrency": 8, "train": {"device": "cuda"}, "sandbox": {"gpus": [0], "jobs_per_gpu": 4}}), cores=2)
+    assert gpu.using == 4 and "1 GPU(s) x 4" in gpu.why
+    ray = check_concurrency(RunSettings.model_validate({"concurrency": 8, "sandbox": {"kind": "ray"}}), cores=2)
+    assert not ray.adjusted

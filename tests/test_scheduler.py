@@ -150,3 +150,15 @@ def test_unchanged_fix_is_not_run_again_and_the_fixer_is_told(tmp_path: Path) ->
         store.close()
     assert verdicts == [(1, "train", 0, "timeout"), (2, "train", 0, "timeout"), (3, "train", 0, "timeout")]
     assert row is not None and row["status"] == "failed" and row["category"] == "timeout" and row["attempts"] == 3
+
+
+def test_a_concurrency_the_machine_cannot_train_is_lowered_with_a_warning(tmp_path: Path) -> None:
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    events: list[dict[str, Any]] = []
+    outcome = asyncio.run(SearchRun(settings(1, cores + 50), tmp_path / "run", emit=events.append,
+                                    pipeline_factory=factory_for(SleepingPipeline())).run())
+    assert outcome.status == "finished"
+    [adjusted] = [e for e in events if e["event"] == "concurrency_adjusted"]
+    assert adjusted["requested"] == cores + 50 and adjusted["using"] == cores
