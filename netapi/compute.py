@@ -11,8 +11,9 @@ wall clock, so that a busy machine does not turn a model that fits its limit int
   wall time counts while it holds its GPU (the sandbox's GpuAllocator hands each job its own device or share).
 
 Each step also has a wall-clock backstop, `WALL_BACKSTOP_FACTOR` x its limit: a step that used little compute for
-that long is either waiting (a sleep, a blocked read, a deadlock: the candidate's `timeout`) or starved by the
-machine. `backstop_verdict` tells them apart with the scheduler's own numbers: the run-queue delay of the job's
+that long is either waiting (a sleep, a blocked read, a deadlock: the candidate's `timeout`, stopped there) or
+starved by the machine (it goes on, up to `STARVED_BACKSTOP_FACTOR` x its limit, then it is stopped as a
+job-error). `backstop_verdict` tells them apart with the scheduler's own numbers: the run-queue delay of the job's
 threads (`/proc/<pid>/task/<tid>/schedstat`, time spent runnable but waiting for a CPU). A job that used under
 half of its allotted cores, waited for a CPU for at least a quarter of the wall time and at least as long as it ran
 was starved: `overloaded`
@@ -28,7 +29,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-WALL_BACKSTOP_FACTOR = 3.0  # a step's wall-clock backstop is this many times its compute limit
+WALL_BACKSTOP_FACTOR = 3.0  # at this many times its compute limit in wall time, a step that is not starved is stopped
+STARVED_BACKSTOP_FACTOR = 8.0  # a starved step (backstop_verdict) goes on until this many times its limit
 OVERLOAD_CPU_SHARE = 0.5  # under this share of wall x cores used ...
 OVERLOAD_RUN_DELAY_SHARE = 0.25  # ... while waiting this share of the wall time for a CPU: the machine's fault
 CHECK_INTERVAL_S = 0.5  # how often a waiting runner looks at the compute used
@@ -176,12 +178,15 @@ class StepDeadline:
     (`expired` = "backstop"). A plain float deadline (time.monotonic) still works with the channel.
     """
 
-    def __init__(self, clock: ComputeClock, limit_s: float, *, backstop_factor: float = WALL_BACKSTOP_FACTOR) -> None:
+    def __init__(self, clock: ComputeClock, limit_s: float, *, backstop_factor: float = WALL_BACKSTOP_FACTOR,
+                 starved_factor: float = STARVED_BACKSTOP_FACTOR) -> None:
         self.clock = clock
         self.limit_s = float(limit_s)
         self.start = clock.sample()
         self.backstop_s = self.limit_s * (1.0 if clock.gpu else max(1.0, backstop_factor))
         self.backstop = self.start.wall + self.backstop_s
+        self.hard_backstop_s = max(self.backstop_s, self.limit_s * (1.0 if clock.gpu else starved_factor))
+        self.hard_backstop = self.start.wall + self.hard_backstop_s
         self.expired: str | None = None
         self.used = Usage(0.0, 0.0, 0.0)
         self._next_check = self.start.wall + min(CHECK_INTERVAL_S, self.limit_s)
@@ -201,10 +206,14 @@ class StepDeadline:
                 self.expired = "compute"
                 return 0.0
             if now >= self.backstop:
-                self.expired = "backstop"
-                return 0.0
+                # past the backstop: a step that is waiting (sleep, lock) is stopped now; one the machine starves
+                # of CPU goes on, up to the hard backstop
+                if now >= self.hard_backstop or not backstop_verdict(used, self.clock.cores)[0]:
+                    self.expired = "backstop"
+                    return 0.0
             self._next_check = now + CHECK_INTERVAL_S
-        return max(1e-3, min(self._next_check, self.backstop) - now)
+        wake = self.backstop if now < self.backstop else self.hard_backstop
+        return max(1e-3, min(self._next_check, wake) - now)
 
     def compute_s(self) -> float:
         return self.clock.compute_s(self.used)

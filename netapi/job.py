@@ -143,11 +143,11 @@ class JobSpec:
         return self.setup_time_limit_s + self.epochs * (self.epoch_time_limit_s + self.decode_limit_s)
 
     def wall_clock_limit_s(self, startup_s: float = 60.0) -> float:
-        """The sandbox's wall-clock backstop: the runner's own step backstops (WALL_BACKSTOP_FACTOR x each limit,
-        which count compute) plus start-up (importing torch, opening data), so the runner always speaks first."""
-        from nncaption.netapi.compute import WALL_BACKSTOP_FACTOR
+        """The sandbox's wall-clock backstop: the runner's own step backstops (up to STARVED_BACKSTOP_FACTOR x each
+        limit, which count compute) plus start-up (importing torch, opening data), so the runner speaks first."""
+        from nncaption.netapi.compute import STARVED_BACKSTOP_FACTOR
 
-        factor = 1.0 if self.device.startswith("cuda") else WALL_BACKSTOP_FACTOR
+        factor = 1.0 if self.device.startswith("cuda") else STARVED_BACKSTOP_FACTOR
         return factor * self.time_budget_s() + startup_s
 
     def compute_limit_s(self, startup_s: float = 60.0) -> float:

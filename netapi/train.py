@@ -43,6 +43,7 @@ from nncaption.netapi.child import ChildSetup, serve
 from nncaption.netapi.childlink import ChildLink
 from nncaption.netapi.compute import (
     OVERLOADED_PREFIX,
+    STARVED_BACKSTOP_FACTOR,
     WALL_BACKSTOP_FACTOR,
     StepDeadline,
     allotted_cores,
@@ -180,9 +181,10 @@ class Runner(ChildLink):
         if deadline.expired == "backstop":
             if overloaded:
                 raise MachineOverloaded(
-                    f"{OVERLOADED_PREFIX}: {step} was stopped by its wall-clock backstop of {deadline.backstop_s:g} s "
-                    f"({limit}, counted in compute) after {numbers}; other work on this machine starved the job of "
-                    "CPU, which is not the candidate's fault")
+                    f"{OVERLOADED_PREFIX}: {step} was stopped by its wall-clock backstop of "
+                    f"{deadline.hard_backstop_s:g} s ({STARVED_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
+                    f"after {numbers}; other work on this machine starved the job of CPU, which is not the "
+                    "candidate's fault")
             return CandidateFailure(
                 Category.TIMEOUT, f"{step} made too little progress: its process was killed at the wall-clock "
                 f"backstop of {deadline.backstop_s:g} s ({WALL_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
