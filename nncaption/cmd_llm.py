@@ -292,12 +292,14 @@ def cmd_design(args: argparse.Namespace) -> int:
               "model": ex.model, "model_returned": ex.model_returned, "endpoint": ex.endpoint,
               "latency_s": round(sum(e.latency_s for e in d.exchanges), 3),
               "prompt_tokens": ex.usage.prompt_tokens, "completion_tokens": ex.usage.completion_tokens,
-              "reasoning_tokens": ex.usage.reasoning_tokens}
+              "reasoning_tokens": ex.usage.reasoning_tokens, "notes": d.notes}
     if args.json:
         print(strict_dumps(report))
     else:
         print(f"wrote {out}: {safe_text(d.summary, 300)}")
         print(f"  hyperparameters: {strict_dumps(d.prm)}")
+        for note in d.notes:
+            print(f"  note: {safe_text(note, 300)}")
         print(f"  {safe_text(ex.model_returned or ex.model, 200)} at {ex.endpoint}, {report['latency_s']} s, "
               f"tokens prompt/completion/reasoning "
               f"{ex.usage.prompt_tokens}/{ex.usage.completion_tokens}/{ex.usage.reasoning_tokens}")
