@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CATEGORY_VALUES: list[str] = [c.value for c in Category]
 REVIEW_CATEGORIES: list[str] = list(CODE_CATEGORIES)  # what a verdict on candidate code can name
 SKIPPED_PREFIX = "review skipped"
+REASONING_SCAN_CHARS = 20_000  # how much of the reasoning's end is searched for a verdict
+MESSAGE_CHARS = 1000
 
 REVIEW_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -92,7 +94,8 @@ def review_from_json(obj: dict[str, Any], exchanges: list[LLMExchange]) -> Revie
         line = int(line) if line is not None and not isinstance(line, bool) else None
     except (TypeError, ValueError):
         line = None
-    message = str(obj.get("message") or ("accepted" if ok else "rejected by the LLM reviewer without a reason"))
+    default = "accepted" if ok else "rejected by the LLM reviewer without a reason"
+    message = safe_text(str(obj.get("message") or default), MESSAGE_CHARS, keep="head")
     return Review(ok=ok, category=None if ok else category, message=message, line=None if ok else line,
                   source="llm", exchanges=exchanges)
 
@@ -152,14 +155,14 @@ def verdict_in_reasoning(ex: LLMExchange | None) -> dict[str, Any] | None:
     """The last JSON object with a boolean `ok` in the reasoning of a reply that was not cut off, else None."""
     if ex is None or ex.finish_reason == "length" or not ex.reasoning:
         return None
-    text = ex.reasoning
+    text = ex.reasoning[-REASONING_SCAN_CHARS:]  # the verdict comes at the end; bounded work on hostile text
     decoder = json.JSONDecoder()
     found: dict[str, Any] | None = None
     start = text.find("{")
     while start != -1:
         try:
             value, end = decoder.raw_decode(text, start)
-        except ValueError:
+        except (ValueError, RecursionError):
             start = text.find("{", start + 1)
             continue
         if isinstance(value, dict) and isinstance(value.get("ok"), bool):

@@ -113,3 +113,15 @@ def test_a_candidate_whose_review_fails_is_trained_and_scored(tiny_dataset: Any,
         db.close()
     assert rows and rows[0]["status"] == "scored" and rows[0]["bleu4"] is not None, rows
     assert reviews and reviews[0]["ok"] and reviews[0]["message"].startswith(SKIPPED_PREFIX), reviews
+
+
+def test_hostile_reasoning_is_searched_in_bounded_work() -> None:
+    from nncaption.agents.records import LLMExchange
+    from nncaption.agents.reviewer import verdict_in_reasoning
+
+    ex = LLMExchange(role="reviewer", endpoint="e", model="m", messages=[], finish_reason="stop")
+    ex.reasoning = '{"a": ' * 300_000  # deep nesting: no RecursionError escapes
+    assert verdict_in_reasoning(ex) is None
+    ex.reasoning = json.dumps(VERDICT) + "x" * 50_000 + '{"ok": true, "message": "' + "m" * 5000 + '"}'
+    found = verdict_in_reasoning(ex)
+    assert found is not None and found["ok"] is True  # the last verdict, near the end
