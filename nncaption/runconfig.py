@@ -4,8 +4,8 @@
     concurrency = 4
     [budget]            candidates = 50, wall_time_s = 3600, max_tokens = 2_000_000
     [agents]            kind = "llm", snippets = 10, llm_review = true
-    [agents.llm.shared] base_url = "http://HOST:8000/v1", model = "...", api_key_env = "MY_KEY_VAR"
-    [agents.llm.fixer]  base_url = ..., model = ..., temperature = 0.2, max_tokens = 8192
+    [agents.llm.shared] base_url = "https://HOST/v1", model = "...", api_key_env = "MY_KEY_VAR"
+    [agents.llm.fixer]  temperature = 0.2   (a role inherits every field it does not set)
     [train]             epochs = 5, max_train_batches = 200
     [data]              dataset = "coco", coco_root = "/data/coco"
     [sandbox]           kind = "docker", gpus = [0, 1, 2, 3]
