@@ -28,7 +28,7 @@ from typing import Any
 
 from nncaption.netapi import paths
 from nncaption.netapi.errors import ConfigError, NNCaptionError
-from nncaption.run_setup import check_dataset, next_commands, sane_concurrency, train_keys_help
+from nncaption.run_setup import check_dataset, next_commands, train_keys_help
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if (run_dir / "results.sqlite").exists():
                 raise ConfigError(f"{run_dir} already holds a run", f"continue it with --resume {run_dir}, "
                                   "or pick another --run-dir")
-            settings = sane_concurrency(settings)
             check_dataset(settings, progress=not args.json_logs and sys.stderr.isatty())
     except NNCaptionError as e:
         from nncaption.cli import print_error

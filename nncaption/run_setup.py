@@ -1,12 +1,11 @@
-"""What `nncaption run` checks and says around a run: a concurrency the machine can train, the dataset opened
-before the run directory exists, the documented [train] keys, and the commands to look at the run afterwards."""
+"""What `nncaption run` checks and says around a run: the dataset opened before the run directory exists, the
+documented [train] keys, and the commands to look at the run afterwards. (The concurrency is checked by the run
+itself: graph/preflight.py, a warning and a `concurrency_adjusted` event.)"""
 
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -39,31 +38,6 @@ def train_keys_help() -> str:
         lines.append(f"  {key:<{width}}  {wrapped[0]}")
         lines += [f"  {'':<{width}}  {more}" for more in wrapped[1:]]
     return "\n".join(lines)
-
-
-def sane_concurrency(settings: Any) -> Any:
-    """`settings` with a concurrency this machine can train at once (a warning names the number used).
-
-    Clamped, not kept: trainings beyond the cores (or GPUs x jobs per GPU) only slow each other down, and on CPU
-    their epochs then run past the time limits. A Ray cluster sizes itself, so it is left alone.
-    """
-    s, t = settings.sandbox, settings.train
-    if s.kind == "ray":
-        return settings
-    if t.device == "cuda" and s.gpus:
-        limit, what = len(s.gpus) * s.jobs_per_gpu, f"{len(s.gpus)} GPU(s) x {s.jobs_per_gpu} job(s) per GPU"
-    else:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        per_job = t.threads or 1
-        limit = max(1, cores // per_job)
-        what = f"{cores} CPU core(s)" + (f" at {per_job} threads per job" if per_job > 1 else "")
-    if settings.concurrency <= limit:
-        return settings
-    msg = (f"warning: concurrency {settings.concurrency} is more than {what} can train at once; using {limit} "
-           "(more would only slow every job down and push epochs past their time limit)")
-    log.info("%s", msg)
-    print(msg, file=sys.stderr)
-    return settings.model_copy(update={"concurrency": limit})
 
 
 def check_dataset(settings: Any, *, progress: bool) -> None:

@@ -190,6 +190,9 @@ class LiveView:
                 self.failures[cat] = self.failures.get(cat, 0) + 1
         elif kind == "budget_reached":
             self.notes.append(f"budget reached: {safe_text(event.get('reason'), 80)}")
+        elif kind == "concurrency_adjusted":
+            self.notes.append(f"concurrency {_int(event.get('requested'))} is more than this machine can train at "
+                              f"once ({safe_text(event.get('why'), 120)}): using {_int(event.get('using'))}")
 
     def _resumed(self, event: dict[str, Any]) -> None:
         """Whole-run counts from before the resume (graph/runner.py's `resumed` event): `counts` (finished, failed,

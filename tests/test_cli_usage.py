@@ -18,7 +18,7 @@ import pytest
 
 from nncaption import cli, cmd_run, run_setup
 from nncaption.cli import main
-from nncaption.graph.settings import RunSettings, TrainSettings
+from nncaption.graph.settings import TrainSettings
 from nncaption.parsing import subparsers
 from nncaption.run_view import JsonLines, LiveView
 
@@ -97,18 +97,11 @@ def test_epoch_time_limit_flag_and_every_train_key_documented(capsys: pytest.Cap
     assert all(f"  {key} " in out for key in TrainSettings.model_fields)
 
 
-def test_concurrency_beyond_the_machine_is_clamped_with_a_warning(capsys: pytest.CaptureFixture[str]) -> None:
-    cores = len(os.sched_getaffinity(0))
-    out = run_setup.sane_concurrency(RunSettings.model_validate({"concurrency": cores + 50}))
-    assert out.concurrency == cores
-    err = capsys.readouterr().err
-    assert f"concurrency {cores + 50}" in err and f"using {cores}" in err
-    gpus = RunSettings.model_validate({"concurrency": 9, "train": {"device": "cuda"},
-                                       "sandbox": {"gpus": [0, 1], "jobs_per_gpu": 2}})
-    assert run_setup.sane_concurrency(gpus).concurrency == 4
-    assert "2 GPU(s) x 2 job(s) per GPU" in capsys.readouterr().err
-    fine = RunSettings.model_validate({"concurrency": 1})
-    assert run_setup.sane_concurrency(fine) is fine and capsys.readouterr().err == ""
+def test_live_view_notes_a_lowered_concurrency() -> None:
+    view = LiveView(2, "t", enabled=False, clock=FakeClock())
+    view({"event": "concurrency_adjusted", "requested": 100, "using": 2, "why": "2 CPU core(s) / 1 thread(s)"})
+    assert "concurrency 100 is more than this machine can train at once (2 CPU core(s) / 1 thread(s)): using 2" \
+        in _text(view)
 
 
 def test_a_bad_dataset_fails_before_any_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
