@@ -4,7 +4,8 @@ A reference run goes through uninterrupted. A second run with the same seed is k
 as a machine crash would) when a training starts, right after a candidate is scored, and when a smoke check
 starts; `nncaption run --resume RUN_DIR` continues it each time. At the end: every candidate is final, no
 finished training ran twice (a training that finished is only ever reused), and the leaderboard equals the
-reference's.
+reference's. Each resumed session announces itself once (`resumed`, with the whole run's counts) and never
+announces a candidate that finished before the kill again.
 """
 
 from __future__ import annotations
@@ -99,5 +100,15 @@ def test_sigkill_at_several_points_then_resume(tiny_dataset: Any, tmp_path: Path
                        if e["event"] in ("candidate_scored", "candidate_failed")}
         designed_again = {e["candidate"] for e in later if e["event"] == "node_started" and e["node"] == "design"}
         assert not (done_before & designed_again)
+    # each resumed session says so once, with the whole run's counts, and announces no earlier candidate again
+    for i, later in enumerate(sessions[1:], start=1):
+        announced = {e["candidate"] for s in sessions[:i] for e in s
+                     if e["event"] in ("candidate_scored", "candidate_failed")}
+        [resumed] = [e for e in later if e["event"] == "resumed"]
+        assert resumed["counts"]["finished"] == len(announced), (resumed, announced)
+        assert resumed["funnel"]["designed"] >= len(announced)
+        again = {e["candidate"] for e in later if e["event"] in ("candidate_scored", "candidate_failed")}
+        assert not (announced & again), announced & again
+    assert not any(e["event"] == "resumed" for e in sessions[0])
     final = [e for e in sessions[-1] if e["event"] == "run_finished"]
     assert final and final[0]["status"] == "finished"
