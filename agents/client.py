@@ -67,7 +67,7 @@ MAX_REASONING_CHARS = 2_000_000
 HUNG_AFTER = 3  # idle timeouts in a row (across calls) after which an endpoint fails fast ...
 HUNG_COOLDOWN_S = 300.0  # ... for this long after the last one
 MAX_ADJUSTMENTS = 4  # re-asks after a context error or a rejected parameter, per call
-TRUNCATED_PROMPT_SHARE = 0.5  # reported prompt_tokens below this share of chars/4 means the server cut the prompt
+TRUNCATED_PROMPT_SHARE = 0.6  # reported prompt_tokens below this share of chars/4 means the server cut the prompt
 MIN_CHECKED_PROMPT_CHARS = 4000
 
 

@@ -85,7 +85,7 @@ def error_message(body: Any, fallback: str = "") -> str:
                     break
     elif isinstance(body, str) and body.strip():
         msg = body.strip()
-    return safe_text(msg, 500, keep="head") if msg else fallback
+    return safe_text(" ".join(msg.split()), 500, keep="head") if msg else fallback  # one line: no fake log lines
 
 
 def _error_field(body: Any, name: str) -> Any:

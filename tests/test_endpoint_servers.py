@@ -1,0 +1,85 @@
+"""Against emulated OpenAI reasoning models, Ollama, llama.cpp, SGLang and a Cloudflare proxy: each as its users
+expect (request shapes, context handling, silent truncation, proxy pages)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from llm_emulator import Emulator, prompt_of, tokens
+
+from nncaption.agents import compose
+from nncaption.agents.client import LLMClient, run_sync
+from nncaption.agents.designer import design_sync
+from nncaption.agents.errors import ContextLengthExceeded, ContextTruncated
+from nncaption.agents.settings import LLMSettings
+from nncaption.prompts.library import DatasetFacts
+
+pytestmark = pytest.mark.timeout(120)
+
+FACTS = DatasetFacts(vocab_size=40, image_size=32, max_len=16, n_caps=5)
+GOOD = compose.compose_model("resnet", "gru", seed=0)
+ANSWER = f"```python\n{GOOD.code}```\nSUMMARY: {GOOD.summary}"
+
+
+def client(url: str, model: str, **kw: Any) -> LLMClient:
+    opts: dict[str, Any] = {"backoff_base_s": 0.01, "backoff_max_s": 0.02, "max_retries": 2}
+    opts.update(kw)
+    return LLMClient(LLMSettings.single(url, model, **opts), keep_exchanges=True)
+
+
+def answer(body: dict[str, Any]) -> tuple[str, str]:
+    return ANSWER, "reasoning " * 100
+
+
+@pytest.mark.parametrize("profile", ["auto", "generic"])
+def test_an_openai_reasoning_model_designs_within_four_requests(profile: str) -> None:
+    """Detected (owned_by system): max_completion_tokens and no sampling from the start; undetected: learnt from
+    the 400s ("Use 'max_completion_tokens' instead", "Unsupported value: 'temperature'")."""
+    with Emulator("openai", models=("o3-mini",), answer=answer, context=200_000) as emu:
+        d = design_sync(client(emu.base_url, "o3-mini", profile=profile), FACTS, k=2, seed=0)
+    assert d.code == GOOD.code and len(emu.bodies) <= 4
+    last = emu.bodies[-1]
+    assert "max_tokens" not in last and last["max_completion_tokens"] > 0 and "temperature" not in last
+    if profile == "auto":
+        assert len(emu.bodies) == 1
+
+
+def test_ollama_gets_num_ctx_and_a_silently_cut_prompt_is_context_truncated() -> None:
+    with Emulator("ollama", models=("qwen3:8b",), answer=answer, ollama_ctx=2048) as emu:
+        c = client(emu.base_url, "qwen3:8b")
+        with pytest.raises(ContextTruncated) as ei:
+            design_sync(c, FACTS, k=5, seed=0)  # an 18,000-character prompt read as 2048 tokens
+    body = emu.bodies[-1]
+    assert body["options"]["num_ctx"] >= tokens(prompt_of(body)) + 1000
+    assert ei.value.category == "context-truncated" and ei.value.exchange is not None
+    assert "OLLAMA_CONTEXT_LENGTH" in ei.value.hint and "num_ctx" in ei.value.hint
+    # a context large enough for the prompt: the design goes through
+    with Emulator("ollama", models=("qwen3:8b",), answer=answer, ollama_ctx=131072) as emu:
+        d = design_sync(client(emu.base_url, "qwen3:8b"), FACTS, k=2, seed=0)
+    assert d.code == GOOD.code
+
+
+def test_llamacpp_context_is_read_from_props_and_its_context_error_is_typed() -> None:
+    with Emulator("llamacpp", models=("model.gguf",), answer=answer, context=16384) as emu:
+        d = design_sync(client(emu.base_url, "model.gguf"), FACTS, k=2, seed=0)
+        assert d.code == GOOD.code and "/props" in emu.paths
+        body = emu.bodies[-1]
+        assert tokens(prompt_of(body)) + body["max_tokens"] <= 16384
+    with Emulator("llamacpp", models=("model.gguf",), context=1024) as emu:
+        c = client(emu.base_url, "model.gguf")
+        with pytest.raises(ContextLengthExceeded) as ei:
+            run_sync(c.chat("fixer", [{"role": "user", "content": "x = 1\n" * 2000}]), c)
+    assert ei.value.prompt_tokens == 3000 and ei.value.context_tokens == 1024
+
+
+def test_sglang_context_error_recovers() -> None:
+    with Emulator("sglang", models=("qwen",), answer=answer, context=32768, list_context=False) as emu:
+        d = design_sync(client(emu.base_url, "qwen"), FACTS, k=2, seed=0)
+    assert d.code == GOOD.code and len(emu.bodies) == 2 and d.exchanges[-1].profile == "sglang"
+
+
+def test_a_cloudflare_524_page_is_retried() -> None:
+    with Emulator("vllm", models=("m",), answer=answer, proxy_errors=2) as emu:
+        d = design_sync(client(emu.base_url, "m"), FACTS, k=2, seed=0)
+    assert d.code == GOOD.code and len(emu.bodies) == 3 and d.exchanges[-1].attempts == 3
