@@ -123,7 +123,7 @@ class DockerSandbox(BaseSandbox["_Started"]):
         if not found:
             raise ConfigError(f"the docker sandbox image {self.image} does not exist",
                               "build it: nncaption sandbox build-image --offline (about 3 minutes), "
-                              "or use --sandbox local.")
+                              "or use --sandbox local.", category="sandbox-image", exit_code=2)
 
     def _reap(self) -> None:
         removed = self.reap_orphans()

@@ -185,3 +185,23 @@ def test_disk_quota_and_outputs_whitelist_in_the_container(engine: Any, tmp_path
     assert "disk-quota:160m" in result.isolation
     assert not list(tmp_path.rglob("fill-*")) and not list(tmp_path.glob(".nncaption-stage-*"))
     assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+
+
+# ---------------------------------------------------------------------------- start-up check (issue 14)
+
+
+def test_a_missing_image_is_a_configuration_error_before_any_job(tmp_path: Path, tiny_dataset: Any) -> None:
+    """`run --sandbox docker` without the image must stop at start-up (exit 2), not fail every candidate."""
+    from nncaption.netapi.errors import ConfigError
+    from nncaption.sandbox.service import CandidateService
+
+    docker_engine_or_skip()
+    with DockerSandbox(image=f"nncaption-missing-{uuid.uuid4().hex[:8]}:offline", prewarm=False) as sb:
+        with pytest.raises(ConfigError) as err:
+            sb.preflight()
+        assert err.value.exit_code == 2 and "does not exist" in err.value.message
+        assert "nncaption sandbox build-image --offline" in err.value.hint
+        service = CandidateService(tiny_dataset, sb, jobs_root=tmp_path / "jobs")
+        with pytest.raises(ConfigError):
+            service.preflight()  # the engine's start-up calls this before any candidate
+    assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
