@@ -270,6 +270,13 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         config = reader.config()
     if not config:
         raise UsageError(f"{src} has no readable {CONFIG_FILE}", "fork a run made by `nncaption run`")
+    rewind, dropped = rewind_points(src, step)
+    checkpoint_id = rewind.get(cid) if node != "dispatch" else None  # a planning step: that candidate is re-planned
+    dst = (new_dir.expanduser().resolve() if new_dir else _new_dir(src, step))
+    if dst.exists() and any(dst.iterdir()):
+        raise UsageError(f"{dst} already exists and is not empty", "give --into a new folder")
+    if dst.exists():
+        dst.rmdir()
     if not trust_config and not runtrust.is_trusted(src, config):
         if not llm_base_url:
             runtrust.check(src, config, trust=False, action="--fork")
@@ -278,13 +285,6 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         config = runtrust.stripped(config)
     elif trust_config:
         runtrust.remember(src, config)
-    rewind, dropped = rewind_points(src, step)
-    checkpoint_id = rewind.get(cid) if node != "dispatch" else None  # a planning step: that candidate is re-planned
-    dst = (new_dir.expanduser().resolve() if new_dir else _new_dir(src, step))
-    if dst.exists() and any(dst.iterdir()):
-        raise UsageError(f"{dst} already exists and is not empty", "give --into a new folder")
-    if dst.exists():
-        dst.rmdir()
     data = forked_config(config, llm_base_url, llm_model)
     try:
         settings = RunSettings.model_validate(data)

@@ -6,7 +6,12 @@ element) and renders it with inline JavaScript that only ever uses `textContent`
 (candidate, LLM and log text is hostile: it is never parsed as HTML). A
 Content-Security-Policy forbids every network access. The BLEU-4 chart is an
 inline SVG drawn here, with every label HTML-escaped. Texts are deduplicated
-(code shared by several steps is stored once) and capped per text.
+(code shared by several steps is stored once), capped per text (`MAX_TEXT`) and
+in total (`MAX_TOTAL`), and every other value from the run is made small (strings
+cut, lists shortened, nesting bounded), so a run with a 30 MB summary still gives a
+page of bounded size; the script shows the first `PREVIEW` characters of a text and
+renders the rest only when "show all" is clicked. Every id and key is data to the
+script (a `Map`, `Object.hasOwn`), so ids like `__proto__` or `constructor` render.
 """
 
 from __future__ import annotations
@@ -16,10 +21,11 @@ import html
 import json
 import logging
 import math
-import os
+import re
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph import rundir
 from nncaption.graph.html_page import PAGE
 from nncaption.graph.trace import RunReader, run_summary, step_detail, step_lines
 from nncaption.netapi.safetext import safe_text, strict_dumps
@@ -27,50 +33,85 @@ from nncaption.netapi.safetext import safe_text, strict_dumps
 log = logging.getLogger(__name__)
 
 MAX_TEXT = 60_000  # characters of one text in the page
+MAX_TOTAL = 12_000_000  # characters of all texts together: the page stays well under ~50 MB
+SMALL_STR, SMALL_ITEMS, SMALL_DEPTH = 2_000, 200, 8  # any other value from the run
 
 
 class _Texts:
-    """Deduplicated texts referenced by short ids."""
+    """Deduplicated texts referenced by short ids, capped per text and in total."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: int = MAX_TOTAL) -> None:
         self.texts: dict[str, str] = {}
+        self.left = total
 
-    def add(self, text: str | None) -> str | None:
-        if not text:
+    def add(self, text: object) -> str | None:
+        if text is None or text == "":
             return None
+        text = text if isinstance(text, str) else str(text)
         if len(text) > MAX_TEXT:
             text = text[:MAX_TEXT] + f"\n[... {len(text) - MAX_TEXT} more characters not shown]"
+        if len(text) > self.left:
+            text = f"[{len(text)} characters not embedded: the page reached its size limit]"
         key = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()[:16]
-        self.texts.setdefault(key, text)
+        if key not in self.texts:
+            self.texts[key] = text
+            self.left -= len(text)
         return key
 
 
+def small(value: Any, depth: int = 0) -> Any:
+    """A run value made small enough for the page: strings cut, lists and dicts shortened, nesting bounded."""
+    if isinstance(value, str):
+        return value if len(value) <= SMALL_STR else value[:SMALL_STR] + f"[... {len(value) - SMALL_STR} more]"
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if depth >= SMALL_DEPTH:
+        return "[nested too deeply]"
+    if isinstance(value, dict):
+        return {str(k)[:200]: small(v, depth + 1) for k, v in list(value.items())[:SMALL_ITEMS]}
+    if isinstance(value, (list, tuple)):
+        return [small(v, depth + 1) for v in list(value)[:SMALL_ITEMS]]
+    return small(str(value), depth)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 def _step_view(d: dict[str, Any], texts: _Texts) -> dict[str, Any]:
-    calls = [{"role": c["role"], "model_requested": c["model_requested"], "model_returned": c["model_returned"],
-              "endpoint": c["endpoint"], "tokens": c["tokens"]["total"], "latency_s": c["latency_s"],
-              "error": c["error"],
+    calls = [{"role": small(c["role"]), "model_requested": small(c["model_requested"]),
+              "model_returned": small(c["model_returned"]), "endpoint": small(c["endpoint"]),
+              "tokens": _num(c["tokens"]["total"]), "latency_s": _num(c["latency_s"]), "error": small(c["error"]),
               "messages": [{"role": str(m.get("role", "?")) if isinstance(m, dict) else "?",
                             "text": texts.add(str(m.get("content", "")) if isinstance(m, dict) else str(m))}
-                           for m in c["messages"]],
+                           for m in c["messages"][:SMALL_ITEMS]],
               "reply": texts.add(c["reply"]), "reasoning": texts.add(c["reasoning"])} for c in d["llm_calls"]]
-    return {"step": d["step"], "superstep": d["superstep"], "node": d["node"], "candidate": d["candidate"],
-            "attempt": d["attempt"], "status": d["status"], "duration_s": d["duration_s"], "tokens": d["tokens"],
-            "detail": d["detail"], "calls": calls, "code": texts.add(d["code"]),
+    verdicts = [{**small(v), "message": texts.add(v.get("message"))} for v in d["verdicts"][:SMALL_ITEMS]]
+    return {"step": small(d["step"]), "superstep": small(d["superstep"]), "node": small(d["node"]),
+            "candidate": small(d["candidate"]), "attempt": small(d["attempt"]), "status": small(d["status"]),
+            "duration_s": _num(d["duration_s"]), "tokens": _num(d["tokens"]),
+            "detail": texts.add(strict_dumps(small(d["detail"]), sort_keys=True)) if d["detail"] else None,
+            "calls": calls, "code": texts.add(d["code"]),
             "diff": texts.add(d["diff"]) if d["node"] in ("design", "fix") else None,
-            "diff_against": d["diff_against"], "verdicts": d["verdicts"], "jobs": d["jobs"],
-            "log": texts.add(d["log_tail"]), "metrics": d["metrics"]}
+            "diff_against": small(d["diff_against"]), "verdicts": verdicts, "jobs": small(d["jobs"]),
+            "log": texts.add(d["log_tail"]), "metrics": small(d["metrics"])}
 
 
 def viewer_data(run_dir: Path) -> dict[str, Any]:
     """Everything the page shows, as strict-JSON-able data."""
     texts = _Texts()
-    summary = run_summary(run_dir)
+    summary = small(run_summary(run_dir))
     with RunReader(run_dir) as r:
-        cands = [{"cid": c["cid"], "idx": c["idx"], "parent": c["parent"], "origin": c["origin"], "mode": c["mode"],
-                  "status": c["status"], "category": c["category"], "stage": c["stage"], "bleu4": c["bleu4"],
-                  "lemur_bleu4": c["lemur_bleu4"], "summary": c["summary"] or "", "attempts": c["attempts"],
-                  "message": c["message"] or ""} for c in r.candidates()]
-        steps = [_step_view(step_detail(r, s["step"]), texts) for s in step_lines(r)]
+        cands = [{"cid": str(small(c["cid"])), "idx": rundir.integer(c["idx"], 0, 1 << 31) if rundir.integer(
+                      c["idx"], 0, 1 << 31) is not None else i,
+                  "parent": small(c["parent"]), "origin": small(c["origin"]), "mode": small(c["mode"]),
+                  "status": str(small(c["status"])), "category": small(c["category"]), "stage": small(c["stage"]),
+                  "bleu4": _num(c["bleu4"]), "lemur_bleu4": _num(c["lemur_bleu4"]),
+                  "summary": safe_text(str(c["summary"] or ""), 300, keep="head"),
+                  "summary_text": texts.add(c["summary"]), "attempts": small(c["attempts"]),
+                  "message": texts.add(c["message"])} for i, c in enumerate(r.candidates())]
+        steps = [_step_view(step_detail(r, s["step"]), texts) for s in step_lines(r)
+                 if rundir.integer(s["step"]) is not None]
     return {"run": summary, "candidates": cands, "steps": steps, "texts": texts.texts}
 
 
@@ -179,10 +220,10 @@ def embed_json(data: Any) -> str:
 
 def render(data: dict[str, Any]) -> str:
     run = data["run"]
-    title = f"nn-caption trace: {run.get('run_id') or ''}"
-    return (PAGE.replace("%%TITLE%%", html.escape(title))
-            .replace("%%SVG%%", bleu_svg(data["candidates"]))
-            .replace("%%DATA%%", embed_json(data)))
+    title = f"nn-caption trace: {safe_text(str(run.get('run_id') or ''), 200, keep='head')}"
+    parts = {"%%TITLE%%": html.escape(title), "%%SVG%%": bleu_svg(data["candidates"]), "%%DATA%%": embed_json(data)}
+    # one pass over the template: a marker inside inserted text (an escaped cid in the SVG) is never replaced
+    return re.sub("%%(TITLE|SVG|DATA)%%", lambda m: parts[m.group(0)], PAGE)
 
 
 def write_viewer(run_dir: Path, out: Path) -> Path:
@@ -190,9 +231,7 @@ def write_viewer(run_dir: Path, out: Path) -> Path:
     page = render(viewer_data(Path(run_dir)))
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    rundir.write_path(out, page)  # a new file renamed over `out`: a link there is replaced, never followed
     log.info("wrote %s (%d bytes)", out, len(page))
     return out
 

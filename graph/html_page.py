@@ -2,7 +2,10 @@
 
 Inline only; the Content-Security-Policy allows no network access at all. The
 script builds every element with createElement/textContent: no text from the run
-is ever parsed as HTML.
+is ever parsed as HTML. Ids and keys from the run are data: lookups go through a
+`Map` or `Object.hasOwn`, so a candidate called `__proto__` or `constructor` is just
+a row. Long texts show their first PREVIEW characters; "show all" renders the rest
+only when clicked.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ svg .pt { fill: #36c; }
 <script>
 "use strict";
 const DATA = JSON.parse(document.getElementById("data").textContent);
-const T = (ref) => (ref && DATA.texts[ref] !== undefined) ? DATA.texts[ref] : "";
+const PREVIEW = 30000;
+const T = (ref) => (typeof ref === "string" && Object.hasOwn(DATA.texts, ref)) ? String(DATA.texts[ref]) : "";
+const S = (v) => (v === undefined || v === null) ? "" : String(v);
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -78,7 +83,8 @@ const run = DATA.run;
 document.getElementById("title").textContent = "nn-caption run " + run.run_id;
 document.getElementById("runmeta").textContent = "status " + run.status + " \u00b7 " + run.candidates +
   " candidates \u00b7 best BLEU-4 " + fmt(run.best_bleu4) + (run.best_cid ? " (" + run.best_cid + ")" : "") +
-  " \u00b7 models: " + ((run.models || []).join(", ") || "-") + " \u00b7 dataset " + (run.dataset || "-") +
+  " \u00b7 models: " + ((Array.isArray(run.models) ? run.models : []).join(", ") || "-") + " \u00b7 dataset " +
+  (run.dataset || "-") +
   " \u00b7 seed " + run.seed;
 let selected = null;
 function selectCandidate(cid) {
@@ -97,22 +103,27 @@ for (const c of DATA.candidates) {
   tr.addEventListener("click", () => selectCandidate(c.cid));
   tbody.appendChild(tr);
 }
-const kids = {};
-kids[""] = [];
-for (const c of DATA.candidates) { const p = c.parent || ""; (kids[p] = kids[p] || []).push(c); }
+const kids = new Map([["", []]]);  // parent id -> children: a Map, so any id (even __proto__) is only a key
+for (const c of DATA.candidates) {
+  const p = S(c.parent);
+  if (!kids.has(p)) kids.set(p, []);
+  kids.get(p).push(c);
+}
 function tree(parent, ul, depth) {
-  for (const c of (kids[parent] || [])) {
+  for (const c of (kids.get(parent) || [])) {
     const li = el("li");
     li.appendChild(el("span", c.cid, c.status));
     const score = c.bleu4 !== null ? " \u00b7 " + fmt(c.bleu4) : "";
     li.appendChild(el("span", " " + c.origin + " \u00b7 " + c.status + score, "meta"));
-    if (kids[c.cid] && depth < 50) { const sub = el("ul"); tree(c.cid, sub, depth + 1); li.appendChild(sub); }
+    if (kids.has(S(c.cid)) && S(c.cid) !== "" && depth < 50) {
+      const sub = el("ul"); tree(S(c.cid), sub, depth + 1); li.appendChild(sub);
+    }
     ul.appendChild(li);
   }
 }
 const known = new Set(DATA.candidates.map((c) => c.cid));
 for (const c of DATA.candidates) {  // a parent that is not in the run (should not happen): show the child as a root
-  if (c.parent && !known.has(c.parent)) kids[""].push(c);
+  if (c.parent && !known.has(c.parent)) kids.get("").push(c);
 }
 tree("", document.getElementById("tree"), 0);
 function renderSteps() {
@@ -121,14 +132,22 @@ function renderSteps() {
     selected ? "(candidate " + selected + "; click it again for all)" : "";
   for (const s of DATA.steps) {
     if (selected && s.candidate !== selected) continue;
-    const li = el("li", String(s.step).padStart(4) + " " + s.node.padEnd(7) + " " + (s.candidate || "-").padEnd(6) +
-                  " " + s.status + " " + fmt(s.duration_s, 1) + "s " + s.tokens + "tok", "step " + s.status);
+    const li = el("li", S(s.step).padStart(4) + " " + S(s.node).padEnd(7) + " " + S(s.candidate || "-").padEnd(6) +
+                  " " + S(s.status) + " " + fmt(s.duration_s, 1) + "s " + S(s.tokens) + "tok", "step " + S(s.status));
     li.dataset.step = s.step;
     li.addEventListener("click", () => showStep(s, li));
     ol.appendChild(li);
   }
 }
-function pre(text, cls) { const p = el("pre", text, cls); return p; }
+function pre(text, cls) {  // the first PREVIEW characters; the rest is rendered only on "show all"
+  const p = el("pre", text.length > PREVIEW ? text.slice(0, PREVIEW) : text, cls);
+  if (text.length <= PREVIEW) return p;
+  const box = el("div");
+  const more = el("button", "show all (" + text.length + " characters)", "more");
+  more.addEventListener("click", () => { p.textContent = text; more.remove(); });
+  box.appendChild(p); box.appendChild(more);
+  return box;
+}
 function diffPre(text) {
   const p = el("pre", null, "diff");
   for (const line of text.split("\n")) {
@@ -145,8 +164,8 @@ function showStep(s, li) {
   d.appendChild(el("h2", "Step " + s.step + ": " + s.node + (s.candidate ? " \u00b7 " + s.candidate : "") +
                    (s.attempt !== null ? " \u00b7 attempt " + s.attempt : "")));
   d.appendChild(el("div", "superstep " + s.superstep + " \u00b7 status " + s.status + " \u00b7 " +
-                   fmt(s.duration_s, 2) + " s \u00b7 " + s.tokens + " tokens \u00b7 " + JSON.stringify(s.detail),
-                   "meta"));
+                   fmt(s.duration_s, 2) + " s \u00b7 " + S(s.tokens) + " tokens", "meta"));
+  if (s.detail) d.appendChild(pre(T(s.detail), "detail"));
   s.calls.forEach((c, i) => {
     d.appendChild(el("h3", "LLM call " + (i + 1) + " (" + c.role + "): requested " + c.model_requested +
                      ", answered by " + (c.model_returned || "-")));
@@ -161,7 +180,7 @@ function showStep(s, li) {
   for (const v of s.verdicts) {
     const cat = v.category ? " (" + v.category + ")" : "";
     d.appendChild(el("h3", "verdict [" + v.stage + "] " + (v.ok ? "ok" : "FAILED") + cat));
-    d.appendChild(pre(v.message || "", "verdict"));
+    d.appendChild(pre(T(v.message), "verdict"));
   }
   if (s.diff) { d.appendChild(el("h3", "diff against " + (s.diff_against || "-"))); d.appendChild(diffPre(T(s.diff))); }
   if (s.code) { d.appendChild(el("h3", "code")); d.appendChild(pre(T(s.code), "code")); }

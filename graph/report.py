@@ -12,14 +12,15 @@ header gives the seeds and the recorded split. The run is read read-only.
 
 from __future__ import annotations
 
-import html
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph import rundir
 from nncaption.graph.report_data import Captions, best_captions, cost_tables, funnel, split_info
 from nncaption.graph.trace import RunReader, run_summary
-from nncaption.netapi.safetext import safe_text
+from nncaption.netapi.safetext import safe_markdown, safe_text
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ TOP_K = 5
 
 
 def md(text: Any, limit: int = 300) -> str:
-    """Hostile text as one safe Markdown table cell / line: control characters escaped, HTML and pipes neutralised."""
-    return html.escape(safe_text(str(text if text is not None else ""), limit, keep="head")).replace("|", "\\|") \
-        .replace("\n", " ").replace("`", "'")
+    """Hostile text as one safe Markdown table cell / line: control characters escaped, HTML, links, images and
+    pipes neutralised (the one escaping path, netapi/safetext.py)."""
+    return safe_markdown(str(text if text is not None else ""), limit)
 
 
 def _f(v: Any, fmt: str = ".4f") -> str:
@@ -45,10 +46,10 @@ def _plots(out: Path, cands: list[dict[str, Any]], epochs: dict[str, list[dict[s
 
     paths: list[Path] = []
     for name, fig in figures(cands, epochs, fun, cost, caps).items():
-        path = out / name
-        fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", pad_inches=0.15)
         plt.close(fig)
-        paths.append(path)
+        paths.append(rundir.write_file(out, name, buf.getvalue()))  # replaces a planted link, never follows it
     return paths
 
 
@@ -237,8 +238,11 @@ def _wrap(text: str, width: int = 34) -> str:
 def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
     """Write report.md and the PNGs; returns their paths and the key numbers."""
     run_dir = Path(run_dir)
-    out = Path(out) if out is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        out = rundir.make_dirs(run_dir, "report")  # inside the run: never through a planted link
+    else:
+        out = Path(out).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
     summary = run_summary(run_dir)
     with RunReader(run_dir) as r:
         cands = r.candidates()
@@ -249,8 +253,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> dict[str, Any]:
         caps = best_captions(r, summary.get("best_cid"))
     plots = _plots(out, cands, epochs, fun, cost, caps)
     text = _markdown(summary, cands, epochs, fun, cost, split, caps)
-    md_path = out / "report.md"
-    md_path.write_text(text, encoding="utf-8")
+    md_path = rundir.write_file(out, "report.md", text)
     return {"markdown": str(md_path), "plots": [str(p) for p in plots], "funnel": fun["stages"],
             "failures": fun["failures"], "best_cid": summary.get("best_cid"), "best_bleu4": summary.get("best_bleu4"),
             "protocol": COCO, "seeds": split["seeds"], "split": split["split"]}
@@ -274,14 +277,15 @@ def _markdown(summary: dict[str, Any], cands: list[dict[str, Any]], epochs: dict
               " summary |", "|---|---|---|---|---|---|---|---|"]
     for c in cands:
         lines.append(f"| {md(c['cid'])} | {md(c['origin'])} | {md(c['parent'] or '-')} | {md(c['status'])} | "
-                     f"{_f(c['bleu4'])} | {_f(c['lemur_bleu4'])} | {c['params'] or '-'} | {md(c['summary'], 120)} |")
+                     f"{_f(c['bleu4'])} | {_f(c['lemur_bleu4'])} | {md(c['params'] or '-')} | "
+                     f"{md(c['summary'], 120)} |")
     lines += ["", "## Funnel", "", "![funnel](funnel.png)", "", "| stage | candidates |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in fun["stages"].items()]
+    lines += [f"| {md(k)} | {md(v)} |" for k, v in fun["stages"].items()]
     lines += ["", "| failure category | candidates | stage(s) |", "|---|---|---|"]
-    lines += [f"| {md(k)} | {v} | {md(', '.join(fun['failure_stages'].get(k, [])))} |"
+    lines += [f"| {md(k)} | {md(v)} | {md(', '.join(map(str, fun['failure_stages'].get(k, []))))} |"
               for k, v in sorted(fun["failures"].items(), key=lambda kv: -kv[1])] or ["| (none) | 0 | |"]
     lines += ["", "| rejected verdicts (including ones the fixer repaired) | stage | verdicts |", "|---|---|---|"]
-    lines += [f"| {md(x['category'])} | {md(x['stage'])} | {x['verdicts']} |" for x in fun["rejections"]] \
+    lines += [f"| {md(x['category'])} | {md(x['stage'])} | {md(x['verdicts'])} |" for x in fun["rejections"]] \
         or ["| (none) | | 0 |"]
     lines += ["", f"## {COCO} per epoch (top {TOP_K})", "", "![BLEU-4 per epoch](bleu_per_epoch.png)", "",
               "| candidate | epoch | BLEU-4 (COCO protocol) | train loss | seconds |", "|---|---|---|---|---|"]
@@ -289,20 +293,22 @@ def _markdown(summary: dict[str, Any], cands: list[dict[str, Any]], epochs: dict
                  key=lambda c: -float(c["bleu4"]))[:TOP_K]
     for c in top:
         for e in epochs.get(c["cid"], []):
-            lines.append(f"| {md(c['cid'])} | {e['epoch']} | {_f(e['bleu4'])} | {_f(e['train_loss'], '.3f')} | "
+            lines.append(f"| {md(c['cid'])} | {md(e['epoch'])} | {_f(e['bleu4'])} | {_f(e['train_loss'], '.3f')} | "
                          f"{_f(e['seconds'], '.1f')} |")
     lines += ["", "## Tokens and time", "", "![cost](cost.png)", "", "| stage | steps | seconds | tokens |",
               "|---|---|---|---|"]
-    lines += [f"| {md(k)} | {v['steps']} | {v['seconds']:.1f} | {v['tokens']} |" for k, v in cost["per_stage"].items()]
+    lines += [f"| {md(k)} | {md(v['steps'])} | {_f(v['seconds'], '.1f')} | {md(v['tokens'])} |"
+              for k, v in cost["per_stage"].items()]
     lines += ["", "| role | LLM calls | tokens | latency (s) | models (requested -> answered) |",
               "|---|---|---|---|---|"]
-    lines += [f"| {md(k)} | {v['calls']} | {v['tokens']} | {v['latency_s']:.1f} | {md(', '.join(v['models']))} |"
+    lines += [f"| {md(k)} | {md(v['calls'])} | {md(v['tokens'])} | {_f(v['latency_s'], '.1f')} | "
+              f"{md(', '.join(map(str, v['models'])))} |"
               for k, v in cost["per_role"].items()] or ["| (no LLM calls: random-search baseline) | 0 | 0 | 0 | |"]
     lines += ["", "## Captions of the best model", ""]
     if caps is None or not caps.rows:
         lines.append(f"(none: {md(caps.note if caps else 'no candidate was scored')})")
     else:
-        lines += [f"{md(caps.cid)}, epoch {caps.epoch}, decoded with the prepared vocabulary; references from the "
+        lines += [f"{md(caps.cid)}, epoch {md(caps.epoch)}, decoded with the prepared vocabulary; references from the "
                   "dataset's private part.", "", "![captions](captions.png)", "",
                   "| image | model caption | references |", "|---|---|---|"]
         for row in caps.rows:

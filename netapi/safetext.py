@@ -65,3 +65,17 @@ def strict_json_value(value: Any) -> Any:
 def strict_dumps(obj: Any, **kwargs: Any) -> str:
     """RFC 8259 JSON: non-finite floats become null; anything not serialisable becomes its (safe) string."""
     return json.dumps(strict_json_value(obj), allow_nan=False, default=lambda o: safe_text(o, 2000), **kwargs)
+
+
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "[]()!*_~#"})
+
+
+def safe_markdown(text: object, limit: int | None = 300) -> str:
+    """Hostile text as one inert Markdown line or table cell: `safe_text`, then HTML escaped, links and images
+    neutralised (brackets, parentheses, `!` backslash-escaped; `://` broken so nothing autolinks), pipes, backticks
+    and newlines made harmless."""
+    import html
+
+    s = safe_text(text if text is not None else "", limit, keep="head")
+    s = html.escape(s).translate(_MD_SPECIAL).replace("|", "\\|").replace("`", "'").replace("\n", " ")
+    return s.replace("://", ":\u200b//").replace("www.", "www\u200b.")
