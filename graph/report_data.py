@@ -32,7 +32,8 @@ def funnel(r: RunReader) -> dict[str, Any]:
         "designed": count("SELECT COUNT(DISTINCT cid) AS n FROM attempts"),
         "statically valid": count("SELECT COUNT(DISTINCT cid) AS n FROM verdicts WHERE stage='static' AND ok=1"),
         "smoke-passed": count("SELECT COUNT(DISTINCT cid) AS n FROM verdicts WHERE stage='smoke' AND ok=1"),
-        "trained": count("SELECT COUNT(DISTINCT cid) AS n FROM sandbox_jobs WHERE kind='train'"),
+        # trained = a training job that finished (as the live view and the run's journal count it), not one tried
+        "trained": count("SELECT COUNT(DISTINCT cid) AS n FROM sandbox_jobs WHERE kind='train' AND status='ok'"),
         "scored": count("SELECT COUNT(*) AS n FROM candidates WHERE status='scored'"),
     }
     failures: dict[str, int] = {}
