@@ -24,6 +24,7 @@ from nncaption.netapi.categories import Category
 from nncaption.netapi.compute import OVERLOADED_PREFIX, Usage, backstop_verdict
 from nncaption.sandbox import get_sandbox
 from nncaption.sandbox.base import RUNNER_ENTRY as ENTRY
+from nncaption.sandbox.base import RunResult, RunStatus
 from nncaption.sandbox.outcome import Observed, interpret
 from nncaption.sandbox.report import ReportStatus
 from nncaption.sandbox.service import CandidateService, EvalSettings
@@ -146,3 +147,35 @@ def test_a_busy_loop_past_its_cpu_limit_is_a_timeout_and_is_not_run_twice(tiny_d
     assert again.reused and again.category == Category.TIMEOUT and again.job_id == first.job_id
     assert again.message == first.message and time.monotonic() - t0 < 30
     assert [e["event"] for e in events] == ["reused"]  # no smoke, no training: nothing ran
+
+
+# ---------------------------------------------------------------------------------------------- retry once
+
+
+class StarvedSandbox:
+    """A backend whose every job the machine starved (a real one cannot be starved on cue): counts its jobs."""
+
+    name = "starved"
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    async def arun(self, job: Any, on_event: Any = None) -> RunResult:
+        self.jobs += 1
+        return RunResult(status=RunStatus.FAILED, category=Category.JOB_ERROR.value, overloaded=True,
+                         message=f"{OVERLOADED_PREFIX}: the job was stopped by its wall-clock backstop after ...")
+
+
+def test_an_overloaded_job_runs_once_more_after_a_pause_and_is_never_reused(tiny_dataset: Any,
+                                                                            tmp_path: Path) -> None:
+    sandbox = StarvedSandbox()
+    svc = CandidateService(tiny_dataset, sandbox, jobs_root=tmp_path / "jobs",  # type: ignore[arg-type]
+                           settings=EvalSettings(epochs=1, overload_retry_pause_s=0.3, baseline=False))
+    events: list[dict[str, Any]] = []
+    t0 = time.monotonic()
+    report = svc.evaluate_sync((CANDIDATES / "good_tiny.py").read_text(), on_event=events.append)
+    assert report.category == Category.JOB_ERROR and OVERLOADED_PREFIX in report.message
+    assert sandbox.jobs == 2 and time.monotonic() - t0 >= 0.3  # one more run, after the pause; not a third
+    assert [e["reason"] for e in events if e["event"] == "retry"] == ["machine overloaded"]
+    again = svc.evaluate_sync((CANDIDATES / "good_tiny.py").read_text())
+    assert not again.reused and sandbox.jobs == 4  # a job-error is the machine's: never reused
