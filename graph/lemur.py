@@ -21,12 +21,30 @@ import re
 from pathlib import Path
 from typing import Any
 
-from nncaption.graph.trace import RunReader, job_record_dir
+from nncaption.graph import rundir
+from nncaption.graph.trace import RunReader, job_record_dir, loads
+from nncaption.netapi.safetext import safe_text, strict_dumps
 
 log = logging.getLogger(__name__)
 
 TASK, DATASET, METRIC = "img-captioning", "coco", "bleu"
 MAX_REPORT_BYTES = 4 << 20
+MAX_EPOCH = 100_000
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError):
+        return default
+
+
+def _float(v: Any) -> float:
+    try:
+        f = float(v or 0.0)
+    except (TypeError, ValueError):
+        return 0.0
+    return f if abs(f) < 1e9 else 0.0
 _PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,40}$")
 
 
@@ -44,17 +62,15 @@ def _epoch_scores(reader: RunReader, job_id: str | None) -> dict[int, dict[str, 
     record = job_record_dir(reader, job_id)
     if record is None:
         return {}
-    from nncaption.netapi.jobfiles import read_regular
-
-    raw = read_regular(record / "report.json", 0, MAX_REPORT_BYTES)
+    raw = rundir.read_bytes(record, "report.json", MAX_REPORT_BYTES)
     try:
         data = json.loads(raw) if raw else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         log.warning("report.json of job %s is unreadable", job_id)
         return {}
     out: dict[int, dict[str, Any]] = {}
     for e in data.get("epochs") or [] if isinstance(data, dict) else []:
-        if isinstance(e, dict) and isinstance(e.get("epoch"), int):
+        if isinstance(e, dict) and rundir.integer(e.get("epoch"), 0, MAX_EPOCH) is not None:
             out[e["epoch"]] = e
     return out
 
@@ -73,9 +89,9 @@ def export_lemur(run_dir: Path, out_dir: Path, *, prefix: str = "nncap") -> dict
 
     if not _PREFIX.match(prefix):
         raise UsageError(f"--prefix {prefix!r} is not a valid model name prefix", "use letters, digits and _")
-    out_dir = Path(out_dir)
-    nn_dir = out_dir / "ab" / "nn" / "nn"
-    stat_root = out_dir / "ab" / "nn" / "stat" / "train"
+    out_dir = Path(out_dir).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)  # the user's choice; everything below it is made without links
+    nn_rel, stat_rel = ["ab", "nn", "nn"], ["ab", "nn", "stat", "train"]
     models = []
     with RunReader(run_dir) as r:
         cfg = r.config()
@@ -89,22 +105,23 @@ def export_lemur(run_dir: Path, out_dir: Path, *, prefix: str = "nncap") -> dict
                 continue
             uid = lemur_uid(code)
             name = f"{prefix}-{uid}"
-            nn_dir.mkdir(parents=True, exist_ok=True)
-            model_file = nn_dir / f"{name}.py"
-            model_file.write_text(code, encoding="utf-8")
-            prm = json.loads(c["prm_json"] or "{}")
+            model_file = rundir.write_file(out_dir, [*nn_rel, f"{name}.py"], code.encode("utf-8", "surrogatepass"))
+            prm = loads(c["prm_json"], {})
+            prm = prm if isinstance(prm, dict) else {}
             scores = _epoch_scores(r, c["job_id"])
-            epochs = r.epochs(c["cid"])
-            stat_dir = stat_root / stat_dir_name(name)
-            stat_dir.mkdir(parents=True, exist_ok=True)
+            epochs = [e for e in r.epochs(c["cid"]) if rundir.integer(e["epoch"], 0, MAX_EPOCH) is not None]
+            if len(epochs) < len(r.epochs(c["cid"])):
+                log.warning("candidate %s: epochs that are not integers were left out", safe_text(c["cid"], 40))
+            stat_rel_dir = [*stat_rel, stat_dir_name(name)]
+            stat_dir = rundir.make_dirs(out_dir, stat_rel_dir)
             stat_files = []
             n_epochs = max((e["epoch"] for e in epochs), default=0)
             for e in epochs:
                 s = scores.get(e["epoch"], {})
                 lemur = s.get("lemur_bleu4", c["lemur_bleu4"] if e["epoch"] == n_epochs else None)
                 record = {
-                    "accuracy": lemur, "batch": int(prm.get("batch", train.get("batch_size", 32))),
-                    "duration": int(round(float(e["seconds"] or 0.0) * 1e9)), "lr": prm.get("lr"),
+                    "accuracy": lemur, "batch": _int(prm.get("batch", train.get("batch_size", 32)), 32),
+                    "duration": int(round(_float(e["seconds"]) * 1e9)), "lr": prm.get("lr"),
                     "momentum": prm.get("momentum"), "dropout": prm.get("dropout"), "transform": transform,
                     "uid": uid, "epoch": e["epoch"], "epoch_max": n_epochs, "train_loss": e["train_loss"],
                     "metric_bleu": lemur, "bleu4_coco": e["bleu4"], "bleu1_coco": e["bleu1"],
@@ -114,9 +131,8 @@ def export_lemur(run_dir: Path, out_dir: Path, *, prefix: str = "nncap") -> dict
                     "nncaption": {"run": r.run_dir.name, "candidate": c["cid"], "seed": cfg.get("seed"),
                                   "dataset": (cfg.get("data") or {}).get("dataset"), "params": c["params"]},
                 }
-                path = stat_dir / f"{e['epoch']}.json"
-                path.write_text(json.dumps([record], indent=4, sort_keys=True, allow_nan=False) + "\n",
-                                encoding="utf-8")
+                path = rundir.write_file(out_dir, [*stat_rel_dir, f"{int(e['epoch'])}.json"],
+                                         strict_dumps([record], indent=4, sort_keys=True) + "\n")
                 stat_files.append(str(path))
             models.append({"cid": c["cid"], "name": name, "uid": uid, "model_file": str(model_file),
                            "stat_dir": str(stat_dir), "stat_files": stat_files, "accuracy": c["lemur_bleu4"],
