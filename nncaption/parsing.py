@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 from nncaption.netapi.safetext import safe_text, strict_dumps
 
 EXIT_USAGE = 2
-_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)'")
+_INVALID_CHOICE = re.compile(r"argument ([^:]+): invalid choice: '([^']*)'")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
@@ -31,12 +31,24 @@ def subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentPar
                 yield from subparsers(child)
 
 
-def _choices(parser: argparse.ArgumentParser) -> list[str]:
-    out: list[str] = []
+def _choices(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """The choices of the argument argparse calls `name` (`COMMAND`, `--dataset`, ...)."""
     for action in parser._actions:
-        if action.choices is not None:
-            out.extend(str(c) for c in action.choices)
-    return out
+        if action.choices is not None and argparse._get_action_name(action) == name:
+            return [str(c) for c in action.choices]
+    return []
+
+
+def _close_options(parser: argparse.ArgumentParser, tokens: Sequence[str]) -> list[str]:
+    """For each unknown `--option` among `tokens`, the closest option `parser` knows."""
+    options = list(parser._option_string_actions)
+    found: list[str] = []
+    for token in tokens:
+        if token.startswith("-") and token != "-":
+            word = token.split("=", 1)[0]
+            if word not in options:
+                found += [o for o in difflib.get_close_matches(word, options, n=1, cutoff=0.7) if o not in found]
+    return found
 
 
 def suggest(parser: argparse.ArgumentParser, message: str) -> list[str]:
@@ -44,13 +56,12 @@ def suggest(parser: argparse.ArgumentParser, message: str) -> list[str]:
     found: list[str] = []
     m = _INVALID_CHOICE.search(message)
     if m:
-        found += difflib.get_close_matches(m.group(1), _choices(parser), n=3, cutoff=0.6)
+        # an unknown option before the command makes its value look like the command: name the option first
+        found += _close_options(parser, getattr(parser, "_nn_argv", ()))
+        found += [c for c in difflib.get_close_matches(m.group(2), _choices(parser, m.group(1)), n=3, cutoff=0.6)
+                  if c != m.group(2)]
     if message.startswith("unrecognized arguments:"):
-        options = list(parser._option_string_actions)
-        for token in message.split(":", 1)[1].split():
-            if token.startswith("-"):
-                word = token.split("=", 1)[0]
-                found += [o for o in difflib.get_close_matches(word, options, n=1, cutoff=0.7) if o not in found]
+        found += _close_options(parser, message.split(":", 1)[1].split())
     return found
 
 
@@ -93,6 +104,7 @@ def prepare(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     """Before parsing `argv`: no abbreviations anywhere, sub-commands report their own unknown options, JSON errors
     when `--json` is among the arguments (parsers of any class, including ones a command group made itself)."""
     json_errors = "--json" in argv
+    parser._nn_argv = list(argv)  # type: ignore[attr-defined]
     parser.allow_abbrev = False
     parser.json_errors = json_errors  # type: ignore[attr-defined]
     for child in subparsers(parser):

@@ -51,6 +51,10 @@ def test_typos_get_a_suggestion_and_the_right_usage(capsys: pytest.CaptureFixtur
     assert "did you mean synth?" in err and "usage: nncaption data" in err
     _, err = _usage_error(["run", "--concurrensy", "3"], capsys)
     assert "did you mean --concurrency?" in err and "usage: nncaption run" in err
+    _, err = _usage_error(["--log-levl", "debug", "runs"], capsys)  # 'debug' looked like the command
+    assert "did you mean --log-level?" in err and "did you mean debug" not in err
+    _, err = _usage_error(["run", "--dataset", "cocoo"], capsys)
+    assert "did you mean coco?" in err
     _, err = _usage_error(["run", "--zzzz"], capsys)
     assert "did you mean" not in err and "see `nncaption run --help`" in err
 
