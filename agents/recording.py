@@ -2,7 +2,8 @@
 
 A record line is one HTTP exchange as the endpoint saw it:
 `{"key", "request", "status", "response", "recorded_at"}` where `request` is the
-JSON body the client sent, `key` the SHA-256 of its canonical form and
+JSON body the client sent, `key` the SHA-256 of its canonical form (without the
+streaming and budget fields, see UNKEYED_FIELDS) and
 `response` the endpoint's JSON body (or its raw text when it was not JSON, under
 `response_text`). Retries of the same request produce several lines with the
 same key; the replay server serves them in order.
@@ -26,9 +27,16 @@ def canonical_request(body: dict[str, Any]) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+# Transport and budget fields: a replay matches a streamed recording, and a budget clamped to a context the replay
+# server does not report; same-key entries (a cut-off reply, then the retry with more room) are served in order.
+UNKEYED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options", "max_tokens", "max_completion_tokens",
+                                            "options"})
+
+
 def request_key(body: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical request: what record and replay match on."""
-    return hashlib.sha256(canonical_request(body).encode("utf-8")).hexdigest()
+    """SHA-256 (hex) of the canonical request without UNKEYED_FIELDS: what record and replay match on."""
+    keyed = {k: v for k, v in body.items() if k not in UNKEYED_FIELDS}
+    return hashlib.sha256(canonical_request(keyed).encode("utf-8")).hexdigest()
 
 
 class Recorder:

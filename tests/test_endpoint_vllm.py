@@ -140,3 +140,17 @@ def test_a_hung_server_times_out_and_then_fails_fast() -> None:
     assert emu.bodies[0]["seed"] != emu.bodies[1]["seed"], "a timed-out request is retried with a new seed"
     assert "sent nothing" in errors[-1].message
     assert elapsed < 60
+
+
+def test_a_streamed_clamped_vllm_recording_replays(tmp_path: Any) -> None:
+    """The recording keys leave out stream and budget fields: the replay server streams nothing and reports no
+    max_model_len, and still serves every reply."""
+    from nncaption.agents.replay_server import ReplayServer
+
+    record = tmp_path / "rec.jsonl"
+    with Emulator("vllm", answer=r1, context=32768) as emu:
+        d = design_sync(LLMClient(LLMSettings.single(emu.base_url, R1), record_path=record), FACTS, k=2, seed=0)
+    with ReplayServer(record) as rep:
+        again = design_sync(LLMClient(LLMSettings.single(rep.base_url, R1)), FACTS, k=2, seed=0)
+        assert rep.misses == 0
+    assert again.code == d.code and again.exchanges[-1].reasoning == d.exchanges[-1].reasoning
