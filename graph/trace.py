@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import sqlite3
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from nncaption.graph import rundir
 from nncaption.graph.runlock import is_live
 from nncaption.netapi.errors import NNCaptionError
+from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,18 @@ def loads(text: str | None, default: Any = None) -> Any:
         return default
 
 
+def _clean(row: sqlite3.Row) -> dict[str, Any]:
+    """A row with control characters in its texts escaped and blobs shown as their size (never raw bytes)."""
+    out: dict[str, Any] = {}
+    for k, v in dict(row).items():
+        if isinstance(v, str):
+            v = safe_text(v, None)
+        elif isinstance(v, (bytes, memoryview)):
+            v = f"<{len(v)} bytes>"
+        out[k] = v
+    return out
+
+
 class RunReader:
     """A read-only view of one run directory's results database and blobs."""
 
@@ -84,8 +98,9 @@ class RunReader:
         self.db.close()
 
     def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows as dicts; every text with its control characters escaped (it reaches terminals and reports)."""
         try:
-            return [dict(r) for r in self.db.execute(sql, params).fetchall()]
+            return [_clean(r) for r in self.db.execute(sql, params).fetchall()]
         except sqlite3.Error as e:
             raise rundir.query_error(self.run_dir / RESULTS_DB, e) from None
 
@@ -94,7 +109,7 @@ class RunReader:
             r = self.db.execute(sql, params).fetchone()
         except sqlite3.Error as e:
             raise rundir.query_error(self.run_dir / RESULTS_DB, e) from None
-        return dict(r) if r is not None else None
+        return _clean(r) if r is not None else None
 
     def blob(self, ref: str | None, limit: int = TEXT_LIMIT) -> str | None:
         """The text stored under `ref`, at most `limit` characters (None when missing, a bad ref, a link, a FIFO)."""
@@ -136,7 +151,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
         best = r.one("SELECT cid, bleu4 FROM candidates WHERE status='scored' AND bleu4 IS NOT NULL "
                      "ORDER BY bleu4 DESC, idx LIMIT 1")
         act = r.one("SELECT MAX(COALESCE(finished_at, started_at)) AS t FROM steps") or {}
-        last = max(t for t in (act.get("t"), run.get("updated_at"), run.get("created_at"), 0.0) if t is not None)
+        last = max(t for t in (act.get("t"), run.get("updated_at"), run.get("created_at"), 0.0)
+                   if isinstance(t, (int, float)) and math.isfinite(t))
         live = is_live(r.run_dir)
         status = run.get("status") or "unknown"
         if status == "running" and live is False:  # its process is gone (killed, or a second Ctrl-C)
@@ -163,13 +179,14 @@ def list_runs(root: Path) -> list[dict[str, Any]]:
             out.append({"run_dir": str(d), "run_id": d.name, "status": f"unreadable ({type(e).__name__})",
                         "candidates": 0, "counts": {}, "best_cid": None, "best_bleu4": None, "models": [],
                         "started_at": None})
-    return sorted(out, key=lambda s: s.get("started_at") or 0.0, reverse=True)
+    return sorted(out, key=lambda s: s["started_at"] if isinstance(s.get("started_at"), (int, float)) else 0.0,
+                  reverse=True)
 
 
 # ---------------------------------------------------------------------------------------------- steps
 def _duration(row: dict[str, Any]) -> float | None:
     start, end = row.get("started_at"), row.get("finished_at")
-    if start is None:
+    if not isinstance(start, (int, float)) or not isinstance(end, (int, float, type(None))):
         return None
     return round((end if end is not None else time.time()) - start, 3)
 
