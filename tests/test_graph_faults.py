@@ -133,9 +133,10 @@ def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_
 @pytest.mark.slow
 def test_a_failed_candidate_is_debugged_into_a_fix_child(tiny_dataset: Any, tmp_path: Path) -> None:
     """No fix rounds inside candidates and a defect in every design: the policy's debug turn repairs the failure
-    as a new candidate (origin fix, parent = the failed one), which then trains and scores."""
+    as a new candidate (origin fix, parent = the failed one), which then trains and scores. (No lookahead: the
+    second candidate is planned once the first has failed.)"""
     settings = RunSettings.model_validate({
-        "seed": 0, "concurrency": 1, "max_fix_rounds": 0, "budget": {"candidates": 2},
+        "seed": 0, "concurrency": 1, "lookahead": 0, "max_fix_rounds": 0, "budget": {"candidates": 2},
         "policy": {"num_drafts": 1, "p_debug": 1.0, "max_debug_depth": 1},
         "agents": {"snippets": 2, "fault_rate": 1.0},
         "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
