@@ -338,7 +338,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="validation images decoded (default: the whole recorded validation subset)")
     d.add_argument("--threads", type=int, metavar="N", help="torch threads per job")
     d.add_argument("--epoch-time-limit", type=float, metavar="S",
-                   help="seconds of its own compute one training epoch may use (default 300)")
+                   help="compute one epoch may use: CPU seconds per core on CPU, wall seconds on a GPU "
+                   "(default 300)")
     d.add_argument("--device", choices=("cpu", "cuda"), help="training device")
     x = p.add_argument_group("sandbox")
     x.add_argument("--sandbox", choices=("local", "docker", "ray"), help="where candidate code runs (default local)")

@@ -18,11 +18,11 @@ TRAIN_KEYS: dict[str, str] = {
     "batch_size": "training batch size (default 32)",
     "max_train_batches": "batches per epoch (default: the whole training split; --max-train-batches)",
     "max_val_images": "validation images decoded for BLEU-4 (default: the whole recorded subset; --max-val-images)",
-    "epoch_time_limit_s": "seconds of the job's own compute (CPU time on CPU, GPU time on GPU) one training epoch "
-                          "may use before the job is stopped as a timeout (default 300; --epoch-time-limit)",
-    "smoke_time_limit_s": "seconds the smoke test (one tiny batch forward and backward) may take (default 120)",
+    "epoch_time_limit_s": "compute one training epoch (and one decode pass) may use: CPU seconds per allotted core on "
+                          "CPU, wall seconds on a GPU (default 300; --epoch-time-limit)",
+    "smoke_time_limit_s": "the whole smoke check (2 batches of 4 and one decode), counted the same way (default 120)",
     "max_params": "largest model accepted, in parameters (default 20000000)",
-    "threads": "torch threads per job (default: chosen by the sandbox; --threads)",
+    "threads": "torch threads (and cores) of each job (default: cores / jobs at once; --threads)",
     "device": "\"cpu\" or \"cuda\" (default cpu; --device, implied by --gpus)",
     "jobs_root": "folder of the content-addressed sandbox jobs (default RUN_DIR/jobs); share one between runs to "
                  "reuse identical trainings",
