@@ -34,11 +34,9 @@ import httpx
 from nncaption.agents import profiles
 from nncaption.agents.errors import (
     ContextLengthExceeded,
-    ContextTruncated,
     EndpointRejected,
     EndpointTimeout,
     LLMError,
-    ReplyTooLarge,
     StructuredReplyError,
     TruncatedReply,
 )
@@ -50,10 +48,10 @@ from nncaption.agents.interpret import (  # noqa: F401 - re-exported for callers
     parse_retry_after,
     raise_for_reply,
 )
-from nncaption.agents.jsonparse import clean_text, parse_json_object
-from nncaption.agents.reasoning import split_reasoning
+from nncaption.agents.jsonparse import parse_json_object
 from nncaption.agents.recording import Recorder
-from nncaption.agents.records import LLMExchange, Usage
+from nncaption.agents.records import LLMExchange
+from nncaption.agents.reply import MAX_REASONING_CHARS, check_reply, fill_exchange
 from nncaption.agents.settings import EndpointSettings, LLMSettings
 from nncaption.agents.stream import Limits, Timing, post
 from nncaption.netapi.safetext import safe_text
@@ -63,12 +61,9 @@ log = logging.getLogger(__name__)
 IDLE_TIMEOUT_S = 120.0
 TIMEOUT_RETRIES = 1
 MAX_REPLY_BYTES = 8_000_000
-MAX_REASONING_CHARS = 2_000_000
 HUNG_AFTER = 3  # idle timeouts in a row (across calls) after which an endpoint fails fast ...
 HUNG_COOLDOWN_S = 300.0  # ... for this long after the last one
 MAX_ADJUSTMENTS = 4  # re-asks after a context error or a rejected parameter, per call
-TRUNCATED_PROMPT_SHARE = 0.6  # reported prompt_tokens below this share of chars/4 means the server cut the prompt
-MIN_CHECKED_PROMPT_CHARS = 4000
 
 
 def setting(ep: EndpointSettings, name: str, default: Any) -> Any:
@@ -173,8 +168,8 @@ class LLMClient:
                 t_start = time.perf_counter()
                 ex.queued_s = t_start - t0
                 data, timing = await self._with_retries(ep, info, messages, params, ex)
-            self._fill(ex, data, timing, sum(len(str(m.get("content") or "")) for m in messages))
-            self._check(ep, ex)
+            fill_exchange(ex, data, timing, sum(len(str(m.get("content") or "")) for m in messages))
+            check_reply(ep, ex)
         except LLMError as e:
             ex.error = safe_text(f"{e.category}: {e.message}", 2000)
             e.exchange = ex
@@ -368,46 +363,6 @@ class LLMClient:
             return False
         log.info("%s refused a parameter (%s); asking again without it", ep.describe(), safe_text(e.message, 200))
         return True
-
-    def _fill(self, ex: LLMExchange, data: dict[str, Any], timing: Timing, prompt_chars: int) -> None:
-        choice = data["choices"][0]
-        message = choice["message"]
-        content = message.get("content")
-        server_reasoning = message.get("reasoning_content")
-        if not isinstance(server_reasoning, str) or not server_reasoning:
-            server_reasoning = message.get("reasoning")
-        ex.reply, ex.reasoning = split_reasoning(clean_text(content) if isinstance(content, str) else "",
-                                                 clean_text(server_reasoning)
-                                                 if isinstance(server_reasoning, str) else None)
-        finish = choice.get("finish_reason")
-        ex.finish_reason = safe_text(finish, 40) if isinstance(finish, str) else None
-        rid, returned = data.get("id"), data.get("model")
-        ex.response_id = safe_text(rid, 200) if isinstance(rid, str) else None
-        ex.model_returned = safe_text(returned, 200) if isinstance(returned, str) else None
-        ex.usage = Usage.from_response(data.get("usage"), ex.reasoning, ex.reply, prompt_chars)
-        ex.streamed = timing.streamed
-        ex.first_byte_s = (timing.first_byte - timing.sent) if timing.first_byte is not None else None
-        start = timing.first_token or timing.first_byte
-        if start is not None and timing.done is not None and timing.done > start:
-            ex.tokens_per_s = round(ex.usage.completion_tokens / (timing.done - start), 2)
-
-    def _check(self, ep: EndpointSettings, ex: LLMExchange) -> None:
-        """Truncation, a silently cut prompt and oversized reasoning are errors, not replies."""
-        limit = int(setting(ep, "max_reasoning_chars", MAX_REASONING_CHARS))
-        if len(ex.reasoning) > limit:
-            raise ReplyTooLarge(f"{ep.describe()} sent {len(ex.reasoning)} characters of reasoning (cap {limit})",
-                                endpoint=ep.base_url)
-        prompt_chars = sum(len(str(m.get("content") or "")) for m in ex.messages)
-        if not ex.usage.estimated and prompt_chars >= MIN_CHECKED_PROMPT_CHARS \
-                and ex.usage.prompt_tokens < TRUNCATED_PROMPT_SHARE * prompt_chars / 4:
-            raise ContextTruncated(
-                f"{ep.describe()} read only {ex.usage.prompt_tokens} prompt tokens of a {prompt_chars}-character "
-                f"prompt (about {prompt_chars // 4} tokens): the server cut the prompt to its context window",
-                endpoint=ep.base_url)
-        if ex.truncated and not ex.reply.strip():
-            budget = ex.params.get("max_tokens") or ex.params.get("max_completion_tokens")
-            raise TruncatedReply(f"{ep.describe()} stopped at max_tokens ({budget}) before answering "
-                                 f"({len(ex.reasoning)} characters of reasoning, no answer)", endpoint=ep.base_url)
 
 
 def run_sync(coro: Any, client: LLMClient | None = None) -> Any:
