@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nncaption import cmd_data, config
+from nncaption import cmd_data
 from nncaption.cli import main
+from nncaption.netapi import paths as config
 from nncaption.netapi.data.loader import PreparedData
 from nncaption.netapi.errors import ConfigError
 

@@ -38,7 +38,8 @@ BARRIER = textwrap.dedent("""
 """)
 
 RESOLVE = BARRIER + textwrap.dedent("""
-    from nncaption import cmd_data, config
+    from nncaption import cmd_data
+    from nncaption.netapi import paths as config
     config.DEFAULT_SYNTH_TRAIN, config.DEFAULT_SYNTH_VAL = 80, 20
     paths = cmd_data.resolve_dataset("synthetic", coco_root=None, size=16, seed=5, progress=False)
     from nncaption.netapi.data.loader import PreparedData
