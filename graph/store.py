@@ -199,11 +199,13 @@ class RunStore:
 
     def add_attempt(self, cid: str, attempt: int, *, made_by: str, code: str, prm: Mapping[str, Any],
                     summary: str, step: int) -> str:
+        from nncaption.graph import rundir  # a resumed run's ids come from its (maybe edited) database
+
+        rundir.require("cid", cid, "the candidate id")
         ref = self.put_blob(code)
         assert ref is not None
-        folder = self.run_dir / "candidates" / cid
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"attempt-{attempt}.py").write_text(code, encoding="utf-8")
+        rundir.write_file(self.run_dir, ["candidates", cid, f"attempt-{int(attempt)}.py"],
+                          code.encode("utf-8", "surrogatepass"))
         self._exec("INSERT OR REPLACE INTO attempts VALUES (?,?,?,?,?,?,?,?)",
                    (cid, attempt, made_by, ref, _json(dict(prm)), summary, step, time.time()))
         self._exec("UPDATE candidates SET attempts=?, code_ref=?, prm_json=?, summary=? WHERE cid=?",
