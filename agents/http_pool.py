@@ -52,6 +52,9 @@ class PoolHTTPServer(HTTPServer):
         self._park(request, client_address)
 
     def server_close(self) -> None:
+        if not hasattr(self, "_closing"):  # the bind failed inside HTTPServer.__init__: nothing else was started
+            super().server_close()
+            return
         self._closing.set()
         super().server_close()
         with contextlib.suppress(OSError):
