@@ -42,16 +42,68 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+MAX_TOML_DEPTH = 32  # nesting of arrays and inline tables; a run's configuration needs three or four
+
+
+def _too_deep(text: str, limit: int = MAX_TOML_DEPTH) -> int | None:
+    """The line where arrays/inline tables nest deeper than `limit` (quoted strings skipped), else None.
+
+    Linear, so a hostile file is refused before tomllib recurses into it."""
+    depth, quote, line = 0, "", 1
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        if quote:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif text.startswith(quote, i):
+                i += len(quote) - 1
+                quote = ""
+        elif ch == "#":
+            j = text.find("\n", i)
+            i = n if j < 0 else j - 1
+        elif ch in "\"'":
+            quote = ch * 3 if text.startswith(ch * 3, i) else ch
+            i += len(quote) - 1
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
 def load_toml(path: Path) -> dict[str, Any]:
-    """The TOML file as a dict; ConfigError when missing or not TOML."""
+    """The TOML file as a dict; ConfigError (exit 2) naming the line when missing, unreadable or not TOML."""
+    hint = "fix the syntax at the reported line"
     try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "pass the path of a TOML file to --config") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}", "check the path and its permissions") from None
+        raise ConfigError(f"config file {path} does not exist", "pass the path of a TOML file to --config",
+                          exit_code=2) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}", "check the path and its permissions",
+                          exit_code=2) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"config file {path} is not UTF-8 text: line {line} has the byte 0x{raw[e.start]:02x}",
+                          hint, exit_code=2) from None
+    deep = _too_deep(text)
+    if deep is not None:
+        raise ConfigError(f"config file {path}: line {deep} nests arrays or tables more than {MAX_TOML_DEPTH} "
+                          "levels deep", hint, exit_code=2)
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}", "fix the syntax at the reported line") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {e}", hint, exit_code=2) from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply to read", hint, exit_code=2) from None
 
 
 def _field_model(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
