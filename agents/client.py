@@ -117,7 +117,7 @@ class LLMClient:
                 self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
                 self._info_locks = {}
             self._loop = loop
-            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=False,
+            self._http = httpx.AsyncClient(follow_redirects=False, trust_env=True,
                                            limits=httpx.Limits(max_connections=None))
         return self._http
 
@@ -132,10 +132,12 @@ class LLMClient:
         url = ep.base_url.rstrip("/")
         lock = self._info_locks.setdefault(url, asyncio.Lock())
         async with lock:
-            if url not in self._info:
-                self._info[url] = await profiles.discover(http, url, self._headers(ep),
-                                                          profile=str(setting(ep, "profile", "auto")))
-        return self._info[url]
+            if url in self._info:
+                return self._info[url]
+            info = await profiles.discover(http, url, self._headers(ep), profile=str(setting(ep, "profile", "auto")))
+            if info.listing_status is not None:  # unreachable now: ask again on the next call
+                self._info[url] = info
+        return info
 
     # -- public calls ----------------------------------------------------------------------
     async def chat(self, role: str, messages: list[dict[str, Any]], *, response_format: dict[str, Any] | None = None,

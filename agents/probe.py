@@ -89,7 +89,7 @@ async def probe_endpoints(llm: Any, *, timeout_s: float = PROBE_TIMEOUT_S) -> Pr
         settings.setdefault(key, ep)
     report = ProbeReport()
     infos: dict[str, EndpointInfo] = {}
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as http:
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=True) as http:
         for key, roles in groups.items():
             ep = settings[key]
             url = key[0]

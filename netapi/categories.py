@@ -70,6 +70,7 @@ class Category(str, Enum):
     SANDBOX_IMAGE = "sandbox-image"
     CHECKPOINT = "checkpoint"  # a checkpoint database that holds what the project never writes
     RUN_DIR = "run-dir"  # a run directory with invalid ids, links or files
+    UNTRUSTED_RUN = "untrusted-run"  # a copied run's config asks for endpoints/keys/sandbox the user did not give
 
     def __str__(self) -> str:  # "syntax", not "Category.SYNTAX"
         return self.value
@@ -218,6 +219,8 @@ HINTS: dict[Category, str] = {
     Category.CHECKPOINT: "The run's checkpoints.sqlite holds data nn-caption never writes: do not resume or fork "
     "a run directory you do not trust.",
     Category.RUN_DIR: "The run directory was edited or is damaged: use a run directory you trust.",
+    Category.UNTRUSTED_RUN: "The run directory's config.json asks for settings you did not give: pass them on the "
+    "command line, or --trust-run-config if you trust that run directory.",
 }
 
 
