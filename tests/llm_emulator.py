@@ -50,11 +50,13 @@ class Emulator:
     def __init__(self, kind: str = "vllm", *, models: tuple[str, ...] = ("deepseek-ai/DeepSeek-R1-0528-Qwen3-8B",),
                  context: int = 32768, answer: Answer | None = None, list_context: bool = True,
                  wording: str = "old", proxy_errors: int = 0, ollama_ctx: int = 2048,
-                 reply_hook: Callable[[dict[str, Any]], RawReply | None] | None = None) -> None:
+                 reply_hook: Callable[[dict[str, Any]], RawReply | None] | None = None,
+                 api_key: str | None = None) -> None:
         self.kind, self.models, self.context, self.list_context = kind, models, context, list_context
         self.answer = answer or (lambda body: ("Hello.", "Thinking about it."))
         self.wording, self.proxy_errors, self.ollama_ctx = wording, proxy_errors, ollama_ctx
         self.reply_hook = reply_hook
+        self.api_key = api_key  # like `vllm serve --api-key`: anything else is 401
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.stopping = threading.Event()
@@ -236,9 +238,17 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(raw)
 
+        def _refused(self) -> bool:
+            if emu.api_key is not None and self.headers.get("Authorization") != f"Bearer {emu.api_key}":
+                self._send(401, {"error": "Unauthorized"})
+                return True
+            return False
+
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
             path = self.path.split("?", 1)[0].rstrip("/")
             emu.paths.append(path)
+            if self._refused():
+                return
             status, body = emu.get(path)
             self._send(status, body, {"Server": "uvicorn"})
 
@@ -246,6 +256,8 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0].rstrip("/")
             emu.paths.append(path)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if self._refused():
+                return
             result = emu.chat(body)
             if result is not None and len(result) == 3:
                 status, headers, raw = result
