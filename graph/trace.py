@@ -65,11 +65,26 @@ def loads(text: str | None, default: Any = None) -> Any:
         return default
 
 
+# Columns that hold numbers in every table of the schema: anything else there (text, a blob, NaN) reads as None.
+NUMERIC = frozenset({
+    "idx", "attempts", "fix_rounds", "debug_depth", "planned_step", "recorded_step", "params", "bleu1", "bleu2",
+    "bleu3", "bleu4", "lemur_bleu4", "best_bleu4", "train_loss", "seconds", "epoch", "step", "superstep", "attempt",
+    "tokens", "latency_s", "queued_s", "prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens",
+    "http_attempts", "ok", "reused", "line", "seed", "sessions", "elapsed_s", "created_at", "updated_at",
+    "started_at", "finished_at", "n", "m", "t",
+})
+
+
 def _clean(row: sqlite3.Row) -> dict[str, Any]:
-    """A row with control characters in its texts escaped and blobs shown as their size (never raw bytes)."""
+    """A row as a run writes it: texts with control characters escaped, blobs shown as their size, and numeric
+    columns holding finite numbers or None (an edited database may put anything anywhere)."""
     out: dict[str, Any] = {}
     for k, v in dict(row).items():
-        if isinstance(v, str):
+        if k in NUMERIC and v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or
+                                               not math.isfinite(v) or abs(v) > 1e18):
+            log.warning("ignoring a non-numeric %s in the run's database", k)
+            v = None
+        elif isinstance(v, str):
             v = safe_text(v, None)
         elif isinstance(v, (bytes, memoryview)):
             v = f"<{len(v)} bytes>"
@@ -123,13 +138,16 @@ class RunReader:
         return self.one("SELECT * FROM runs LIMIT 1") or {}
 
     def candidates(self) -> list[dict[str, Any]]:
-        return self.rows("SELECT * FROM candidates ORDER BY idx")
+        """Every candidate whose index is an integer (a row without one is not a candidate a run made)."""
+        return [c for c in self.rows("SELECT * FROM candidates ORDER BY idx") if c["idx"] is not None]
 
     def steps(self) -> list[dict[str, Any]]:
-        return self.rows("SELECT * FROM steps ORDER BY step")
+        return [s for s in self.rows("SELECT * FROM steps ORDER BY step") if s["step"] is not None]
 
     def epochs(self, cid: str) -> list[dict[str, Any]]:
-        return self.rows("SELECT * FROM epochs WHERE cid=? ORDER BY epoch", (cid,))
+        """The candidate's epochs with integer numbers (an epoch that is a path or a text is left out)."""
+        return [e for e in self.rows("SELECT * FROM epochs WHERE cid=? ORDER BY epoch", (cid,))
+                if e["epoch"] is not None]
 
     def models(self) -> list[str]:
         """Models that answered in this run ('requested -> returned'), or the agents' names for a baseline run."""

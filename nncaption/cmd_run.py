@@ -244,13 +244,18 @@ def _summary(search: Any, code: int) -> None:
     out = getattr(search, "outcome", None)
     if out is None:
         return
-    counts = ", ".join(f"{v} {k}" for k, v in sorted(out.counts.items()))
+    from nncaption.netapi.safetext import safe_text  # texts from the run's database (a resumed run may be edited)
+
+    counts = safe_text(", ".join(f"{v} {k}" for k, v in sorted(out.counts.items(), key=str)), 2000)
     print(f"\nrun {'interrupted' if code == EXIT_INTERRUPTED else out.status} after {out.elapsed_s:.0f} s "
-          f"({out.stop_reason or 'stopped'}): {counts}")
+          f"({safe_text(out.stop_reason or 'stopped', 200)}): {counts}")
     if out.failures:
-        print("failures by category: " + ", ".join(f"{k} {v}" for k, v in out.failures.items()))
+        print("failures by category: " + safe_text(", ".join(f"{k} {v}" for k, v in out.failures.items()), 2000))
     if out.best:
-        print(f"best model: {out.best['cid']}  BLEU-4 {out.best['bleu4']:.4f}  ({out.best.get('summary') or ''})")
+        b4 = out.best.get("bleu4")
+        print(f"best model: {safe_text(out.best['cid'], 40)}  BLEU-4 "
+              f"{format(b4, '.4f') if isinstance(b4, (int, float)) else '-'}  "
+              f"({safe_text(out.best.get('summary') or '', 300, keep='head')})")
         print(f"best model file: {out.best_file}")
     else:
         print("no candidate was scored")
