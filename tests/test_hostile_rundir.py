@@ -123,10 +123,10 @@ def hostile(real_run: Path, tmp_path: Path) -> dict[str, Any]:
             ("UPDATE runs SET run_id=?", ("run" + ESC,)),
             ("INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step, summary) VALUES "
              "(?, 900, NULL, 'compose', 'draft', 'failed', 1, ?)", (f"../../{victims['dir'].name}", ESC)),
-            ("INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
-             "('__proto__', 901, 'constructor', 'compose', 'draft', 'failed', 1)",),
-            ("INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
-             "('constructor', 902, '__proto__', 'improve', 'draft', 'failed', 1)",))
+            "INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
+            "('__proto__', 901, 'constructor', 'compose', 'draft', 'failed', 1)",
+            "INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
+            "('constructor', 902, '__proto__', 'improve', 'draft', 'failed', 1)")
     return {"run": run, "tmp": tmp_path, "victims": victims, "best": best, "s_link": s_link, "s_fifo": s_fifo}
 
 
