@@ -24,10 +24,10 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
-import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nncaption.agents.fences import NET_TEXT, PYTHON_LABELS, CodeBlock, bare_code, fenced_blocks, judge, parses
 from nncaption.agents.hparams import HINT as PRM_HINT
 from nncaption.agents.hparams import (
     PRM_CATEGORY,
@@ -62,11 +62,7 @@ _HINTS: dict[str, str] = {
     PRM_CATEGORY: PRM_HINT,
 }
 
-_PYTHON_LABELS = {"", "python", "py", "python3", "py3", "pytorch", "torch", "python-code"}
-_OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\n]*?)\s*$")
-_CODE_START = re.compile(r"^(import |from \S+ import |class |def |@|#!|\"\"\"|''')")
 _SUMMARY = re.compile(r"^\W*summary\W*\s*:\s*(?P<text>.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-_NET_TEXT = re.compile(r"^\s*class\s+Net\b", re.MULTILINE)
 
 
 class ExtractionError(NNCaptionError):
@@ -84,135 +80,28 @@ class ExtractionError(NNCaptionError):
         self.exchange: LLMExchange | None = None
 
 
-@dataclass
-class CodeBlock:
-    """A fenced block: its label, code, whether it was closed, and its first line in the text."""
-
-    lang: str
-    code: str
-    closed: bool
-    line: int
-
-
-@dataclass
-class _Judged:
-    block: CodeBlock
-    parses: bool
-    has_net: bool
-    has_hparams: bool
-
-    @property
-    def rank(self) -> tuple[bool, bool, bool]:
-        return (self.parses and self.has_net and self.has_hparams, self.parses and self.has_net, self.parses)
-
-
-def fenced_blocks(text: str) -> list[CodeBlock]:
-    """All fenced blocks in order; a final fence left open becomes a block with closed=False."""
-    blocks: list[CodeBlock] = []
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        m = _OPEN.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, lang = m.group("fence"), m.group("info").split()[0].lower() if m.group("info").strip() else ""
-        body: list[str] = []
-        j = i + 1
-        closed = False
-        while j < len(lines):
-            stripped = lines[j].strip()
-            if stripped.startswith(fence[0] * len(fence)) and set(stripped) == {fence[0]}:
-                closed = True
-                break
-            body.append(lines[j])
-            j += 1
-        blocks.append(CodeBlock(lang=lang, code=textwrap.dedent("\n".join(body)).strip("\n") + "\n",
-                                closed=closed, line=i + 1))
-        i = j + 1
-    return blocks
-
-
-def _judge(block: CodeBlock) -> _Judged:
-    try:
-        tree = pyast.parse(block.code)
-    except (SyntaxError, ValueError):
-        return _Judged(block, False, bool(_NET_TEXT.search(block.code)), "supported_hyperparameters" in block.code)
-    has_net = any(isinstance(n, ast.ClassDef) and n.name == "Net" for n in tree.body)
-    has_hp = any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "supported_hyperparameters"
-                 for n in tree.body)
-    return _Judged(block, True, has_net, has_hp)
-
-
-def _parses(code: str) -> bool:
-    try:
-        pyast.parse(code)
-        return True
-    except (SyntaxError, ValueError):
-        return False
-
-
-MAX_BARE_CUTS = 8  # syntax-error cuts tried on unfenced code (each parse is linear: the whole is linear)
-
-
-def _bare_code(section: str) -> str | None:
-    """Code written without fences: the whole text, or the run from the first code-like line up to the prose after it.
-
-    Linear in the text's size: instead of re-parsing after trimming each line, the text is cut
-    just before the line a parse fails on (trailing prose), at most MAX_BARE_CUTS times.
-    """
-    text = section.strip("\n")
-    if not text.strip():
-        return None
-    if re.search(r"^\s*(class|def|import|from)\s", text, re.MULTILINE) and _parses(text):
-        return text + "\n"
-    lines = text.splitlines()
-    start = next((i for i, ln in enumerate(lines) if _CODE_START.match(ln)), None)
-    if start is None:
-        return None
-    end = len(lines)
-    for _ in range(MAX_BARE_CUTS):
-        chunk = "\n".join(lines[start:end])
-        if not _NET_TEXT.search(chunk):
-            return None
-        try:
-            pyast.parse(chunk)
-            return chunk + "\n"
-        except SyntaxError as e:
-            bad = (e.lineno or 0) - 1  # 0-based within chunk
-            cut = start + bad if bad > 0 else end - 1
-            if cut >= end:  # an error at the very end (unclosed bracket...): drop the last line
-                cut = end - 1
-            if cut <= start:
-                return None
-            end = cut
-        except ValueError:
-            return None
-    return None
-
-
 class _NoCandidates(Exception):
     """The section holds no code at all (as opposed to broken code)."""
 
 
 def _from_section(section: str) -> str:
     """Best code in one section of a reply; raises ExtractionError or _NoCandidates."""
-    blocks = [b for b in fenced_blocks(section) if b.lang in _PYTHON_LABELS or _NET_TEXT.search(b.code)]
+    blocks = [b for b in fenced_blocks(section) if b.lang in PYTHON_LABELS or NET_TEXT.search(b.code)]
     blocks = [b for b in blocks if b.code.strip()]
     if not blocks:
-        bare = _bare_code(section)
+        bare = bare_code(section)
         if bare is None:
             raise _NoCandidates
         return bare
 
-    judged = [_judge(b) for b in blocks]
+    judged = [judge(b) for b in blocks]
     # Best by (complete API, defines Net, parses); later blocks win ties (revised versions come last).
     best = max(reversed(judged), key=lambda j: j.rank)
     if best.parses and best.has_net:
         if best.has_hparams:
             return best.block.code
         combined = "\n\n".join(j.block.code for j in judged if j.parses)
-        if _judge(CodeBlock("python", combined, True, 0)).rank[0]:
+        if judge(CodeBlock("python", combined, True, 0)).rank[0]:
             return combined  # the file was split over several blocks
         return best.block.code
 
@@ -232,7 +121,7 @@ def _from_section(section: str) -> str:
         )
     # Code that parses but does not define Net: let the validator say what is missing.
     combined = "\n\n".join(j.block.code for j in parsing)
-    return combined if _parses(combined) else best.block.code
+    return combined if parses(combined) else best.block.code
 
 
 def extract_code(text: str, reasoning: str | None = None, *, truncated: bool = False) -> str:
@@ -281,7 +170,7 @@ def json_reply(section: str) -> dict[str, Any] | None:
 def _json_code(obj: dict[str, Any]) -> str:
     code = next(str(obj[n]) for n in CODE_FIELDS if isinstance(obj.get(n), str) and str(obj[n]).strip())
     fenced = fenced_blocks(code)
-    if fenced and not _parses(code):  # a fence inside the JSON string
+    if fenced and not parses(code):  # a fence inside the JSON string
         code = fenced[-1].code
     return code.strip("\n") + "\n"
 
