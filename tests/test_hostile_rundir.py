@@ -382,3 +382,20 @@ def test_viewer_renders_proto_ids_and_a_30_mb_summary_in_a_bounded_page(real_run
             assert errors == []
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_fork_of_a_hostile_run_copies_no_link_and_touches_nothing_outside(hostile: dict[str, Any]) -> None:
+    run, tmp = hostile["run"], hostile["tmp"]
+    step = rows(run / "results.sqlite", "SELECT MIN(step) FROM steps WHERE node='train'")[0][0]
+    proc = cli(["trace", str(run), "--fork", str(step), "--into", str(tmp / "fork"), "--trust-run-config"],
+               timeout=600)
+    assert proc.returncode in (0, 1, 2) and "error [internal]" not in proc.stderr, proc.stderr[-3000:]
+    clean_output(proc)
+    assert_victims_intact(hostile)
+    assert (tmp / "fork").is_dir()
+    for f in (tmp / "fork").rglob("*"):
+        assert not f.is_symlink(), f
+        assert f.is_dir() or f.is_file(), f  # no FIFO copied
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
