@@ -337,3 +337,25 @@ def test_a_proxy_5xx_html_page_is_retried_with_a_proxy_hint(code: int, proxy_tim
             chat(fast_settings(srv.base_url, max_retries=1))
     assert len(srv.bodies) == 2 and "<html" not in ei.value.message
     assert ("proxy" in ei.value.hint) == proxy_timeout
+
+
+def test_a_503_honours_retry_after_up_to_the_cap() -> None:
+    script = [status(503, "warming up", headers={"Retry-After": "0.3"}), ok("fine")]
+    with ScriptedServer(script) as srv:
+        t0 = time.perf_counter()
+        ex = chat(fast_settings(srv.base_url))
+        assert time.perf_counter() - t0 >= 0.3 and ex.reply == "fine" and len(srv.bodies) == 2
+    with ScriptedServer([status(503, "maintenance", headers={"Retry-After": "3600"})]) as srv:
+        with pytest.raises(EndpointUnavailable) as ei:
+            chat(fast_settings(srv.base_url, retry_after_max_s=5))
+    assert len(srv.bodies) == 1 and "3600" in ei.value.message
+
+
+def test_a_server_that_refuses_streaming_is_asked_without_it_from_then_on() -> None:
+    with ScriptedServer([ok("one"), ok("two")]) as srv:
+        async def go() -> list[Any]:
+            async with LLMClient(fast_settings(srv.base_url)) as c:
+                return [await c.chat("designer", MESSAGES), await c.chat("reviewer", MESSAGES)]
+        first, second = asyncio.run(go())
+    assert (first.reply, second.reply) == ("one", "two") and first.attempts == second.attempts == 1
+    assert all("stream" not in b for b in srv.bodies) and not first.streamed
