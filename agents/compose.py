@@ -14,7 +14,8 @@ netapi/CONTRACT.md) from
   `ComposedModel.prm` is what training uses (the design's prm); the Net reads its
   sizes, dropout and lr from `prm`, the file's constants are only defaults.
 
-The source pieces live in `compose_source`. Every composed file starts with a marker line
+The source pieces are real Python modules in `nncaption.agents.templates`, filled in by `compose_source`.
+Every composed file starts with a marker line
 
     # nncaption-composed: backbone=resnet decoder=gru seed=3 embed=96 hidden=192 ...
 
@@ -254,17 +255,18 @@ def compose_model(
         "import math\n\nimport torch\nimport torch.nn as nn\n" + "".join(f"{ln}\n" for ln in extra_imports),
         "\n" + src.SECTION.format(title=f"encoder: {snippet.name} snippet") + "\n" + body,
         "\n\n" + src.SECTION.format(title="captioning model") + "\n",
-        src.CONSTANTS.format(
-            embed=hp["embed"], hidden=hp["hidden"], layers=hp["layers"], heads=hp["heads"],
-            dropout=hp["dropout"], feed=hp["fuse"] == "concat",
-            sizes=_sizes_literal(decoder), supported=_supported_literal(decoder),
-        ),
-        "\n\n" + (src.PICK_RANDOM if hp["teacher"] == "random" else src.PICK_FIRST) + src.TEACHER_INPUTS,
+        src.piece("constants", {
+            "EMBED": str(hp["embed"]), "HIDDEN": str(hp["hidden"]), "LAYERS": str(hp["layers"]),
+            "HEADS": str(hp["heads"]), "DROPOUT": str(hp["dropout"]), "FEED": str(hp["fuse"] == "concat"),
+            "SIZES": _sizes_literal(decoder), "SUPPORTED": _supported_literal(decoder),
+        }),
+        "\n\n" + src.piece("pick_random" if hp["teacher"] == "random" else "pick_first"),
+        "\n\n" + src.piece("teacher"),
         "\n\n" + (
-            src.TRANSFORMER_DECODER if decoder == "transformer"
+            src.piece("transformer_decoder") if decoder == "transformer"
             else src.rnn_decoder_source("LSTM" if decoder == "lstm" else "GRU", hp["fuse"] == "concat")
         ),
-        "\n\n" + src.NET,
+        "\n\n" + src.piece("net"),
     ]
     code = "".join(parts)
     return ComposedModel(code=code, summary=summary, backbone=snippet.name, decoder=decoder, hparams=hp, seed=seed)
