@@ -101,13 +101,16 @@ class Nodes:
 
     # ------------------------------------------------------------------ helpers
     @contextlib.asynccontextmanager
-    async def _step(self, config: RunnableConfig, node: str, task: Task, attempt: int | None = None
-                    ) -> AsyncIterator[StepLog]:
+    async def _step(self, config: RunnableConfig, node: str, task: Task, attempt: int | None = None, *,
+                    announce: bool = True) -> AsyncIterator[StepLog]:
+        """The step's row and events; with `announce=False` the node emits `node_started` itself (`_started`),
+        once its work really starts (train: when it has a training slot)."""
         cid = task["cid"]
         attempt = task.get("attempt") if attempt is None else attempt
         step = self.store.step_begin(thread_step_of(config), node, cid, attempt)
-        self.emit({"event": "node_started", "node": node, "candidate": cid, "step": step, "attempt": attempt})
         st = StepLog(step=step)
+        if announce:
+            self._started(st, node, task, attempt)
         try:
             yield st
         except TransientEndpointError:
@@ -124,6 +127,10 @@ class Nodes:
             self.store.step_end(step, st.status, tokens=st.tokens, refs=st.refs, detail=st.detail)
             self.emit({"event": "node_finished", "node": node, "candidate": cid, "step": step, "attempt": attempt,
                        "status": st.status, "tokens": st.tokens, **st.detail})
+
+    def _started(self, st: StepLog, node: str, task: Task, attempt: int | None, **extra: Any) -> None:
+        self.emit({"event": "node_started", "node": node, "candidate": task["cid"], "step": st.step,
+                   "attempt": attempt, **extra})
 
     def _retry_transient(self, config: RunnableConfig, node: str, task: Task) -> bool:
         """True when a transient endpoint failure should be raised for RetryPolicy (tries remain)."""
@@ -245,16 +252,18 @@ class Nodes:
         return time.monotonic() - t0
 
     async def train(self, task: Task, config: RunnableConfig) -> Command:
-        async with self._step(config, "train", task) as st:
+        async with self._step(config, "train", task, announce=False) as st:
             st.refs["code"] = task.get("code_ref")
             code, prm = self._code(task), task.get("prm") or {}
             key = dedup_key(code, prm)
             owner = self.store.claim_dedup(key, task["cid"], task["index"])
             self.store.update_candidate(task["cid"], dedup_key=key)
             if owner != task["cid"]:
+                self._started(st, "train", task, task.get("attempt"))
                 st.detail = {"duplicate_of": owner}
                 return self._next("record", status="duplicate", duplicate_of=owner)
             queued = await self._train_slot(task["cid"])
+            self._started(st, "train", task, task.get("attempt"), queued_s=round(queued, 3))
             try:
                 progress = ProgressForwarder(task["cid"], self.emit)
                 r = await self.pipeline.train(code, prm, on_event=progress)

@@ -2,7 +2,8 @@
 node is killed while jobs are in flight, Ray retries its job elsewhere, and the run loses nothing.
 
 The graph stays in this process (the head); only the sandbox jobs are Ray tasks (`ray.cluster_utils.Cluster`,
-one CPU per node, so two jobs at once need both nodes).
+one CPU per node, so two jobs at once need both nodes; no lookahead, so no third candidate's smoke job takes
+one of the two CPUs).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def test_two_node_ray_cluster_survives_losing_a_node(cluster: tuple[Any, Any], t
                                                      tmp_path: Path) -> None:
     head, worker = cluster
     settings = RunSettings.model_validate({
-        "seed": 0, "concurrency": 2, "budget": {"candidates": 4}, "policy": {"num_drafts": 4},
+        "seed": 0, "concurrency": 2, "lookahead": 0, "budget": {"candidates": 4}, "policy": {"num_drafts": 4},
         "agents": {"snippets": 2},
         "train": {"epochs": 1, "max_train_batches": 1, "max_val_images": 4, "threads": 1},
         "data": {"prepared": str(tiny_dataset.root)},

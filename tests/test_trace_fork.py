@@ -95,3 +95,21 @@ def test_fork_refuses_unknown_step_and_used_folder(real_run: Path, tmp_path: Pat
     assert bad.returncode == 2 and "not empty" in bad.stderr
     bad = run_cli(["trace", str(real_run), "--llm-model", "m"], check=False)
     assert bad.returncode == 2 and "--fork" in bad.stderr
+
+
+def test_fork_at_a_planning_step_plans_that_candidate_again(real_run: Path, tmp_path: Path) -> None:
+    steps = rows(real_run, "SELECT step, node, cid, attempt, status FROM steps ORDER BY step")
+    last = rows(real_run, "SELECT cid FROM candidates ORDER BY idx DESC LIMIT 1")[0][0]
+    n = next(s[0] for s in steps if s[1] == "dispatch" and s[2] == last)
+    into = tmp_path / "replanned"
+    out = json.loads(run_cli(["trace", str(real_run), "--fork", str(n), "--into", str(into), "--json"],
+                             timeout=900).stdout)
+    assert out["ok"] is True and out["candidate"] == last and out["checkpoint_id"] is None
+    new = rows(into, "SELECT step, node, cid, attempt, status FROM steps ORDER BY step")
+    kept = [s for s in steps if s[0] < n]
+    assert new[: len(kept)] == kept
+    assert [s[1] for s in new if s[2] == last][:2] == ["dispatch", "design"]  # planned again, then made
+    assert all(s[0] >= n for s in new if s[2] == last)
+    assert rows(into, "SELECT status FROM runs") == [("finished",)]
+    assert rows(into, "SELECT COUNT(*) FROM candidates") == rows(real_run, "SELECT COUNT(*) FROM candidates")
+    assert rows(into, f"SELECT status FROM candidates WHERE cid='{last}'")[0][0] in ("scored", "failed", "duplicate")
