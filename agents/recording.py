@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nncaption.agents.jsonparse import clean_text, loads
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.safetext import safe_text
 
@@ -50,10 +51,10 @@ class Recorder:
         entry: dict[str, Any] = {"key": request_key(request), "request": request, "status": status,
                                  "recorded_at": time.time()}
         try:
-            entry["response"] = json.loads(response_text)
+            entry["response"] = loads(response_text)  # depth-limited: a hostile body must not crash the recording
         except ValueError:
-            entry["response_text"] = response_text
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
+            entry["response_text"] = clean_text(response_text)
+        line = json.dumps(entry, ensure_ascii=True) + "\n"  # ASCII: a lone surrogate cannot break the UTF-8 file
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as f:

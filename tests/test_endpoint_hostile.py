@@ -153,3 +153,19 @@ def test_a_broken_event_in_a_stream_is_bad_response() -> None:
         with pytest.raises(LLMError) as ei:
             chat(emu.base_url)
     assert ei.value.category == "bad-response" and ei.value.exchange is not None
+
+
+@pytest.mark.parametrize("raw", [b'{"id": "x", "model": "m", "choices": [{"message": {"content": "a\\ud800"}, '
+                                 b'"finish_reason": "stop"}]}', b"[" * 100_000 + b"]" * 100_000])
+def test_a_hostile_reply_is_recorded_without_breaking_the_recording(raw: bytes, tmp_path: Any) -> None:
+    from nncaption.agents.recording import load_recording
+
+    record = tmp_path / "rec.jsonl"
+    with serve((200, JSON, raw)) as emu:
+        c = LLMClient(LLMSettings.single(emu.base_url, "m", max_retries=0), record_path=record)
+        try:
+            run_sync(c.chat("designer", MESSAGES), c)
+        except LLMError as e:
+            assert e.category == "bad-response"
+    entries = [e for es in load_recording(record).values() for e in es]
+    assert len(entries) == 1 and entries[0]["status"] == 200
