@@ -10,6 +10,7 @@ surrogates, and caps the length, keeping the end (where tracebacks say most).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -79,3 +80,10 @@ def safe_markdown(text: object, limit: int | None = 300) -> str:
     s = safe_text(text if text is not None else "", limit, keep="head")
     s = html.escape(s).translate(_MD_SPECIAL).replace("|", "\\|").replace("`", "'").replace("\n", " ")
     return s.replace("://", ":\u200b//").replace("www.", "www\u200b.")
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose output never carries a raw control character (messages quote hostile text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_text(super().format(record), None)

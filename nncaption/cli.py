@@ -87,7 +87,9 @@ def configure_logging(level: str = "warning", log_file: Path | None = None) -> N
     """
     reset_logging()
     numeric = getattr(logging, level.upper())
-    formatter = logging.Formatter(LOG_FORMAT)
+    from nncaption.netapi.safetext import SafeFormatter  # log lines quote hostile text: no raw control bytes
+
+    formatter = SafeFormatter(LOG_FORMAT)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
         handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import signal
+import stat
 import sys
 import textwrap
 from pathlib import Path
@@ -163,9 +164,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(run_dir: Path) -> None:
+    from nncaption.netapi.safetext import SafeFormatter
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "run.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    try:  # a run directory may come from elsewhere: never append through a planted link or into a FIFO
+        fd = os.open(run_dir / "run.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        log.warning("not writing %s: %s", run_dir / "run.log", e.strerror)
+        return
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.warning("not writing %s: not a regular file", run_dir / "run.log")
+        return
+    handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:

@@ -91,8 +91,8 @@ def hostile(real_run: Path, tmp_path: Path) -> dict[str, Any]:
     run = copy_run(real_run, tmp_path / "run")
     (tmp_path / "secret-file.txt").write_text(SECRET + "\n")
     victims = {"best": tmp_path / "victim-best.py", "report": tmp_path / "victim-report.md",
-               "png": tmp_path / "victim.png", "dir": tmp_path / "victim-dir"}
-    for key in ("best", "report", "png"):
+               "png": tmp_path / "victim.png", "dir": tmp_path / "victim-dir", "log": tmp_path / "victim.log"}
+    for key in ("best", "report", "png", "log"):
         victims[key].write_text("ORIGINAL\n")
     victims["dir"].mkdir()
     (victims["dir"] / "keep.txt").write_text("keep\n")
@@ -108,6 +108,8 @@ def hostile(real_run: Path, tmp_path: Path) -> dict[str, Any]:
     best = rows(db, "SELECT cid FROM candidates WHERE status='scored' ORDER BY bleu4 DESC LIMIT 1")[0][0]
     (run / "best_model.py").unlink(missing_ok=True)
     (run / "best_model.py").symlink_to(victims["best"])
+    (run / "run.log").unlink(missing_ok=True)
+    (run / "run.log").symlink_to(victims["log"])
     (run / "report").mkdir()
     (run / "report" / "report.md").symlink_to(victims["report"])
     (run / "report" / "funnel.png").symlink_to(victims["png"])
@@ -132,7 +134,7 @@ def hostile(real_run: Path, tmp_path: Path) -> dict[str, Any]:
 
 def assert_victims_intact(h: dict[str, Any]) -> None:
     v = h["victims"]
-    for key in ("best", "report", "png"):
+    for key in ("best", "report", "png", "log"):
         assert v[key].read_text() == "ORIGINAL\n", key
     assert (v["dir"] / "keep.txt").read_text() == "keep\n"
     assert not (h["tmp"] / "escaped-epoch").exists() and not list(h["tmp"].parent.glob("escaped-epoch*"))
@@ -399,3 +401,18 @@ def test_fork_of_a_hostile_run_copies_no_link_and_touches_nothing_outside(hostil
         assert f.is_dir() or f.is_file(), f  # no FIFO copied
         if f.is_file():
             assert SECRET.encode() not in f.read_bytes(), f
+
+
+def test_one_escaping_path_for_logs_and_markdown() -> None:
+    import logging
+
+    from nncaption.netapi.safetext import SafeFormatter, safe_markdown
+
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "server said %s", (ESC,), None)
+    line = SafeFormatter("%(message)s").format(record)
+    assert "\x1b" not in line and "\x07" not in line and "\x9b" not in line and "\\x1b" in line
+    for hostile in ("![x](http://evil.example/t.png)", "[click](javascript:alert(1))", "<img src=x>",
+                    "see https://evil.example/", "a | b\nc `code`"):
+        md = safe_markdown(hostile)
+        assert "](" not in md and "<img" not in md and "://" not in md and "\n" not in md and "`" not in md
+        assert " | " not in md.replace("\\|", "")
