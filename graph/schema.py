@@ -13,8 +13,8 @@ candidates   one row per candidate (the journal): cid ("c0001"), idx, parent, or
              (draft|improve|debug), status (planned|scored|failed|duplicate|interrupted), category, stage (design|
              static|review|smoke|train|score), message, traceback_tail, bleu4 (COCO-protocol, last epoch),
              lemur_bleu4, params, summary, prm_json, decoder, snippets_json, attempts, fix_rounds, debug_depth,
-             code_ref (last attempt), dedup_key, duplicate_of, job_id, planned_step/recorded_step (graph
-             supersteps), created_at, finished_at
+             code_ref (last attempt), dedup_key, duplicate_of, job_id, planned_step/recorded_step (the run-wide
+             `steps.step` of its dispatch and record steps), created_at, finished_at
 attempts     (cid, attempt): every version of a candidate's code: made_by (design|fix), code_ref, prm_json, summary,
              step; the file is also at RUN_DIR/candidates/<cid>/attempt-<n>.py
 verdicts     (cid, attempt, stage): ok, category, message, line, step (stage: static|review|smoke|train)
@@ -24,10 +24,12 @@ llm_calls    one row per chat call: step, cid, role, endpoint, model (requested)
              messages_ref (JSON list of messages), reply_ref, reasoning_ref, started_at, finished_at
 sandbox_jobs (cid, attempt, kind): job_id (content address), kind (smoke|train), status, category, reused,
              job_dir (holds the sandbox logs and predictions), seconds, step, placement (e.g. ray-node:<id>)
-steps        one row per node execution: step (number, in order of start), superstep (LangGraph step; the
-             checkpoint to fork from), node, cid ('' for dispatch), attempt, status (running|ok|failed|
-             interrupted), started_at, finished_at, tokens, prompt_ref, reply_ref, reasoning_ref, code_ref,
-             log_ref, detail (short JSON)
+steps        one row per node execution: step (run-wide number, in order of start), superstep (the node's step
+             in its candidate's LangGraph thread, thread_id = cid: the checkpoint to fork from; 0 for dispatch,
+             the scheduler's planning step), node, cid (the candidate; '' in runs made before the per-candidate
+             scheduler, whose superstep was run-wide), attempt (see graph/nodes.py; none for dispatch), status
+             (running|ok|failed|interrupted), started_at, finished_at, tokens, prompt_ref, reply_ref,
+             reasoning_ref, code_ref, log_ref, detail (short JSON; train: queued_s, the wait for a training slot)
 dedup        (key, cid): normalised-AST + hyperparameter keys claimed before training
 
 Examples (plain SQL):
