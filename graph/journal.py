@@ -2,7 +2,7 @@
 
 Like AIDE's journal `Node`, every candidate records its parent, how it was made
 (`origin`: compose / improve / fix), its attempts, the verdicts and its scores.
-The records live in the run store (SQLite); the graph state only counts them.
+The records live in the run store (SQLite); the scheduler derives the run's counts from them.
 What later design turns see is derived from the journal by small pure functions
 here: `feedback_from` (best earlier candidates with summary, hyperparameters and
 BLEU-4 per epoch; recent failures with category and traceback tail),

@@ -1,9 +1,9 @@
 """The search policy: draft a new candidate, debug a failed one, or improve a good one.
 
 One small pure function (`choose`), in the style of AIDE's `search_policy`: the
-graph's dispatch node calls it for every free slot, with the journal as it stood
-at that step and a random generator seeded by (run seed, candidate index), so
-the same seed makes the same choices. Rules, in order:
+scheduler (graph/scheduler.py) calls it whenever a slot frees, with the journal as
+it stands at that planning step and a random generator seeded by (run seed,
+candidate index), so the same journal and seed make the same choice. Rules, in order:
 
 1. fewer than `num_drafts` drafts so far -> draft;
 2. with probability `p_debug`, a failed candidate that can be repaired (a
