@@ -162,3 +162,27 @@ def test_a_concurrency_the_machine_cannot_train_is_lowered_with_a_warning(tmp_pa
     assert outcome.status == "finished"
     [adjusted] = [e for e in events if e["event"] == "concurrency_adjusted"]
     assert adjusted["requested"] == cores + 50 and adjusted["using"] == cores
+
+
+def test_an_unusable_docker_sandbox_stops_the_run_before_any_candidate(tiny_dataset: Any, tmp_path: Path,
+                                                                        monkeypatch: Any) -> None:
+    """The service's preflight (the engine answers, the sandbox image exists) runs before the first candidate:
+    one configuration error (exit 2), not every candidate failed as `internal` and a run that 'finished'."""
+    from nncaption.netapi.errors import NNCaptionError
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
+    s = RunSettings.model_validate({"seed": 0, "concurrency": 1, "budget": {"candidates": 2},
+                                    "sandbox": {"kind": "docker"}, "data": {"prepared": str(tiny_dataset.root)}})
+    events: list[dict[str, Any]] = []
+    try:
+        asyncio.run(SearchRun(s, tmp_path / "run", emit=events.append).run())
+    except NNCaptionError as e:
+        assert e.exit_code == 2, (e.category, e.message)
+    else:
+        raise AssertionError("the run started without a usable docker sandbox")
+    assert not [e for e in events if e["event"] in ("candidate_planned", "node_started")]
+    store = RunStore(tmp_path / "run")
+    try:
+        assert store.candidate_rows() == [] and (store.run_row() or {}).get("status") == "failed"
+    finally:
+        store.close()
