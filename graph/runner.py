@@ -28,7 +28,7 @@ from typing import Any
 
 from nncaption.graph import journal as jr
 from nncaption.graph.build import build_graph
-from nncaption.graph.nodes import EventSink, Nodes, Slots
+from nncaption.graph.nodes import ENDPOINT_CATEGORIES, JOB_ERROR_CATEGORIES, EventSink, Nodes, Slots
 from nncaption.graph.pipeline import Pipeline
 from nncaption.graph.preflight import check_concurrency
 from nncaption.graph.runlock import RunLock
@@ -216,6 +216,7 @@ class SearchRun:
         store.start_run(self.run_dir.name, seed=self.settings.seed, config=self.masked_config,
                         agents=self._agent_names(), dataset=self.settings.data.dataset)
         elapsed_before = store.elapsed_before()
+        previous = (store.run_row() or {}).get("stop_reason") if self.resume else None
         t0 = time.monotonic()
         status, reason = "failed", None
         self._check_concurrency()
@@ -227,7 +228,8 @@ class SearchRun:
                     app = build_graph(nodes, retries=self.settings.node_retries).compile(checkpointer=saver)
                     if self.resume:
                         self._announce_resume(store)
-                    scheduler = Scheduler(self.settings, store, app, self.emit, RunClock(t0, elapsed_before))
+                    scheduler = Scheduler(self.settings, store, app, self.emit, RunClock(t0, elapsed_before),
+                                          retry=self._retry_categories(previous))
                     reason = await scheduler.run()
             self.state = {"stop_reason": reason, "counts": store.run_counts(), "leaderboard": store.best(10)}
             status = "failed" if reason in ("endpoints-down", "machine-unusable") else "finished"
@@ -267,6 +269,16 @@ class SearchRun:
                         check.requested, check.why, check.using)
             self.emit(check.event())
             self.settings = self.settings.model_copy(update={"concurrency": check.using})
+
+    @staticmethod
+    def _retry_categories(previous: str | None) -> frozenset[str]:
+        """After a stop for endpoints-down (machine-unusable), a resume runs the candidates that lost their endpoint
+        (could not run on the machine) again: the user fixed what was down."""
+        if previous == "endpoints-down":
+            return frozenset(ENDPOINT_CATEGORIES)
+        if previous == "machine-unusable":
+            return frozenset(JOB_ERROR_CATEGORIES)
+        return frozenset()
 
     def _announce_resume(self, store: RunStore) -> None:
         """One `resumed` event with the whole-run counts and funnel (candidates scored before the kill are not

@@ -56,10 +56,11 @@ class RunClock:
         return self.elapsed_before + self.now() - self.started_at
 
 
-def stop_condition(settings: RunSettings, store: RunStore) -> str | None:
-    """endpoints-down / machine-unusable from the finished candidates in the order they were recorded: the last
-    `endpoint_down_after` (`job_error_after`) all failed that way, or every candidate of a smaller budget did."""
-    final = store.final_categories()
+def stop_condition(settings: RunSettings, store: RunStore, since_step: int = 0) -> str | None:
+    """endpoints-down / machine-unusable from the candidates finished since `since_step` (this session), in the
+    order they were recorded: the last `endpoint_down_after` (`job_error_after`) all failed that way, or every
+    candidate of a smaller budget did."""
+    final = store.final_categories(since_step)
     down = min(settings.endpoint_down_after, settings.budget.candidates)
     if jr.ends_with_run(final, ENDPOINT_CATEGORIES, down):
         return "endpoints-down"
@@ -71,7 +72,10 @@ def stop_condition(settings: RunSettings, store: RunStore) -> str | None:
 class Scheduler:
     """Plans candidates and runs their threads, `concurrency + lookahead` at once, until the budget is used."""
 
-    def __init__(self, settings: RunSettings, store: RunStore, app: Any, emit: EventSink, clock: RunClock) -> None:
+    def __init__(self, settings: RunSettings, store: RunStore, app: Any, emit: EventSink, clock: RunClock, *,
+                 retry: frozenset[str] = frozenset()) -> None:
+        """`retry`: final categories whose candidates run again (after a stop for endpoints-down or
+        machine-unusable, `--resume` redoes the candidates that lost their endpoint or could not run)."""
         self.settings = settings
         self.store = store
         self.app = app
@@ -80,6 +84,8 @@ class Scheduler:
         self.limit = settings.concurrency + settings.lookahead
         self.running: dict[asyncio.Task[None], str] = {}
         self.reason: str | None = None
+        self.retry = retry
+        self.since_step = store.last_step() + 1  # stop conditions count this session's candidates only
 
     # ------------------------------------------------------------------ planning
     def plan(self, index: int) -> Task:
@@ -138,7 +144,7 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
     def _stop_reason(self, next_index: int) -> str | None:
         b = self.settings.budget
-        condition = stop_condition(self.settings, self.store)
+        condition = stop_condition(self.settings, self.store, self.since_step)
         if condition:
             return condition
         if b.max_tokens is not None and self.store.tokens_used() >= b.max_tokens:
@@ -166,6 +172,10 @@ class Scheduler:
             if row["status"] in IN_FLIGHT:
                 self.store.update_candidate(row["cid"], status=jr.Status.PLANNED.value)
                 self._start(self.replan(row), resume=True)
+            elif row["status"] == jr.Status.FAILED.value and row["category"] in self.retry:
+                log.info("%s: running it again (it failed with %s)", row["cid"], row["category"])
+                self.store.reopen_candidate(row["cid"])
+                self._start(self.replan(row))
         next_index = max((int(r["idx"]) + 1 for r in rows), default=0)
         try:
             while True:

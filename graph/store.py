@@ -327,10 +327,22 @@ class RunStore:
         rows = self._query("SELECT * FROM candidates WHERE cid=?", (cid,))
         return dict(rows[0]) if rows else None
 
-    def final_categories(self) -> list[str | None]:
-        """The category of every finished candidate, in the order they were recorded (None when scored)."""
-        return [r[0] for r in self._query("SELECT category FROM candidates WHERE recorded_step IS NOT NULL AND "
-                                          "status IN ('scored', 'failed', 'duplicate') ORDER BY recorded_step")]
+    def final_categories(self, since_step: int = 0) -> list[str | None]:
+        """The category of every candidate finished at run step `since_step` or later, in the order they were
+        recorded (None when scored)."""
+        return [r[0] for r in self._query("SELECT category FROM candidates WHERE recorded_step >= ? AND "
+                                          "status IN ('scored', 'failed', 'duplicate') ORDER BY recorded_step",
+                                          (since_step,))]
+
+    def last_step(self) -> int:
+        rows = self._query("SELECT COALESCE(MAX(step), 0) FROM steps")
+        return int(rows[0][0]) if rows else 0
+
+    def reopen_candidate(self, cid: str) -> None:
+        """A finished candidate back in flight (its failure said nothing about it: the endpoint or the machine was
+        down); its attempts, verdicts and steps stay as history."""
+        self._exec("UPDATE candidates SET status='planned', category=NULL, stage=NULL, message=NULL, "
+                   "traceback_tail=NULL, recorded_step=NULL, finished_at=NULL WHERE cid=?", (cid,))
 
     def tokens_used(self) -> int:
         rows = self._query("SELECT COALESCE(SUM(tokens), 0) FROM steps")

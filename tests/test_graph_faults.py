@@ -124,6 +124,24 @@ def test_a_budget_smaller_than_endpoint_down_after_still_stops_as_endpoints_down
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
 
 
+@pytest.mark.slow
+def test_resume_after_endpoints_down_runs_the_lost_candidates_again(tiny_dataset: Any, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with FlakyServer(down_from=0) as server:
+        with pytest.raises(EndpointsDown):
+            asyncio.run(SearchRun(_settings(tiny_dataset.root, server.base_url, 2, 2), run_dir).run())
+    events: list[dict[str, Any]] = []
+    with OfflineComposerServer(seed=0) as server:  # the endpoint is back
+        outcome = asyncio.run(SearchRun(_settings(tiny_dataset.root, server.base_url, 2, 2), run_dir, resume=True,
+                                        emit=events.append).run())
+    assert outcome.status == "finished" and outcome.stop_reason == "candidates"
+    store = RunStore(run_dir)
+    rows = store.candidate_rows()
+    store.close()
+    assert [r["status"] for r in rows] == ["scored", "scored"], [(r["cid"], r["status"], r["category"]) for r in rows]
+    assert {e["candidate"] for e in events if e["event"] == "candidate_scored"} == {"c0001", "c0002"}
+
+
 def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_path: Path) -> None:
     search = SearchRun(_settings(tiny_dataset.root, "http://127.0.0.1:9/v1", 2, 1), tmp_path / "run")
     with pytest.raises(EndpointsDown, match="no LLM endpoint answers"):
