@@ -19,12 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from run_fixture import RUN_ARGS, make_run, prepare_tiny, run_cli
+from run_fixture import RUN_ARGS, prepare_tiny, run_cli
 
-
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
+pytestmark = pytest.mark.sandbox  # every test here reads or runs a real search run (real_run: tests/conftest.py)
 
 
 def db_hashes(run_dir: Path) -> dict[str, str]:
