@@ -15,16 +15,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from run_fixture import make_run, run_cli
+from run_fixture import run_cli
 
 from nncaption.agents.offline_server import OfflineComposerServer
 
 FORK_MODEL = "fork-test-model"
 
 
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
+pytestmark = pytest.mark.sandbox  # every test here uses real_run (a real search run, tests/conftest.py)
 
 
 def hashes(run_dir: Path) -> dict[str, str]:
