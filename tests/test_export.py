@@ -10,14 +10,12 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from run_fixture import make_run, run_cli
+from run_fixture import run_cli
 
 LEMUR_KEYS = {"accuracy", "batch", "duration", "lr", "momentum", "transform", "uid"}
 
 
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
+pytestmark = pytest.mark.sandbox  # every test here uses real_run (a real search run, tests/conftest.py)
 
 
 def test_export_lemur_layout(real_run: Path, tmp_path: Path) -> None:
