@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_fixture import make_run, run_cli
+from run_fixture import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "artifacts"
 HOSTILE = "</script><script>alert('pwned')</script><img src=x onerror=alert(1)>\x1b[31m"
 
 
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
+pytestmark = pytest.mark.sandbox  # every test here uses real_run (a real search run, tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
