@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from run_fixture import make_run, run_cli
+from run_fixture import run_cli
 
 from nncaption.graph.report import md
 
@@ -16,11 +16,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("bleu_per_candidate.png", "funnel.png", "bleu_per_epoch.png", "cost.png", "captions.png")
 
 
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
-
-
+@pytest.mark.sandbox  # uses real_run
 def test_report_markdown_and_plots(real_run: Path, tmp_path: Path) -> None:
     before = hashlib.sha256((real_run / "results.sqlite").read_bytes()).hexdigest()
     out = tmp_path / "report"
@@ -51,6 +47,7 @@ def test_report_markdown_and_plots(real_run: Path, tmp_path: Path) -> None:
     assert hashlib.sha256((real_run / "results.sqlite").read_bytes()).hexdigest() == before
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_report_default_folder_is_inside_the_run(real_run: Path, tmp_path: Path) -> None:
     import shutil
 
