@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from run_fixture import make_run
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
 
 
 def load(ref: str) -> Any:
@@ -43,6 +37,7 @@ def test_langgraph_json_names_graph_and_checkpointer() -> None:
         assert callable(load(ref))
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_studio_graph_reads_a_candidate_thread(real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(_read_cli_thread(real_run, tmp_path, monkeypatch))
 
