@@ -5,6 +5,9 @@ the dataset facts, K backbone snippets (5 or 10, sampled by seed), a decoder
 family hint and the feedback section. When the endpoint says the prompt does not
 fit its context, the designer asks again with fewer snippets (10 -> 5 -> 2 -> 0);
 a reply cut off at its token budget is asked again once (`agents/truncation.py`).
+In improve mode a share of the requests (`diff_edits` of the designer's endpoint
+settings) asks for SEARCH/REPLACE edits to the parent instead of the whole file
+(`agents/diffask.py`); `Design.edit` and `Design.notes` show how they applied.
 It returns the extracted code, the hyperparameters the reply asked for (`prm`,
 validated; see `nncaption.agents.hparams`) and a one-line summary, plus every
 exchange made; a reply without usable code or with invalid hyperparameters raises
@@ -20,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nncaption.agents.client import LLMClient, run_sync
+from nncaption.agents.diffask import EditReport, ask_for_edit
+from nncaption.agents.diffedit import wants_diff
 from nncaption.agents.errors import ContextLengthExceeded
 from nncaption.agents.extract import extract_summary, module_docstring_line
 from nncaption.agents.feedback import Feedback
@@ -58,6 +63,8 @@ class Design:
     producer: str = ""
     trace: str = ""
     notes: list[str] = field(default_factory=list)  # what was changed in the reply (unknown hyperparameters dropped)
+    # SEARCH/REPLACE edits: EditReport.to_dict() (asked, used, fallback, reason, blocks); None: whole file asked
+    edit: dict[str, Any] | None = None
 
     @property
     def exchange(self) -> LLMExchange:
@@ -115,14 +122,26 @@ async def design(
         sample_snippets(k, seed, from_lemur=from_lemur) if k > 0 else [])
     exchanges: list[LLMExchange] = []
     schedule = snippet_schedule(len(offered))
+    edits = (mode == "improve" and parent is not None and parent.code.strip() != "" and
+             wants_diff(client.settings.for_role("designer").diff_edits, "designer", seed, parent.code))
     for i, n in enumerate(schedule):
         shown = offered[:n]
-        messages = designer_messages(
-            facts, shown, decoder=decoder, mode=mode, parent=parent,
-            top=[c.to_prompt() for c in feedback.top], failures=[f.to_prompt() for f in feedback.failures],
-        )
+
+        def messages(edit_format: Literal["full", "diff"] = "full", note: str | None = None,
+                     shown: Sequence[Snippet] = shown) -> list[dict[str, str]]:
+            return designer_messages(
+                facts, shown, decoder=decoder, mode=mode, parent=parent,
+                top=[c.to_prompt() for c in feedback.top], failures=[f.to_prompt() for f in feedback.failures],
+                edit_format=edit_format, edit_note=note,
+            )
+
+        report: EditReport | None = None
         try:
-            ex, cand = await ask_for_candidate(client, "designer", messages, exchanges, seed=seed)
+            if edits and parent is not None:
+                ex, cand, report = await ask_for_edit(client, "designer", parent.code, messages("diff"),
+                                                      lambda note: messages("full", note), exchanges, seed=seed)
+            else:
+                ex, cand = await ask_for_candidate(client, "designer", messages(), exchanges, seed=seed)
         except ContextLengthExceeded as e:
             if e.exchange is not None:
                 exchanges.append(e.exchange)
@@ -134,7 +153,9 @@ async def design(
         prm = cand.prm if cand.prm is not None else inherited_prm(parent.hparams if parent else {}, cand.code)
         return Design(code=cand.code, prm=prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
                       mode=mode, decoder=decoder, snippets=[s.name for s in shown], exchanges=exchanges,
-                      producer=ex.model_returned or ex.model, notes=list(cand.notes))
+                      producer=ex.model_returned or ex.model,
+                      notes=list(cand.notes) + (report.notes() if report else []),
+                      edit=report.to_dict() if report else None)
     raise AssertionError("unreachable: the snippet schedule is never empty")
 
 

@@ -5,7 +5,9 @@ sandbox traceback (text), or an `ExtractionError` from a reply without usable
 code (or with invalid hyperparameters); it is turned into the fixer prompt's error
 section with the category and the category's hint, so the model knows what to
 change. The prompt also shows the hyperparameters the candidate trains with. A reply
-cut off at its token budget is asked again once (`agents/truncation.py`).
+cut off at its token budget is asked again once (`agents/truncation.py`). A share of
+the requests (`diff_edits` of the fixer's endpoint settings) asks for SEARCH/REPLACE
+edits instead of the whole file (`agents/diffask.py`; `Fix.edit` shows how they applied).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 from nncaption.agents.client import LLMClient, run_sync
 from nncaption.agents.designer import inherited_prm, summary_of
+from nncaption.agents.diffask import EditReport, ask_for_edit
+from nncaption.agents.diffedit import wants_diff
 from nncaption.agents.extract import ExtractionError
 from nncaption.agents.hparams import Prm
 from nncaption.agents.records import LLMExchange
@@ -45,6 +49,8 @@ class Fix:
     producer: str = ""
     trace: str = ""
     notes: list[str] = field(default_factory=list)  # what was changed in the reply (unknown hyperparameters dropped)
+    # SEARCH/REPLACE edits: EditReport.to_dict() (asked, used, fallback, reason, blocks); None: whole file asked
+    edit: dict[str, Any] | None = None
 
     @property
     def exchange(self) -> LLMExchange:
@@ -89,12 +95,19 @@ async def fix(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[s
     category = category or found
     given = dict(prm or {})
     exchanges: list[LLMExchange] = []
-    ex, cand = await ask_for_candidate(client, "fixer", fixer_messages(code, text, category=category, prm=given),
-                                       exchanges)
+    report: EditReport | None = None
+    if code.strip() and wants_diff(client.settings.for_role("fixer").diff_edits, "fixer", code, text):
+        ex, cand, report = await ask_for_edit(
+            client, "fixer", code, fixer_messages(code, text, category=category, prm=given, edit_format="diff"),
+            lambda note: fixer_messages(code, text, category=category, prm=given, edit_note=note), exchanges)
+    else:
+        ex, cand = await ask_for_candidate(client, "fixer", fixer_messages(code, text, category=category, prm=given),
+                                           exchanges)
     new_prm = cand.prm if cand.prm is not None else inherited_prm(given, cand.code)
     return Fix(code=cand.code, prm=new_prm, summary=cand.summary or summary_of(ex.reply, cand.code, ex.reasoning),
                category=category, exchanges=exchanges, producer=ex.model_returned or ex.model,
-               notes=list(cand.notes))
+               notes=list(cand.notes) + (report.notes() if report else []),
+               edit=report.to_dict() if report else None)
 
 
 def fix_sync(client: LLMClient, code: str, error: ErrorInput, *, prm: Mapping[str, Any] | None = None,

@@ -39,6 +39,7 @@ from nncaption.netapi.errors import ConfigError
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-R1-0528-Qwen3-8B"
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_MAX_TOKENS = 32768  # a reasoning model's reply (thinking + a ~2.4K-token model file); clamped to fit
+DEFAULT_DIFF_EDITS = 0.5  # improve/fix requests that ask for SEARCH/REPLACE edits (agents/diffedit.py)
 DEFAULT_IDLE_TIMEOUT_S = 120.0  # no byte from a streaming reply for this long: the request is hung
 PLACEHOLDER_API_KEY = "EMPTY"  # what vLLM and most local servers accept when no key is configured
 OPENAI_HOSTS: frozenset[str] = frozenset({"api.openai.com"})
@@ -125,6 +126,10 @@ class EndpointSettings(BaseModel):
     max_reply_bytes: int = Field(default=8_000_000, ge=1024)
     max_reasoning_chars: int = Field(default=2_000_000, ge=1024)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Share of improve/fix requests that ask for SEARCH/REPLACE edits to the parent instead of the whole file
+    # (a stable draw per request; edits that do not apply are followed by one whole-file request). Designer and
+    # fixer only; 0 = always whole files, 1 = always edits.
+    diff_edits: float = Field(default=DEFAULT_DIFF_EDITS, ge=0.0, le=1.0)
     max_retries: int = Field(default=4, ge=0)
     # Backoff: delay = min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U(0.5, 1.0)
     backoff_base_s: float = Field(default=1.0, ge=0.0)

@@ -56,6 +56,7 @@ __all__ = [
     "system_text",
     "error_tail",
     "contract_text",
+    "edit_text",
 ]
 
 ROLES: tuple[str, ...] = ("designer", "reviewer", "fixer")
@@ -69,6 +70,27 @@ DECODER_TEXT: dict[str | None, str] = {
                    "image feature map\nflattened into a sequence of memory tokens.",
     None: "Choose the decoder family yourself: LSTM, GRU or Transformer.",
 }
+
+EditFormat = Literal["full", "diff"]
+DIFF_ANSWER = """Do not repeat the whole file: answer with SEARCH/REPLACE edits to the {what} code above, one block
+per change, in this exact format:
+<<<<<<< SEARCH
+lines copied exactly from the {what} code (enough of them to be unique)
+=======
+the lines that replace them
+>>>>>>> REPLACE
+Each SEARCH part must match consecutive whole lines of the {what} code exactly once; the blocks are applied
+in order. Use at most 32 blocks. After the blocks give ONE fenced ```json block with the hyperparameters, then
+one line:
+SUMMARY: <one line: what the model is and what you changed>"""
+
+
+def edit_text(edit_format: str, what: str) -> str | None:
+    """The answer-format section for SEARCH/REPLACE edits (None for whole-file answers)."""
+    if edit_format not in ("full", "diff"):
+        raise ConfigError(f"unknown edit format {edit_format!r}", "Use 'full' or 'diff'.")
+    return DIFF_ANSWER.format(what=what) if edit_format == "diff" else None
+
 
 # Classic img-classification models of LEMUR's nn-dataset (file stem -> family).
 
@@ -240,8 +262,14 @@ def designer_messages(
     traceback_lines: int = 8,
     traceback_chars: int = 800,
     compact_snippets: bool = True,
+    edit_format: EditFormat = "full",
+    edit_note: str | None = None,
 ) -> list[dict[str, str]]:
-    """System + user messages of a designer request (OpenAI chat format)."""
+    """System + user messages of a designer request (OpenAI chat format).
+
+    `edit_format="diff"` (improve mode) asks for SEARCH/REPLACE edits to the parent instead of
+    the whole file; `edit_note` is appended last (why a previous answer could not be used).
+    """
     if mode not in ("compose", "improve"):
         raise ConfigError(f"unknown designer mode {mode!r}", "Use 'compose' or 'improve'.")
     if mode == "improve" and parent is None:
@@ -269,6 +297,8 @@ def designer_messages(
         parent_prm=_prm_json(parent.hparams) if parent is not None else "{}",
         top=[replace(c, summary=safe_text(c.summary, 300, keep="head")) for c in list(top)[:max_top]],
         failures=fails,
+        edit_text=edit_text(edit_format, "parent") if mode == "improve" else None,
+        edit_note=edit_note,
     )
     return [{"role": "system", "content": system_text("designer")}, {"role": "user", "content": user}]
 
@@ -295,8 +325,13 @@ def fixer_messages(
     prm: Mapping[str, Any] | None = None,
     error_lines: int = 30,
     error_chars: int = 3000,
+    edit_format: EditFormat = "full",
+    edit_note: str | None = None,
 ) -> list[dict[str, str]]:
     """System + user messages asking for a corrected whole file (and its hyperparameters).
+
+    `edit_format="diff"` asks for SEARCH/REPLACE edits to the candidate instead; `edit_note`
+    is appended last (why a previous answer could not be used).
 
     `error` is candidate-derived (a verdict message or a traceback): its tail is kept
     and control characters are escaped (`safe_text`) before it enters the prompt.
@@ -308,5 +343,7 @@ def fixer_messages(
         prm=_prm_json(prm),
         error=error_tail(error, error_lines, error_chars),
         category=safe_text(category, 60, keep="head") if category else None,
+        edit_text=edit_text(edit_format, "candidate"),
+        edit_note=edit_note,
     )
     return [{"role": "system", "content": system_text("fixer")}, {"role": "user", "content": user}]
