@@ -24,18 +24,12 @@ from typing import Any
 import ormsgpack
 import pytest
 from langgraph.checkpoint.serde import jsonplus as jp
-from run_fixture import make_run
 
 pytestmark = pytest.mark.timeout(900)
 
 SECRET = "TOPSECRET-7f3a"
 ESC = "\x1b]0;pwned\x07\x1b[2J\x1b[31mFAKE\x9b"
 WALK_OUT = "../" + "./" * 23 + "secret-file.txt"  # 64 characters: RUN/blobs/../<ref> = RUN/../secret-file.txt
-
-
-@pytest.fixture(scope="session")
-def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tmp_path_factory.getbasetemp() / "inspect-run")
 
 
 def cli(args: list[str], *, timeout: float = 120,
@@ -140,6 +134,7 @@ def assert_victims_intact(h: dict[str, Any]) -> None:
     assert not (h["tmp"] / "escaped-epoch").exists() and not list(h["tmp"].parent.glob("escaped-epoch*"))
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_inspection_commands_refuse_or_ignore_every_planted_attack(hostile: dict[str, Any]) -> None:
     run, tmp = hostile["run"], hostile["tmp"]
     outputs = []
@@ -181,6 +176,7 @@ def test_a_blob_ref_that_walks_out_is_never_read() -> None:
     assert rundir.job_id("../..") is None and rundir.job_id("ab12_-") == "ab12_-"
 
 
+@pytest.mark.sandbox  # uses real_run
 @pytest.mark.slow
 def test_resume_refuses_a_foreign_config_then_writes_nothing_outside(hostile: dict[str, Any]) -> None:
     run = hostile["run"]
@@ -213,6 +209,7 @@ def _plant_evil_checkpoints(run: Path, marker: Path) -> None:
             "WHERE idx=(SELECT MAX(idx) FROM candidates)")
 
 
+@pytest.mark.sandbox  # uses real_run
 @pytest.mark.slow
 def test_a_checkpoint_that_serializes_a_call_refuses_resume_and_fork(real_run: Path, tmp_path: Path) -> None:
     run = copy_run(real_run, tmp_path / "run")
@@ -228,6 +225,7 @@ def test_a_checkpoint_that_serializes_a_call_refuses_resume_and_fork(real_run: P
     assert not marker.exists()
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_every_checkpoint_of_a_real_run_loads_and_edited_ones_are_refused(real_run: Path, tmp_path: Path) -> None:
     import asyncio
 
@@ -264,6 +262,7 @@ def test_every_checkpoint_of_a_real_run_loads_and_edited_ones_are_refused(real_r
     assert not marker.exists()
 
 
+@pytest.mark.sandbox  # uses real_run
 @pytest.mark.parametrize("kind", ["view", "trigger"])
 def test_a_slow_sql_view_or_a_trigger_is_refused_within_seconds(real_run: Path, tmp_path: Path, kind: str) -> None:
     run = copy_run(real_run, tmp_path / "run")
@@ -286,6 +285,7 @@ def test_a_slow_sql_view_or_a_trigger_is_refused_within_seconds(real_run: Path, 
             assert proc.returncode == 2 and kind in proc.stderr, (args, proc.stderr[-2000:])
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_sqlite_reads_are_time_bounded(real_run: Path) -> None:
     from nncaption.graph import rundir
 
@@ -350,6 +350,7 @@ def test_malformed_config_files_are_configuration_errors(tmp_path: Path, config:
     assert "c.toml" in proc.stderr
 
 
+@pytest.mark.sandbox  # uses real_run
 def test_viewer_renders_proto_ids_and_a_30_mb_summary_in_a_bounded_page(real_run: Path, tmp_path: Path) -> None:
     run = copy_run(real_run, tmp_path / "run")
     first = rows(run / "results.sqlite", "SELECT cid FROM candidates ORDER BY idx LIMIT 1")[0][0]
@@ -386,6 +387,7 @@ def test_viewer_renders_proto_ids_and_a_30_mb_summary_in_a_bounded_page(real_run
             browser.close()
 
 
+@pytest.mark.sandbox  # uses real_run
 @pytest.mark.slow
 def test_fork_of_a_hostile_run_copies_no_link_and_touches_nothing_outside(hostile: dict[str, Any]) -> None:
     run, tmp = hostile["run"], hostile["tmp"]
