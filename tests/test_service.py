@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_runner import tiny_candidate
+from tiny_candidates import tiny_candidate
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.job import JobSpec
