@@ -83,3 +83,29 @@ def test_a_cloudflare_524_page_is_retried() -> None:
     with Emulator("vllm", models=("m",), answer=answer, proxy_errors=2) as emu:
         d = design_sync(client(emu.base_url, "m"), FACTS, k=2, seed=0)
     assert d.code == GOOD.code and len(emu.bodies) == 3 and d.exchanges[-1].attempts == 3
+
+
+@pytest.mark.parametrize("body,prompt,window", [
+    ({"object": "error", "code": 400, "message": "This model's maximum context length is 32768 tokens. However, you "
+      "requested 40000 tokens (8000 in the messages, 32000 in the completion). Please reduce the length of the "
+      "messages or completion."}, 8000, 32768),
+    ({"object": "error", "code": 400, "message": "This model's maximum context length is 32768 tokens. However, your "
+      "request has 40000 input tokens. Please reduce the length of the input messages."}, 40000, 32768),
+    ({"object": "error", "code": 400, "message": "'max_tokens' or 'max_completion_tokens' is too large: 32768. This "
+      "model's maximum context length is 32768 tokens and your request has 8000 input tokens (32768 > 32768 - "
+      "8000)."}, 8000, 32768),
+    ({"object": "error", "code": 400, "message": "Requested token count exceeds the model's maximum context length of "
+      "4096 tokens. You requested a total of 5000 tokens: 3000 tokens from the input messages and 2000 tokens for "
+      "the completion."}, 3000, 4096),
+    ({"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                "type": "exceed_context_size_error", "n_prompt_tokens": 9000, "n_ctx": 8192}}, 9000, 8192),
+    ({"error": {"message": "This model's maximum context length is 128000 tokens. However, your messages resulted in "
+                "130000 tokens. Please reduce the length of the messages.", "type": "invalid_request_error",
+                "param": "messages", "code": "context_length_exceeded"}}, 130000, 128000),
+])
+def test_context_errors_of_each_server_are_read(body: dict[str, Any], prompt: int, window: int) -> None:
+    from nncaption.agents.interpret import context_info, is_context_length_error
+
+    assert is_context_length_error(400, body)
+    info = context_info(body)
+    assert (info.prompt_tokens, info.context_tokens) == (prompt, window)
