@@ -3,7 +3,7 @@
 # image), bubblewrap (the local sandbox's namespaces, seccomp filter and file-system view) and gVisor
 # (runsc, registered with dockerd as runtime "runsc" with --network=none, so the runsc test runs).
 # The offline image `nncaption-sandbox:offline` is not built here (the venv may not exist yet): the docker
-# tests build it once on first use (tests/test_sandbox_support.py: ensure_offline_image, ~2-3 minutes with
+# tests build it once on first use (tests/sandbox_support.py: ensure_offline_image, ~2-3 minutes with
 # `debootstrap --variant=minbase` from apt's mirror) and the engine keeps it. By hand:
 #   .venv/bin/nncaption sandbox build-image --offline
 set -euo pipefail

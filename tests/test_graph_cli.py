@@ -73,7 +73,7 @@ def _session_pids(sid: int) -> list[int]:
 def _left_behind(pid: int, run_dir: Path) -> list[str]:
     """What is still running of a stopped `nncaption run` (given 10 s to go): its session, and every process
     that names the run directory (each job runs in its own session, in a stage under RUN_DIR/jobs)."""
-    from test_sandbox_support import leftover_processes
+    from sandbox_support import leftover_processes
 
     deadline = time.monotonic() + 10
     while True:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sandbox_support import docker_engine_or_skip, ensure_offline_image, leftover_processes
+from sandbox_support import docker_engine_or_skip, ensure_offline_image, leftover_processes
 
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import CANCELLED, OK, Job, Limits, RunStatus, cgroups, get_sandbox

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sandbox_support import OFFLINE_IMAGE, docker_engine_or_skip, ensure_offline_image
+from sandbox_support import OFFLINE_IMAGE, docker_engine_or_skip, ensure_offline_image
 
 from nncaption.netapi.job import JobSpec
 from nncaption.sandbox import OK, Job, Limits, get_sandbox

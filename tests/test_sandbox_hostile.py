@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sandbox_support import (
+from sandbox_support import (
     docker_engine_or_skip,
     ensure_offline_image,
     host_can_fork,

@@ -145,7 +145,7 @@ def test_a_candidate_writing_2_gib_in_400_mib_files_fails_and_leaves_nothing(
     tmp_path: Path, tiny_dataset: object
 ) -> None:
     """The eval-model disk attack at the sandbox level, through the real runner."""
-    from test_sandbox_support import HOSTILE_DIR, tiny_spec
+    from sandbox_support import HOSTILE_DIR, tiny_spec
 
     from nncaption.netapi.evaluate import make_job_dir
 

@@ -142,7 +142,7 @@ def test_orphan_cgroups_of_dead_parents_are_reaped() -> None:
 
 
 def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
-    from test_sandbox_support import leftover_processes
+    from sandbox_support import leftover_processes
 
     job = probe_job(tmp_path, {"daemon": True, "sleep": 600}, timeout_s=1.5)
     with get_sandbox("local", prewarm=False) as sb:
@@ -154,7 +154,7 @@ def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
 
 
 def test_daemon_left_by_a_finished_job_is_killed(tmp_path: Path) -> None:
-    from test_sandbox_support import leftover_processes
+    from sandbox_support import leftover_processes
 
     job = probe_job(tmp_path, {"daemon": True})
     with get_sandbox("local", prewarm=False) as sb:
@@ -240,7 +240,7 @@ def test_process_tree_finds_grandchildren() -> None:
 
 
 def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from test_sandbox_support import leftover_processes
+    from sandbox_support import leftover_processes
 
     monkeypatch.setenv("NNCAPTION_SECRET", "warm-secret")
     for sub in "abc":
@@ -273,7 +273,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
 
 @pytest.mark.parametrize("name, ok", [("good", True), ("os_exit", False)])
 def test_smoke_job_returns_its_verdict(tmp_path: Path, tiny_dataset: Any, name: str, ok: bool) -> None:
-    from test_sandbox_support import candidate_source
+    from sandbox_support import candidate_source
 
     from nncaption.netapi.evaluate import make_job_dir
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_sandbox_support import make_job
+from sandbox_support import make_job
 
 from nncaption.netapi.evaluate import make_job_dir
 from nncaption.netapi.reference import path as reference_path
