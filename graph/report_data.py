@@ -67,6 +67,8 @@ def cost_tables(r: RunReader) -> dict[str, Any]:
 
 def _prepared_root(r: RunReader) -> Path | None:
     """The prepared dataset folder the run trained on (from its config; None when it cannot be found)."""
+    if not r.trusted():  # a run directory from elsewhere: the folders its config names are not read
+        return None
     data = r.config().get("data") or {}
     if data.get("prepared"):
         return _root_of(Path(str(data["prepared"])))

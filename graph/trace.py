@@ -102,6 +102,7 @@ class RunReader:
             raise RunNotFound(f"{self.run_dir} is not a run directory (no {RESULTS_DB})",
                               "pass a folder made by `nncaption run`; `nncaption runs` lists them")
         self.db = connect_ro(db)
+        self._trusted: bool | None = None
 
     def __enter__(self) -> RunReader:
         return self
@@ -133,6 +134,15 @@ class RunReader:
     def config(self) -> dict[str, Any]:
         data = rundir.read_json(self.run_dir, CONFIG_FILE)
         return data if isinstance(data, dict) else {}
+
+    def trusted(self) -> bool:
+        """Whether this user started the run (graph/runtrust.py): only then are folders its config names outside
+        the run directory (a shared jobs root, the prepared dataset) read."""
+        if self._trusted is None:
+            from nncaption.graph import runtrust
+
+            self._trusted = runtrust.is_trusted(self.run_dir, self.config())
+        return self._trusted
 
     def run_row(self) -> dict[str, Any]:
         return self.one("SELECT * FROM runs LIMIT 1") or {}
@@ -254,7 +264,7 @@ def job_record_dir(reader: RunReader, job_id: str | None) -> Path | None:
     roots = [reader.run_dir / "jobs"]
     train = reader.config().get("train")
     shared = train.get("jobs_root") if isinstance(train, dict) else None
-    if isinstance(shared, str) and shared:
+    if isinstance(shared, str) and shared and reader.trusted():  # a folder outside the run: only for our own runs
         roots.append(Path(shared).expanduser())
     for root in roots:
         if (root / job_id).is_dir() and not (root / job_id).is_symlink():

@@ -101,6 +101,12 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     base: dict[str, Any] = {}
     if args.replay:
         base = _recorded_config(Path(args.replay))
+        from nncaption.graph import runtrust  # a replayed run from elsewhere: its endpoints, sandbox, folders unused
+
+        if not runtrust.is_trusted(Path(args.replay), base):
+            log.warning("--replay %s: not a run started here; its endpoints, sandbox and folders are not used",
+                        args.replay)
+            base = runtrust.stripped(base)
         base = runconfig.deep_merge(base, {"agents": {"replay": str(Path(args.replay).resolve())}})
     if args.config:
         base = runconfig.deep_merge(base, runconfig.load_toml(Path(args.config)))

@@ -118,7 +118,7 @@ def hostile(real_run: Path, tmp_path: Path) -> dict[str, Any]:
             ("UPDATE verdicts SET message=? WHERE cid=?", (ESC + " verdict", cid_link)),
             ("UPDATE runs SET run_id=?", ("run" + ESC,)),
             ("INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step, summary) VALUES "
-             "(?, 900, NULL, 'compose', 'draft', 'failed', 1, ?)", (f"../../{victims['dir'].name}", ESC)),
+             "(?, 900, NULL, 'compose', 'draft', 'failed', 100000, ?)", (f"../../{victims['dir'].name}", ESC)),
             "INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
             "('__proto__', 901, 'constructor', 'compose', 'draft', 'failed', 1)",
             "INSERT INTO candidates (cid, idx, parent, origin, mode, status, planned_step) VALUES "
