@@ -284,3 +284,41 @@ def query_error(path: Path, e: sqlite3.Error) -> RunDirError:
     return RunDirError(f"{safe_text(str(path), 300)}: " + ("a query took longer than the time bound and was "
                        "stopped" if cut else f"query failed ({safe_text(str(e), 200)})"),
                        "this database is damaged or was edited; inspect only runs you trust")
+
+
+RUN_FILES = ("results.sqlite", "results.sqlite-wal", "results.sqlite-shm", "checkpoints.sqlite",
+             "checkpoints.sqlite-wal", "checkpoints.sqlite-shm", "config.json", "run.lock")
+RUN_DIRS = ("blobs", "candidates", "jobs")
+
+
+def check_layout(run_dir: Path) -> None:
+    """Before a run directory is written to (--resume): its databases, config and lock are regular files and its
+    folders (and their direct children) are real folders, not links that would send writes elsewhere."""
+    bad: list[str] = []
+    for name in RUN_FILES:
+        try:
+            st = os.lstat(run_dir / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            bad.append(name)
+    for name in RUN_DIRS:
+        try:
+            st = os.lstat(run_dir / name)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            bad.append(name)
+            continue
+        with os.scandir(run_dir / name) as it:
+            for i, entry in enumerate(it):
+                if i >= 100_000:
+                    break
+                if entry.is_symlink() or not (entry.is_dir(follow_symlinks=False) or
+                                              entry.is_file(follow_symlinks=False)):
+                    bad.append(f"{name}/{entry.name}")
+    if bad:
+        shown = ", ".join(safe_text(b, 100) for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise RunDirError(f"{safe_text(str(run_dir), 300)} holds links or special files where a run keeps its "
+                          f"data: {shown}", "this run directory was edited; continue only runs you trust, after "
+                          "removing them")

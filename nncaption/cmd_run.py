@@ -147,6 +147,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             from nncaption.graph import runtrust  # a run directory from elsewhere: its endpoints need consent
 
             runtrust.check(run_dir, recorded, trust=bool(getattr(args, "trust_run_config", False)))
+            from nncaption.graph import rundir  # its files are written to: no links sending writes elsewhere
+
+            rundir.check_layout(run_dir)
             settings = runconfig.resolve(recorded)
         else:
             settings = settings_from_args(args)

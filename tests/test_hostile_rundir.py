@@ -418,3 +418,25 @@ def test_one_escaping_path_for_logs_and_markdown() -> None:
         md = safe_markdown(hostile)
         assert "](" not in md and "<img" not in md and "://" not in md and "\n" not in md and "`" not in md
         assert " | " not in md.replace("\\|", "")
+
+
+@pytest.mark.parametrize("plant", ["results", "checkpoints", "blob_folder"])
+def test_links_where_a_run_keeps_its_data_refuse_resume(real_run: Path, tmp_path: Path, plant: str) -> None:
+    run = copy_run(real_run, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if plant == "blob_folder":
+        sub = next(p for p in (run / "blobs").iterdir() if p.is_dir())
+        shutil.move(str(sub), str(elsewhere / sub.name))
+        sub.symlink_to(elsewhere / sub.name, target_is_directory=True)
+    else:
+        name = f"{plant}.sqlite"
+        shutil.move(str(run / name), str(elsewhere / name))
+        (run / name).symlink_to(elsewhere / name)
+    before = {p.name: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()}
+    proc = cli(["run", "--resume", str(run), "--no-live", "--trust-run-config"], timeout=120)
+    assert proc.returncode == 2 and "error [run-dir]" in proc.stderr, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in elsewhere.rglob("*") if p.is_file()} == before
+    if plant == "results":
+        proc = cli(["trace", str(run)])
+        assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr[-2000:]
