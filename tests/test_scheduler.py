@@ -1,7 +1,7 @@
 """The scheduler has no barrier: candidates never wait for each other, and a freed slot is refilled at once.
 
 The in-process baseline agents and the real graph, run store and checkpointer, with a stand-in for the sandbox
-whose "trainings" are real sleeps of different lengths (4 s and 0.5 s, alternating) and whose smoke checks take
+whose "trainings" are real sleeps of different lengths (5 s and 0.5 s, alternating) and whose smoke checks take
 0.05 s. Read back from the run store's step times: the gaps between a candidate's own consecutive steps add up to
 at most 5% of the run (the first moments, when three candidates start at once on one event loop, are most
 of what remains), and each candidate that finishes while the budget lasts is followed by the next
@@ -25,7 +25,7 @@ from nncaption.graph.runner import SearchRun
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.store import RunStore
 
-TRAIN_SECONDS = (4.0, 0.5)
+TRAIN_SECONDS = (5.0, 0.5)
 
 
 class SleepingPipeline(Pipeline):
