@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    - the main job on embedded defaults (synthetic data, local sandbox, CPU)
 #   make test   - the test suite (what .ci/run calls after `make lint`)
+#   make test-fast - the tests that run no sandbox job: pytest -m "not sandbox and not docker and not ray and not slow"
 #   make lint   - ruff and mypy over every module (mypy through .ci/typecheck.py, which mirrors nncaption.*)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run test lint install clean
+.PHONY: run test test-fast lint install clean
 
 # pip runs without -q so that the first install (torch and friends, a few minutes) shows its progress. setuptools
 # notes on every editable install that a folder named like the package (nncaption/) is in the working directory;
@@ -38,6 +39,12 @@ test: $(STAMP)
 	  rm -rf "$$old" || echo "==> note: some of $$old could not be removed; continuing"; \
 	fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast tier (under 2 minutes on 2 cores): every test except those marked sandbox (runs a sandbox job: smoke,
+# train or eval through a backend, a graph run, `nncaption check/eval-model/run`), docker, ray or slow. A test that
+# runs a job in-process without the `sandbox` marker fails (tests/conftest.py), so this tier never trains by accident.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not sandbox and not docker and not ray and not slow" $(PYTEST_ARGS)
 
 # Both tools always run, so one report shows everything; the target fails if either found an error.
 lint: $(STAMP)
