@@ -186,3 +186,29 @@ def test_an_unusable_docker_sandbox_stops_the_run_before_any_candidate(tiny_data
         assert store.candidate_rows() == [] and (store.run_row() or {}).get("status") == "failed"
     finally:
         store.close()
+
+
+def test_a_plan_is_rebuilt_the_same_from_its_row(tmp_path: Path) -> None:
+    """A candidate killed before its thread's first checkpoint starts again from its plan, rebuilt from its row
+    and the seed: the same task (seed draws included) as when it was planned."""
+    from nncaption.graph.scheduler import RunClock, Scheduler
+
+    s = RunSettings.model_validate({"seed": 7, "concurrency": 2, "budget": {"candidates": 6},
+                                    "policy": {"num_drafts": 1, "p_debug": 1.0, "p_improve": 1.0}})
+    store = RunStore(tmp_path / "run")
+    try:
+        scheduler = Scheduler(s, store, None, lambda event: None, RunClock(0.0))
+        tasks = []
+        for i in range(4):
+            tasks.append(scheduler.plan(i))
+            if i == 0:  # the first one failed with a debuggable category, then one scored: debug and improve plans
+                store.add_attempt("c0001", 1, made_by="design", code="x = 1\n", prm={}, summary="", step=1)
+                store.record_candidate("c0001", step=store.last_step() + 1, status="failed", category="shape-error",
+                                       stage="smoke")
+        modes = {t["mode"] for t in tasks}
+        assert "draft" in modes and modes & {"debug", "improve"}, modes
+        rows = {r["cid"]: r for r in store.candidate_rows()}
+        for task in tasks:
+            assert scheduler.replan(rows[task["cid"]]) == task
+    finally:
+        store.close()
