@@ -8,6 +8,7 @@
     nncaption trace RUN_DIR --html OUT.html       a self-contained HTML trace viewer
     nncaption report RUN_DIR [--out DIR]          Markdown + PNG plots
     nncaption export RUN_DIR --lemur OUT_DIR      LEMUR model files and per-epoch stats
+    nncaption export RUN_DIR --sft A.jsonl --pairs B.jsonl   generator fine-tuning data (graph/finetune.py)
 
 The read-only commands open the run's databases read-only, so they work while the
 run is going and after it was killed. `--json` prints exactly one strict JSON
@@ -236,10 +237,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    """--sft / --pairs: generator fine-tuning data (graph/finetune.py); prints unless --json."""
+    from nncaption.graph.finetune import export_finetune
+
+    out = export_finetune(Path(args.run_dir).expanduser(), sft=Path(args.sft).expanduser() if args.sft else None,
+                          pair_file=Path(args.pairs).expanduser() if args.pairs else None)
+    if not args.json:
+        for key, what in (("sft", "SFT example(s)"), ("pairs", "preference pair(s)")):
+            if key in out:
+                print(f"wrote {out[key]['records']} {what} to {safe_text(out[key]['path'], 500)}")
+        for note in out["notes"]:
+            print(f"note: {safe_text(note, 500)}")
+    return out
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from nncaption.graph.lemur import export_lemur
 
+    if not (args.lemur or args.sft or args.pairs):
+        raise UsageError("export needs at least one of --lemur OUT_DIR, --sft OUT.jsonl, --pairs OUT.jsonl",
+                         "e.g. nncaption export RUN_DIR --sft sft.jsonl --pairs pairs.jsonl")
+    tuned = _cmd_export_finetune(args) if (args.sft or args.pairs) else {}
+    if not args.lemur:
+        if args.json:
+            _out({"ok": True, **tuned})
+        return 0
     out = export_lemur(Path(args.run_dir).expanduser(), Path(args.lemur).expanduser(), prefix=args.prefix)
+    if tuned:
+        out = {**out, "finetune": tuned}
     if args.json:
         _out({"ok": True, **out})
     else:
@@ -289,12 +315,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rp.add_argument("--json", action="store_true", help="one strict JSON object on stdout")
     rp.set_defaults(func=_cmd_report)
 
-    ex = subparsers.add_parser("export", help="export scored candidates in LEMUR's layout",
-                               description="Write the scored candidates as LEMUR model files ab/nn/nn/<prefix>-<md5>.py"
-                                           " and per-epoch stats ab/nn/stat/train/img-captioning_coco_bleu_<name>/"
-                                           "<epoch>.json (LEMUR's keys; COCO BLEU-4 under its own key).")
+    ex = subparsers.add_parser("export", help="export scored candidates in LEMUR's layout, or fine-tuning data",
+                               description="--lemur: write the scored candidates as LEMUR model files ab/nn/nn/"
+                                           "<prefix>-<md5>.py and per-epoch stats ab/nn/stat/train/"
+                                           "img-captioning_coco_bleu_<name>/<epoch>.json (LEMUR's keys; COCO BLEU-4 "
+                                           "under its own key). --sft / --pairs: the run's LLM calls as generator "
+                                           "fine-tuning data (JSON lines; see README).")
     ex.add_argument("run_dir", metavar="RUN_DIR")
-    ex.add_argument("--lemur", metavar="OUT_DIR", required=True, help="root of the LEMUR tree to write (ab/nn/...)")
+    ex.add_argument("--lemur", metavar="OUT_DIR", help="root of the LEMUR tree to write (ab/nn/...)")
+    ex.add_argument("--sft", metavar="OUT.jsonl", help="one chat example per LLM call that made a candidate's code: "
+                    "messages + reply, verdict, category, scores")
+    ex.add_argument("--pairs", metavar="OUT.jsonl", help="better/worse children of the same parent as preference "
+                    "pairs (prompt, chosen, rejected, scores) for DPO / KTO")
     ex.add_argument("--prefix", default="nncap", help="model file name prefix (default nncap)")
     ex.add_argument("--json", action="store_true", help="one strict JSON object on stdout")
     ex.set_defaults(func=_cmd_export)
