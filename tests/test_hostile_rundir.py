@@ -440,3 +440,27 @@ def test_links_where_a_run_keeps_its_data_refuse_resume(real_run: Path, tmp_path
     if plant == "results":
         proc = cli(["trace", str(run)])
         assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_trust_follows_the_settings_that_send_keys_and_code(tmp_path: Path) -> None:
+    from nncaption.graph import runtrust
+
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = {"seed": 1, "agents": {"kind": "llm", "llm": {"shared": {"base_url": "http://a/v1", "api_key_env": "K"}}}}
+    assert not runtrust.is_trusted(run, cfg)
+    runtrust.remember(run, cfg)
+    assert runtrust.is_trusted(run, cfg) and runtrust.is_trusted(run, {**cfg, "seed": 2})  # budget etc. may change
+    edited = json.loads(json.dumps(cfg))
+    edited["agents"]["llm"]["shared"]["api_key_env"] = "AWS_SECRET_ACCESS_KEY"
+    with pytest.raises(runtrust.UntrustedRunConfig) as info:
+        runtrust.check(run, edited, trust=False, action="--fork")
+    assert "AWS_SECRET_ACCESS_KEY" in info.value.message and "--llm-base-url" in info.value.hint
+    assert "llm" not in runtrust.stripped(edited)["agents"] and runtrust.stripped(edited)["seed"] == 1
+
+
+def test_deep_or_odd_json_in_a_run_reads_as_nothing() -> None:
+    from nncaption.graph.trace import loads
+
+    assert loads("[" * 100_000 + "]" * 100_000, "x") == "x"
+    assert loads("{bad", {}) == {} and loads(None, 1) == 1 and loads('{"a": 1}') == {"a": 1}
