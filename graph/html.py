@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_TEXT = 60_000  # characters of one text in the page
 MAX_TOTAL = 12_000_000  # characters of all texts together: the page stays well under ~50 MB
 SMALL_STR, SMALL_ITEMS, SMALL_DEPTH = 2_000, 200, 8  # any other value from the run
+MAX_STEPS, MAX_CANDIDATES = 20_000, 20_000  # rows shown; a (hostile) database with more is cut, and says so
 
 
 class _Texts:
@@ -102,16 +103,19 @@ def viewer_data(run_dir: Path) -> dict[str, Any]:
     texts = _Texts()
     summary = small(run_summary(run_dir))
     with RunReader(run_dir) as r:
-        cands = [{"cid": str(small(c["cid"])), "idx": rundir.integer(c["idx"], 0, 1 << 31) if rundir.integer(
-                      c["idx"], 0, 1 << 31) is not None else i,
+        cands = [{"cid": str(small(c["cid"])),
+                  "idx": c["idx"] if rundir.integer(c["idx"], 0, 1 << 31) is not None else i,
                   "parent": small(c["parent"]), "origin": small(c["origin"]), "mode": small(c["mode"]),
                   "status": str(small(c["status"])), "category": small(c["category"]), "stage": small(c["stage"]),
                   "bleu4": _num(c["bleu4"]), "lemur_bleu4": _num(c["lemur_bleu4"]),
                   "summary": safe_text(str(c["summary"] or ""), 300, keep="head"),
                   "summary_text": texts.add(c["summary"]), "attempts": small(c["attempts"]),
-                  "message": texts.add(c["message"])} for i, c in enumerate(r.candidates())]
-        steps = [_step_view(step_detail(r, s["step"]), texts) for s in step_lines(r)
-                 if rundir.integer(s["step"]) is not None]
+                  "message": texts.add(c["message"])} for i, c in enumerate(r.candidates()[:MAX_CANDIDATES])]
+        lines = [s for s in step_lines(r) if rundir.integer(s["step"]) is not None]
+        steps = [_step_view(step_detail(r, s["step"]), texts) for s in lines[:MAX_STEPS]]
+    if len(lines) > MAX_STEPS:
+        log.warning("the viewer shows the first %d of %d steps", MAX_STEPS, len(lines))
+        summary["steps_left_out"] = len(lines) - MAX_STEPS
     return {"run": summary, "candidates": cands, "steps": steps, "texts": texts.texts}
 
 
