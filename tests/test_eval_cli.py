@@ -43,6 +43,7 @@ FAST = ["--epochs", "1", "--max-train-batches", "1", "--max-val-images", "8", "-
 # --------------------------------------------------------------------------- eval-model
 
 
+@pytest.mark.sandbox
 def test_eval_model_json_reference(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code, out = run_cli(capsys, "eval-model", "ref-gru", *data_args(tiny_dataset), "--epochs", "2",
                         "--max-train-batches", "2", "--threads", "1", "--json")
@@ -63,6 +64,7 @@ def test_eval_model_json_reference(capsys: pytest.CaptureFixture[str], tiny_data
     assert saved["bleu4"] == out["bleu4"] and saved["job_id"] == out["job_id"]
 
 
+@pytest.mark.sandbox
 def test_eval_model_failure_is_categorised(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
                                            tmp_path: Path) -> None:
     bad = tmp_path / "needs_captions.py"
@@ -84,6 +86,7 @@ def test_eval_model_never_runs_a_statically_rejected_file(capsys: pytest.Capture
     assert out["stage"] == "static" and out["job_dir"] is None and out["line"] is not None
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("kind", ["no_update", "empty_decode"])
 def test_eval_model_fails_fast_with_the_category_check_gives(kind: str, capsys: pytest.CaptureFixture[str],
                                                              tiny_dataset: Any, tmp_path: Path) -> None:
@@ -105,6 +108,7 @@ def test_eval_model_fails_fast_with_the_category_check_gives(kind: str, capsys: 
     assert not (Path(out["job_dir"]) / "job").exists()  # no training job was started
 
 
+@pytest.mark.sandbox
 def test_the_identical_eval_is_reused_and_no_reuse_trains_again(capsys: pytest.CaptureFixture[str],
                                                                  tiny_dataset: Any) -> None:
     argv = ["eval-model", "ref-lstm", *data_args(tiny_dataset), *FAST, "--json"]
@@ -117,6 +121,7 @@ def test_the_identical_eval_is_reused_and_no_reuse_trains_again(capsys: pytest.C
     assert code == 0 and fresh["reused"] is False and fresh["job_id"] == first["job_id"]
 
 
+@pytest.mark.sandbox
 def test_human_readable_eval_report(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code = main(["eval-model", "ref-lstm", *data_args(tiny_dataset), *FAST, "--quiet"])
     out = capsys.readouterr().out
@@ -248,6 +253,7 @@ def test_cuda_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str], 
 # --------------------------------------------------------------------------- check
 
 
+@pytest.mark.sandbox
 def test_check_accepts_a_reference_model(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code, out = run_cli(capsys, "check", "ref-transformer", *data_args(tiny_dataset), "--json")
     assert code == 0, out
@@ -255,6 +261,7 @@ def test_check_accepts_a_reference_model(capsys: pytest.CaptureFixture[str], tin
     assert out["ok"] is True and out["stage"] == "smoke" and out["category"] is None
 
 
+@pytest.mark.sandbox
 def test_check_shows_progress_on_stderr(capsys: pytest.CaptureFixture[str], tiny_dataset: Any) -> None:
     code = main(["check", "ref-gru", *data_args(tiny_dataset)])
     captured = capsys.readouterr()
@@ -262,6 +269,7 @@ def test_check_shows_progress_on_stderr(capsys: pytest.CaptureFixture[str], tiny
     assert "smoke run in the local sandbox" in captured.err and "accepted" in captured.out
 
 
+@pytest.mark.sandbox
 def test_check_accepts_a_file_with_a_utf8_bom(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
                                               tmp_path: Path) -> None:
     from nncaption.netapi import reference
@@ -281,6 +289,7 @@ def test_check_rejects_at_the_static_stage(capsys: pytest.CaptureFixture[str], t
     assert out == {**out, "ok": False, "stage": "static", "category": "syntax", "line": 3}
 
 
+@pytest.mark.sandbox
 def test_check_rejects_at_the_smoke_stage(capsys: pytest.CaptureFixture[str], tiny_dataset: Any,
                                           tmp_path: Path) -> None:
     bad = tmp_path / "badvocab.py"
