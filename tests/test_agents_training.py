@@ -22,7 +22,7 @@ from nncaption.sandbox.jobstore import RUN_SUBDIR
 from nncaption.sandbox.report import ReportStatus
 from nncaption.sandbox.service import CandidateService, EvalSettings
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
 
 
 def trained_spec(job_dir: str | None) -> dict[str, Any]:
