@@ -33,6 +33,7 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
+@pytest.mark.sandbox
 def test_eval_model_of_a_disk_filler_fails_and_leaves_under_the_quota(
     capsys: pytest.CaptureFixture[str], tiny_dataset: Any, tmp_path: Path, nncaption_home: Path
 ) -> None:
