@@ -41,6 +41,7 @@ def test_runner_warm_up_runs_no_backward_pass_for_a_cuda_job(monkeypatch: pytest
     assert calls == ["backward"]
 
 
+@pytest.mark.sandbox
 @no_cuda
 def test_cuda_job_without_usable_cuda_is_a_job_error_before_candidate_code(tmp_path: Path, tiny_dataset: Any) -> None:
     code = "raise RuntimeError('the candidate was imported')\n"  # any candidate category would mean it ran
