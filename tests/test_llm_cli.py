@@ -312,6 +312,7 @@ def test_cli_serve_vllm_on_ipv6_loopback(fake_vllm: Path, tmp_path: Path,
     assert code == 0
 
 
+@pytest.mark.sandbox
 def test_cli_design_writes_a_candidate_that_check_accepts(tiny_dataset: object, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import torch
