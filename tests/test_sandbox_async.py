@@ -63,6 +63,7 @@ async def cancel_after_start(sb: Any, job: Job, started: Path | None = None) -> 
     return time.monotonic() - t0
 
 
+@pytest.mark.sandbox
 def test_cancelling_arun_kills_a_local_job_and_reclaims_it(tmp_path: Path) -> None:
     job = probe_job(tmp_path, "job", {"daemon": True, "sleep": 600})
 
@@ -76,6 +77,7 @@ def test_cancelling_arun_kills_a_local_job_and_reclaims_it(tmp_path: Path) -> No
     assert own_cgroups() == []
 
 
+@pytest.mark.sandbox
 def test_cancel_event_returns_cancelled(tmp_path: Path) -> None:
     import threading
 
@@ -88,6 +90,7 @@ def test_cancel_event_returns_cancelled(tmp_path: Path) -> None:
     assert_reclaimed(tmp_path)
 
 
+@pytest.mark.sandbox
 def test_run_many_and_concurrent_warm_runs(tmp_path: Path) -> None:
     events: list[dict] = []
     with LocalSandbox() as sb:
@@ -110,6 +113,7 @@ def test_run_many_and_concurrent_warm_runs(tmp_path: Path) -> None:
     assert_reclaimed(tmp_path)
 
 
+@pytest.mark.sandbox
 def test_gpu_allocator_gives_the_job_its_own_devices(tmp_path: Path) -> None:
     from nncaption.sandbox import GpuAllocator
 
@@ -124,6 +128,7 @@ def test_gpu_allocator_gives_the_job_its_own_devices(tmp_path: Path) -> None:
     assert seen == ["3", "5"] and alloc.usage() == {3: 0, 5: 0}
 
 
+@pytest.mark.sandbox
 @pytest.mark.docker
 def test_cancelling_arun_removes_the_docker_container(tmp_path: Path) -> None:
     from nncaption.sandbox.docker import LABEL_OWNER, owner_label
