@@ -53,18 +53,60 @@ def export(run_dir: Path, tmp: Path, *extra: str) -> tuple[dict[str, Any], Path,
     return json.loads(proc.stdout), sft, prs
 
 
+BAD_DIFF = "<<<<<<< SEARCH\nclass NotInTheParent:\n=======\nclass Other:\n>>>>>>> REPLACE\nSUMMARY: renamed\n"
+
+
 @pytest.fixture(scope="module")
 def llm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 5-candidate run whose designer, reviewer and fixer are the offline composer behind real HTTP."""
+    """A 5-candidate run whose designer, reviewer and fixer are the offline composer behind real HTTP; every
+    improve and fix request asks for edits (diff_edits = 1.0) and gets a block that does not apply."""
+    from nncaption.agents.http_server import Reply, completion_body, prompt_text
     from nncaption.agents.offline_server import OfflineComposerServer
+
+    class BadDiffs(OfflineComposerServer):
+        def chat(self, body: dict[str, Any]) -> Reply:
+            user = [m for m in body["messages"] if m.get("role") == "user"][-1]["content"]
+            if "## Answer with edits" in user:
+                return Reply(200, completion_body(str(body.get("model")), BAD_DIFF,
+                                                  prompt_text=prompt_text(body["messages"])))
+            return super().chat(body)
 
     base = tmp_path_factory.mktemp("finetune-run")
     prepared = prepare_tiny(base)
-    with OfflineComposerServer(seed=3, fault_rate=0.5) as srv:
-        run_cli(["run", "--run-dir", str(base / "run"), "--prepared", str(prepared), "--no-live", "--candidates",
-                 "5", "--epochs", "1", "--max-train-batches", "2", "--max-val-images", "8", "--concurrency", "2",
-                 "--seed", "3", "--threads", "1", "--llm-base-url", srv.base_url, "--llm-model", "offline"])
+    with BadDiffs(seed=3, fault_rate=0.5) as srv:
+        cfg = base / "run.toml"
+        cfg.write_text(f'[agents]\nkind = "llm"\n[agents.llm.shared]\nbase_url = "{srv.base_url}"\n'
+                       'model = "offline"\ndiff_edits = 1.0\n')
+        run_cli(["run", "--config", str(cfg), "--run-dir", str(base / "run"), "--prepared", str(prepared),
+                 "--no-live", "--candidates", "5", "--epochs", "1", "--max-train-batches", "2", "--max-val-images",
+                 "8", "--concurrency", "2", "--seed", "3", "--threads", "1"])
     return base / "run"
+
+
+@pytest.mark.sandbox
+@pytest.mark.slow
+def test_edits_that_do_not_apply_fall_back_to_a_whole_file_shown_in_the_trace(llm_run: Path) -> None:
+    from nncaption.graph.trace import RunReader, step_detail, step_lines
+
+    with RunReader(llm_run) as reader:
+        made = [step_detail(reader, s["step"]) for s in step_lines(reader)
+                if s["node"] == "fix" or (s["node"] == "design" and s["attempt"] == 1)]
+    edited = 0
+    for step in made:
+        calls = [c for c in step["llm_calls"] if c["role"] in ("designer", "fixer")]
+        asked = "## Answer with edits" in calls[0]["messages"][-1]["content"]
+        if not asked:  # a draft: one whole-file request
+            assert len(calls) == 1
+            continue
+        edited += 1
+        assert len(calls) == 2 and calls[0]["reply"].strip() == BAD_DIFF.strip()
+        second = calls[1]["messages"][-1]["content"]
+        assert "## Answer with edits" not in second and "could not be used" in second and "WHOLE file" in second
+        assert "```python" in calls[1]["reply"] and step["code"] and "NotInTheParent" not in step["code"]
+        edit = (step.get("detail") or {}).get("edit")
+        if edit is not None:  # once the engine records Design.edit / Fix.edit in the step's detail
+            assert edit["fallback"] and not edit["blocks"][0]["applied"]
+    assert edited >= 2  # the fixes of the planted faults and the improve step
 
 
 @pytest.mark.sandbox
@@ -79,7 +121,8 @@ def test_llm_run_exports_sft_and_pairs_as_strict_json_lines(llm_run: Path, tmp_p
         assert set(r) == SFT_KEYS and set(r["scores"]) == SCORE_KEYS and r["verdict"] in VERDICTS
         check_messages(r["messages"])
         assert r["messages"][-1]["role"] == "assistant" and r["messages"][0]["role"] == "system"
-        assert "```python" in r["messages"][-1]["content"]  # the reply that held the candidate's code
+        assert "```python" in r["messages"][-1]["content"]  # the reply that held the code (the fallback's, not
+        assert "<<<<<<< SEARCH" not in r["messages"][-1]["content"]  # the edits that did not apply)
         assert r["role"] in ("designer", "fixer") and r["made_by"] in ("design", "fix")
         if r["verdict"] == "scored":
             assert isinstance(r["scores"]["bleu4"], float) and math.isfinite(r["scores"]["bleu4"])
