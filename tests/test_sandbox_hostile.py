@@ -42,6 +42,12 @@ import nncaption
 from nncaption.sandbox import CRASHED, FAILED, KILLED, OK, OUT_OF_MEMORY, TIMEOUT, RunResult, Sandbox, get_sandbox
 from nncaption.sandbox.quota import STAGE_PREFIX
 
+pytestmark = pytest.mark.sandbox  # every test here runs hostile jobs in each backend
+
+# the stages of this test process's sandboxes (stage names carry their owner's pid): the stages of other runs on the
+# same machine (another test session, a search) are not this test's survivors
+OWN_STAGES = f"{STAGE_PREFIX}{os.getpid()}-"
+
 
 @pytest.fixture(
     scope="module",
@@ -66,7 +72,7 @@ def sandbox(
     yield sb
     if warm:
         sb.close()
-        assert leftover_processes(STAGE_PREFIX) == []
+        assert leftover_processes(OWN_STAGES) == []
 
 
 @pytest.fixture
@@ -95,7 +101,7 @@ def run(sandbox: Sandbox, job_dir: Path, data_dir: Path, name: str, *, spec: dic
     # processes started after the job, which may still be forking (bwrap's inner process): scan first, then ask
     # which pids are warm (a process seen in the scan is by then in its warm slot's tree and cgroup)
     left = leftover_processes(str(job_dir.parent))
-    survivors = leftover_processes(STAGE_PREFIX)  # a prewarmed job ran in a stage beside an earlier test's job
+    survivors = leftover_processes(OWN_STAGES)  # a prewarmed job ran in a stage beside an earlier test's job
     warm: set[int] = getattr(sandbox, "warm_pids", lambda: set())()
     left = [p for p in left if int(p.split(":")[0]) not in warm]
     assert left == [], "processes of the job survived it"
