@@ -49,27 +49,18 @@ from nncaption.agents.interpret import (  # noqa: F401 - re-exported for callers
     raise_for_reply,
 )
 from nncaption.agents.jsonparse import parse_json_object
-from nncaption.agents.recording import Recorder
+from nncaption.agents.recording import Recorder, masked_request
 from nncaption.agents.records import LLMExchange
-from nncaption.agents.reply import MAX_REASONING_CHARS, check_reply, fill_exchange
+from nncaption.agents.reply import check_reply, fill_exchange
 from nncaption.agents.settings import EndpointSettings, LLMSettings
 from nncaption.agents.stream import Limits, Timing, post
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
 
-IDLE_TIMEOUT_S = 120.0
-TIMEOUT_RETRIES = 1
-MAX_REPLY_BYTES = 8_000_000
 HUNG_AFTER = 3  # idle timeouts in a row (across calls) after which an endpoint fails fast ...
 HUNG_COOLDOWN_S = 300.0  # ... for this long after the last one
 MAX_ADJUSTMENTS = 4  # re-asks after a context error or a rejected parameter, per call
-
-
-def setting(ep: EndpointSettings, name: str, default: Any) -> Any:
-    """An endpoint setting that older settings objects may lack."""
-    value = getattr(ep, name, None)
-    return default if value is None else value
 
 
 class LLMClient:
@@ -134,7 +125,7 @@ class LLMClient:
         async with lock:
             if url in self._info:
                 return self._info[url]
-            info = await profiles.discover(http, url, self._headers(ep), profile=str(setting(ep, "profile", "auto")))
+            info = await profiles.discover(http, url, self._headers(ep), profile=ep.profile)
             if info.listing_status is not None:  # unreachable now: ask again on the next call
                 self._info[url] = info
         return info
@@ -149,7 +140,7 @@ class LLMClient:
         """
         self._bind_loop()
         ep = self.settings.for_role(role)
-        ex = LLMExchange(role=role, endpoint=ep.base_url, model=ep.model, messages=list(messages),
+        ex = LLMExchange(role=role, endpoint=ep.safe_url(), model=ep.model, messages=list(messages),
                          started_at=time.time())
         t0 = time.perf_counter()
         t_start = t0
@@ -207,7 +198,7 @@ class LLMClient:
             assert e.exchange is not None
             exchanges.append(e.exchange)
             log.info("%s rejected response_format (%s); falling back to tolerant JSON parsing",
-                     ep.safe_url() if hasattr(ep, "safe_url") else ep.base_url, e.message)
+                     ep.safe_url(), e.message)
             ex = await self.chat(role, messages, response_format=None, max_tokens=max_tokens)
             self._no_response_format.add((ep.base_url, ep.model))  # it was the format: skip it from now on
         exchanges.append(ex)
@@ -215,18 +206,17 @@ class LLMClient:
         if obj is None:
             cls = TruncatedReply if ex.truncated else StructuredReplyError
             raise cls(f"the {role} reply holds no JSON object: {safe_text(ex.reply, 200, keep='head')}",
-                      endpoint=ep.base_url, exchange=ex)
+                      endpoint=ep.safe_url(), exchange=ex)
         return obj, exchanges
 
     # -- internals -------------------------------------------------------------------------
     def _limits(self, ep: EndpointSettings) -> Limits:
         url = ep.base_url.rstrip("/")
-        idle = float(setting(ep, "idle_timeout_s", IDLE_TIMEOUT_S))
-        if url in self._plain or url in self._no_stream or not setting(ep, "stream", True):
+        idle = ep.idle_timeout_s
+        if url in self._plain or url in self._no_stream or not ep.stream:
             idle = ep.timeout_s  # the whole reply comes at once: only the total deadline means anything
         return Limits(idle_s=min(idle, ep.timeout_s), total_s=ep.timeout_s,
-                      max_bytes=int(setting(ep, "max_reply_bytes", MAX_REPLY_BYTES)),
-                      max_reasoning_chars=int(setting(ep, "max_reasoning_chars", MAX_REASONING_CHARS)))
+                      max_bytes=ep.max_reply_bytes, max_reasoning_chars=ep.max_reasoning_chars)
 
     def _body(self, ep: EndpointSettings, info: profiles.EndpointInfo, messages: list[dict[str, Any]],
               params: dict[str, Any]) -> dict[str, Any]:
@@ -234,7 +224,7 @@ class LLMClient:
         shaped = profiles.shape_params(info.profile, ep.model, params, profiles.estimate_prompt_tokens(messages),
                                        quirks)
         body: dict[str, Any] = {"model": ep.model, "messages": messages, **shaped, **ep.extra_body}
-        if setting(ep, "stream", True) and ep.base_url.rstrip("/") not in self._no_stream:
+        if ep.stream and ep.base_url.rstrip("/") not in self._no_stream:
             body["stream"] = True
             if "no-stream-options" not in quirks:
                 body["stream_options"] = {"include_usage": True}
@@ -254,19 +244,19 @@ class LLMClient:
             hung = self._hung_problem(ep)
             if hung:
                 raise EndpointTimeout(hung, "check the server's log; it accepted connections but never answered.",
-                                      endpoint=ep.base_url)
+                                      endpoint=ep.safe_url())
             attempt += 1
             ex.attempts = attempt
             body = self._body(ep, info, messages, params)
-            ex.params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+            ex.params = {k: v for k, v in masked_request(body).items() if k not in ("model", "messages")}
             timing = Timing()
             reply: HTTPReply | None = None
             try:
                 reply = await post(self._bind_loop(), f"{url}/chat/completions", self._headers(ep), body,
-                                   self._limits(ep), timing, describe=ep.describe(), where=ep.base_url)
+                                   self._limits(ep), timing, describe=ep.describe(), where=ep.safe_url())
                 if reply.data is None and reply.status == 200 and body.get("stream"):
                     self._plain.add(url)
-                data = raise_for_reply(ep.base_url, ep.describe(), ep.model, reply)
+                data = raise_for_reply(ep.safe_url(), ep.describe(), ep.model, reply)
                 self._record(body, reply)
                 self._hung.pop(url, None)
                 return data, timing
@@ -310,7 +300,7 @@ class LLMClient:
         if not e.retryable:
             raise e
         if isinstance(e, EndpointTimeout):
-            if timeouts >= int(setting(ep, "timeout_retries", TIMEOUT_RETRIES)):
+            if timeouts >= ep.timeout_retries:
                 e.message = f"{e.message} (gave up after {timeouts + 1} tries)"
                 raise e
             if "seed" in params:  # the same seed may walk into the same endless generation

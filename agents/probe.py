@@ -43,19 +43,15 @@ class ProbeReport:
             raise ConfigError("; ".join(self.problems), " ".join(dict.fromkeys(self.hints)), exit_code=2)
 
 
-def _where(ep: EndpointSettings) -> str:
-    return ep.safe_url() if hasattr(ep, "safe_url") else ep.base_url
-
-
 def _check(roles: list[str], ep: EndpointSettings, info: EndpointInfo, report: ProbeReport) -> None:
     who = "/".join(roles)
-    url = _where(ep)
+    url = ep.safe_url()
     status = info.listing_status
     if status is None:
         report.down.append(f"{url} ({who}): {safe_text(info.listing_problem or 'no answer', 200)}")
         return
     if status in (401, 403):
-        var = ep.key_variable() if hasattr(ep, "key_variable") else getattr(ep, "api_key_env", None)
+        var = ep.key_variable()
         report.problems.append(f"{url} ({who}) refused the API key (HTTP {status})")
         report.hints.append(f"set the variable named by api_key_env ({var or 'none configured'}) to a valid key.")
         return
@@ -101,7 +97,7 @@ async def probe_endpoints(llm: Any, *, timeout_s: float = PROBE_TIMEOUT_S) -> Pr
                     report.hints.append(e.hint)
                     continue
                 infos[url] = await discover(http, url, headers, timeout_s=timeout_s,
-                                            profile=str(getattr(ep, "profile", None) or "auto"))
+                                            profile=ep.profile)
             _check(roles, ep, infos[url], report)
             for role in roles:
                 report.infos[role] = infos[url]

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from nncaption.agents.jsonparse import loads
+from nncaption.agents.settings import mask_url
+from nncaption.agents.stream import without_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,8 @@ def shape_params(profile: str, model: str, params: dict[str, Any], prompt_tokens
 
 async def _get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str], timeout_s: float) -> tuple[int, Any]:
     """(status, JSON body or None) of a small GET; transport errors propagate."""
-    async with http.stream("GET", url, headers=headers, timeout=timeout_s) as resp:
+    target, auth = without_userinfo(url)  # no password in httpx's request log
+    async with http.stream("GET", target, headers=headers, timeout=timeout_s, auth=auth) as resp:
         size, chunks = 0, []
         async for chunk in resp.aiter_bytes():
             size += len(chunk)
@@ -140,17 +143,18 @@ async def discover(http: httpx.AsyncClient, base_url: str, headers: dict[str, st
     """Read the endpoint's models listing and, when needed, its kind-specific routes. Never raises for HTTP."""
     info = EndpointInfo()
     url = base_url.rstrip("/")
+    shown = mask_url(url)  # what messages and logs may carry (no user:password, no key in the query)
     try:
         status, body = await _get_json(http, f"{url}/models", headers, timeout_s)
         info.listing_status = status
         if status >= 400:
-            info.listing_problem = f"GET {url}/models answered HTTP {status}"
+            info.listing_problem = f"GET {shown}/models answered HTTP {status}"
         elif body is None:
-            info.listing_problem = f"GET {url}/models did not answer JSON (is base_url missing /v1?)"
+            info.listing_problem = f"GET {shown}/models did not answer JSON (is base_url missing /v1?)"
         else:
             read_listing(info, body)
     except httpx.HTTPError as e:
-        info.listing_problem = f"GET {url}/models failed: {type(e).__name__}"
+        info.listing_problem = f"GET {shown}/models failed: {type(e).__name__}"
         return info
     if (urlsplit(base_url).hostname or "").lower() == "api.openai.com":
         info.profile = "openai"
@@ -159,7 +163,7 @@ async def discover(http: httpx.AsyncClient, base_url: str, headers: dict[str, st
         info.profile = profile
     if info.profile in ("generic", "llamacpp"):
         await _probe_kind(http, root, headers, info)
-    log.info("endpoint %s: profile %s, models %s, context %s", url, info.profile, info.models,
+    log.info("endpoint %s: profile %s, models %s, context %s", shown, info.profile, info.models,
              info.context or info.server_context)
     return info
 

@@ -2,8 +2,9 @@
 
 A record line is one HTTP exchange as the endpoint saw it:
 `{"key", "request", "status", "response", "recorded_at"}` where `request` is the
-JSON body the client sent, `key` the SHA-256 of its canonical form (without the
-streaming and budget fields, see UNKEYED_FIELDS) and
+JSON body the client sent (secret-looking values outside the messages masked),
+`key` the SHA-256 of its canonical form (without the streaming and budget fields,
+see UNKEYED_FIELDS) and
 `response` the endpoint's JSON body (or its raw text when it was not JSON, under
 `response_text`). Retries of the same request produce several lines with the
 same key; the replay server serves them in order.
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.agents.jsonparse import clean_text, loads
+from nncaption.agents.settings import mask_secrets
 from nncaption.netapi.errors import ConfigError
 from nncaption.netapi.safetext import safe_text
 
@@ -34,9 +36,19 @@ UNKEYED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options", "max_tok
                                             "options"})
 
 
+def masked_request(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` as it may be stored: the messages as sent, every other field with secret-looking values masked
+    (an extra_body `api_key` or `token`, credentials in a URL); masking twice changes nothing."""
+    masked = dict(mask_secrets({k: v for k, v in body.items() if k != "messages"}))
+    if "messages" in body:
+        masked["messages"] = body["messages"]
+    return masked
+
+
 def request_key(body: dict[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical request without UNKEYED_FIELDS: what record and replay match on."""
-    keyed = {k: v for k, v in body.items() if k not in UNKEYED_FIELDS}
+    """SHA-256 (hex) of the canonical request without UNKEYED_FIELDS, secrets masked: what record and replay
+    match on (a recording keeps no secret, and the live request with its secret still finds it)."""
+    keyed = {k: v for k, v in masked_request(body).items() if k not in UNKEYED_FIELDS}
     return hashlib.sha256(canonical_request(keyed).encode("utf-8")).hexdigest()
 
 
@@ -48,7 +60,7 @@ class Recorder:
         self._lock = threading.Lock()
 
     def write(self, request: dict[str, Any], status: int, response_text: str) -> None:
-        entry: dict[str, Any] = {"key": request_key(request), "request": request, "status": status,
+        entry: dict[str, Any] = {"key": request_key(request), "request": masked_request(request), "status": status,
                                  "recorded_at": time.time()}
         try:
             entry["response"] = loads(response_text)  # depth-limited: a hostile body must not crash the recording

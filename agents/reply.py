@@ -20,7 +20,6 @@ from nncaption.agents.settings import EndpointSettings
 from nncaption.agents.stream import Timing
 from nncaption.netapi.safetext import safe_text
 
-MAX_REASONING_CHARS = 2_000_000
 TRUNCATED_PROMPT_SHARE = 0.6  # reported prompt_tokens below this share of chars/4 means the server cut the prompt
 MIN_CHECKED_PROMPT_CHARS = 4000
 
@@ -50,18 +49,18 @@ def fill_exchange(ex: LLMExchange, data: dict[str, Any], timing: Timing, prompt_
 
 def check_reply(ep: EndpointSettings, ex: LLMExchange) -> None:
     """Truncation, a silently cut prompt and oversized reasoning are errors, not replies."""
-    limit = int(getattr(ep, "max_reasoning_chars", None) or MAX_REASONING_CHARS)
+    limit = ep.max_reasoning_chars
     if len(ex.reasoning) > limit:
         raise ReplyTooLarge(f"{ep.describe()} sent {len(ex.reasoning)} characters of reasoning (cap {limit})",
-                            endpoint=ep.base_url)
+                            endpoint=ep.safe_url())
     prompt_chars = sum(len(str(m.get("content") or "")) for m in ex.messages)
     if not ex.usage.estimated and prompt_chars >= MIN_CHECKED_PROMPT_CHARS \
             and ex.usage.prompt_tokens < TRUNCATED_PROMPT_SHARE * prompt_chars / 4:
         raise ContextTruncated(
             f"{ep.describe()} read only {ex.usage.prompt_tokens} prompt tokens of a {prompt_chars}-character "
             f"prompt (about {prompt_chars // 4} tokens): the server cut the prompt to its context window",
-            endpoint=ep.base_url)
+            endpoint=ep.safe_url())
     if ex.truncated and not ex.reply.strip():
         budget = ex.params.get("max_tokens") or ex.params.get("max_completion_tokens")
         raise TruncatedReply(f"{ep.describe()} stopped at max_tokens ({budget}) before answering "
-                             f"({len(ex.reasoning)} characters of reasoning, no answer)", endpoint=ep.base_url)
+                             f"({len(ex.reasoning)} characters of reasoning, no answer)", endpoint=ep.safe_url())

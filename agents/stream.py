@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from nncaption.netapi.safetext import safe_text
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]*@")  # the user:password@ part of a URL
 
 
 @dataclass
@@ -74,6 +76,21 @@ class _Assembly:
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}]}
 
 
+def without_userinfo(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """`url` without its user:password@ part, and that part as Basic auth (what httpx would send for it).
+
+    Requests go to the bare URL so no log line (httpx logs every request URL at INFO, and run.log keeps INFO)
+    and no error message carries the password.
+    """
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return url, None
+    if not parsed.username and not parsed.password:
+        return url, None
+    return str(parsed.copy_with(userinfo=b"")), httpx.BasicAuth(parsed.username, parsed.password)
+
+
 async def post(http: httpx.AsyncClient, url: str, headers: dict[str, str], body: dict[str, Any], limits: Limits,
                timing: Timing, *, describe: str, where: str) -> HTTPReply:
     """POST `body`; any HTTP status comes back as an `HTTPReply`, transport failures raise typed errors."""
@@ -82,7 +99,8 @@ async def post(http: httpx.AsyncClient, url: str, headers: dict[str, str], body:
     timing.sent = time.perf_counter()
     try:
         async with asyncio.timeout(limits.total_s):
-            async with http.stream("POST", url, json=body, headers=headers, timeout=timeout) as resp:
+            target, auth = without_userinfo(url)
+            async with http.stream("POST", target, json=body, headers=headers, timeout=timeout, auth=auth) as resp:
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}
                 ctype = resp_headers.get("content-type", "")
                 if resp.status_code == 200 and "text/event-stream" in ctype:
@@ -99,12 +117,17 @@ async def post(http: httpx.AsyncClient, url: str, headers: dict[str, str], body:
         raise EndpointTimeout(f"{describe} did not finish within {limits.total_s:g} s (total deadline)",
                               endpoint=where) from None
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as e:
-        raise EndpointUnavailable(f"cannot connect to {where}: {safe_text(e, 300)}", endpoint=where) from None
+        raise EndpointUnavailable(f"cannot connect to {where}: {_shown(e)}", endpoint=where) from None
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-        raise EndpointUnavailable(f"{describe} dropped the connection: {safe_text(e, 300) or type(e).__name__}",
+        raise EndpointUnavailable(f"{describe} dropped the connection: {_shown(e) or type(e).__name__}",
                                   endpoint=where) from None
     except httpx.HTTPError as e:
-        raise EndpointUnavailable(f"{describe}: {type(e).__name__}: {safe_text(e, 300)}", endpoint=where) from None
+        raise EndpointUnavailable(f"{describe}: {type(e).__name__}: {_shown(e)}", endpoint=where) from None
+
+
+def _shown(e: Exception) -> str:
+    """An httpx error's text for messages: bounded, and any user:password@ of a URL in it masked."""
+    return _URL_CREDENTIALS.sub("***@", safe_text(e, 300))
 
 
 async def _read_capped(resp: httpx.Response, limits: Limits, timing: Timing, *, describe: str, where: str) -> bytes:
