@@ -172,3 +172,22 @@ def test_a_fix_with_whitespace_tolerant_edits_and_bad_hyperparameters() -> None:
     with ScriptedServer([ok(bad_prm)]) as srv, pytest.raises(ExtractionError) as ei:
         fix_sync(client(srv.base_url), PARENT.code, "RuntimeError: boom")
     assert ei.value.category == "bad-hyperparameters" and ei.value.candidate == PARENT.code.replace(OLD, NEW)
+
+
+def test_hostile_sizes_stay_bounded() -> None:
+    """Many identical lines (every position a partial match) and a huge reply of markers: answered, not hung."""
+    code = "pass\n" * 50_000
+    out = apply_diff(code, [EditBlock(["pass"] * 20_000, ["x = 1"], 1)])
+    assert not out.ok and "ambiguous" in out.results[0].reason and out.code == code
+    with pytest.raises(DiffFormatError, match="outside"):
+        parse_diff("=======\n" * 1_000_000)
+    assert parse_diff("x\n" * 1_000_000) == []
+
+
+def test_too_many_blocks_through_the_client_ask_for_the_whole_file() -> None:
+    many = f"<<<<<<< SEARCH\n{OLD}\n=======\n{NEW}\n>>>>>>> REPLACE\n" * (MAX_BLOCKS + 1)
+    with ScriptedServer([ok(many), ok(FULL)]) as srv:
+        f = fix_sync(client(srv.base_url), PARENT.code, "RuntimeError: boom")
+    assert len(srv.bodies) == 2 and f.code == OTHER.code
+    assert f.edit is not None and f.edit["fallback"] and "more than 32" in f.edit["reason"]
+    assert "more than 32" in last_user(srv.bodies[1])
