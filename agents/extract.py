@@ -187,6 +187,9 @@ def _extract(raw: str, reasoning: str | None, *, truncated: bool = False) -> str
         if truncated and _ends_in_open_fence(answer):
             raise ExtractionError("truncated", "the reply was cut off (max_tokens) inside its code block",
                                   candidate=code)
+        if truncated and not fenced_blocks(answer):  # unfenced code cut off: nothing marks where the file ends
+            raise ExtractionError("truncated", "the reply was cut off (max_tokens) inside its unfenced code",
+                                  candidate=code)
         return code
     except _NoCandidates:
         pass

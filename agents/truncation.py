@@ -18,7 +18,7 @@ from typing import Any
 
 from nncaption.agents.client import LLMClient
 from nncaption.agents.errors import TruncatedReply
-from nncaption.agents.extract import Candidate, ExtractionError, candidate_from_exchange, fenced_blocks
+from nncaption.agents.extract import Candidate, ExtractionError, candidate_from_exchange_async, fenced_blocks
 from nncaption.agents.records import LLMExchange
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ async def ask_for_candidate(client: LLMClient, role: str, messages: list[dict[st
         else:
             exchanges.append(ex)
             try:
-                cand = candidate_from_exchange(ex)
+                cand = await candidate_from_exchange_async(ex)  # CPU-heavy parsing off the event loop
                 if ex.truncated and not answer_complete(ex):
                     raise ExtractionError(TRUNCATED, "the reply was cut off (max_tokens) inside its code block",
                                           candidate=cand.code)

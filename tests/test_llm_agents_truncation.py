@@ -93,6 +93,29 @@ def test_sent_budget_reads_what_the_request_carried() -> None:
     assert sent_budget(ex, BUDGET) == 512 and sent_budget(None, BUDGET) == BUDGET
 
 
+def _cut_that_parses(code: str) -> str:
+    """`code` cut at the last top-level definition: still valid Python, but not the whole file."""
+    lines = code.splitlines()
+    starts = [i for i, ln in enumerate(lines) if ln.startswith(("def ", "class "))]
+    cut = "\n".join(lines[: starts[-1]]) + "\n"
+    compile(cut, "cut", "exec")
+    return cut
+
+
+@pytest.mark.parametrize("reply", [
+    f"Here it is:\n```python\n{_cut_that_parses(GOOD.code)}",  # an unclosed block that happens to parse
+    _cut_that_parses(GOOD.code),  # unfenced code: nothing marks where the file ends
+])
+def test_cut_off_code_that_happens_to_parse_is_truncated_not_code(reply: str) -> None:
+    with pytest.raises(ExtractionError) as ei:
+        extract_candidate(reply, None, truncated=True)
+    assert ei.value.category == "truncated" and ei.value.candidate
+    extract_candidate(reply, None, truncated=False)  # not cut off: the same text is a candidate
+    # a closed block whose summary was cut off is complete: the file is used
+    assert extract_candidate(f"```python\n{GOOD.code}```\nSUMMARY: a ResNet enc", None, truncated=True).code \
+        == GOOD.code
+
+
 # ------------------------------------------------------------------ unknown hyperparameters
 
 
