@@ -20,7 +20,7 @@ from nncaption.graph.runner import RunOutcome, SearchRun
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.store import RunStore
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 SEED = 3
 FAULT_RATE = 0.3
