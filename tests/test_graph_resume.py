@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 ARGS = ["--candidates", "3", "--concurrency", "2", "--seed", "1", "--fault-rate", "0.3", "--epochs", "1",
         "--max-train-batches", "2", "--max-val-images", "8", "--threads", "1", "--json-logs"]
