@@ -23,7 +23,7 @@ from nncaption.graph.runner import RunOutcome, SearchRun
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.store import RunStore
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.ray, pytest.mark.slow]
 GRACE_S = 1.5  # a result the worker returned just before it was removed may be reported this long after
 
 
