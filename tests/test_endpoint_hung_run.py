@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from llm_emulator import Emulator
 
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300), pytest.mark.slow]
 
 
 def test_a_hung_server_ends_the_run_with_exit_1_and_one_clear_error(tiny_dataset: Any, tmp_path: Path) -> None:
