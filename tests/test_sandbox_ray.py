@@ -15,7 +15,7 @@ from nncaption.netapi.reference import path as reference_path
 from nncaption.sandbox import CRASHED, KILLED, OK, OUT_OF_MEMORY, Job, Limits, get_sandbox
 from nncaption.sandbox.ray_backend import RaySandbox, result_for_ray_error
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.sandbox, pytest.mark.ray]
 
 
 @pytest.fixture(scope="module")
