@@ -87,6 +87,7 @@ def engine() -> Any:
     return client
 
 
+@pytest.mark.sandbox
 @pytest.mark.docker
 def test_probe_inside_the_container(engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-" + uuid.uuid4().hex)
@@ -146,6 +147,7 @@ def test_orphans_of_a_dead_parent_are_reaped(engine: Any) -> None:
             print(f"orphan container already gone: {e}")
 
 
+@pytest.mark.sandbox
 @pytest.mark.docker
 def test_runsc_runtime_when_installed(engine: Any, tmp_path: Path) -> None:
     if "runsc" not in (engine.info().get("Runtimes") or {}):
@@ -170,6 +172,7 @@ def test_build_image_cli_is_idempotent(engine: Any, capsys: pytest.CaptureFixtur
     assert "already exists" in out and OFFLINE_IMAGE in out
 
 
+@pytest.mark.sandbox
 @pytest.mark.docker
 def test_disk_quota_and_outputs_whitelist_in_the_container(engine: Any, tmp_path: Path) -> None:
     if os.geteuid() != 0:
