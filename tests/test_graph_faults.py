@@ -53,6 +53,7 @@ def _settings(prepared: Path, base_url: str, candidates: int, concurrency: int) 
     })
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_garbage_reply_fails_one_candidate_and_the_run_goes_on(tiny_dataset: Any, tmp_path: Path) -> None:
     with FlakyServer(garbage=frozenset({1})) as server:
@@ -81,6 +82,7 @@ def test_all_endpoints_down_stops_with_a_clear_error(tiny_dataset: Any, tmp_path
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_jobs_that_cannot_run_here_stop_the_run_with_one_clear_error(tiny_dataset: Any, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,6 +126,7 @@ def test_a_budget_smaller_than_endpoint_down_after_still_stops_as_endpoints_down
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "endpoints-down"
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_resume_after_endpoints_down_runs_the_lost_candidates_again(tiny_dataset: Any, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -148,6 +151,7 @@ def test_unreachable_endpoint_fails_before_anything_runs(tiny_dataset: Any, tmp_
         asyncio.run(search.run())
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_failed_candidate_is_debugged_into_a_fix_child(tiny_dataset: Any, tmp_path: Path) -> None:
     """No fix rounds inside candidates and a defect in every design: the policy's debug turn repairs the failure
@@ -189,6 +193,7 @@ class TwinServer(OfflineComposerServer):
             return self.first
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_identical_candidates_in_one_superstep_train_once(tiny_dataset: Any, tmp_path: Path) -> None:
     # three identical networks: the lowest index is scored, the two others are recorded as its duplicates and the
