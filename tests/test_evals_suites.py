@@ -60,6 +60,7 @@ def design_prompt_chars(run_dir: str) -> int:
     return len((Path(run_dir) / "blobs" / ref[:2] / ref).read_text(encoding="utf-8"))
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_llm_vs_random_end_to_end(prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "llm_vs_random"
@@ -80,6 +81,7 @@ def test_llm_vs_random_end_to_end(prepared: Path, tmp_path: Path) -> None:
     assert "| llm | 2 (seeds 0,1) |" in text and "| random | 2 (seeds 0,1) |" in text and "bootstrap" in text
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_snippets_5_vs_10_end_to_end(prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "snippets"
