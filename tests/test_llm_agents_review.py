@@ -83,6 +83,7 @@ def test_the_review_schema_offers_only_code_categories() -> None:
     assert "shape-error" in offered and "endpoint-timeout" not in offered and "truncated" not in offered
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_candidate_whose_review_fails_is_trained_and_scored(tiny_dataset: Any, tmp_path: Path) -> None:
     from nncaption.agents.offline_server import MODEL_ID, OfflineComposerServer
