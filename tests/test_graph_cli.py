@@ -91,6 +91,7 @@ def _start_run(tiny_dataset: Any, run_dir: Path) -> subprocess.Popen[str]:
                             start_new_session=True)
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
@@ -123,6 +124,7 @@ def test_sigint_stops_gracefully_with_130_and_leaves_nothing(tiny_dataset: Any, 
     assert _left_behind(proc.pid, run_dir) == []
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_second_sigint_stops_at_once_and_leaves_no_process_or_mount(tiny_dataset: Any, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
