@@ -54,3 +54,22 @@ def test_exported_model_passes_check(real_run: Path, tmp_path: Path) -> None:
     model = data["models"][0]["model_file"]
     proc = run_cli(["check", model, "--prepared", prepared, "--threads", "1", "--json"], timeout=600)
     assert json.loads(proc.stdout.strip().splitlines()[-1])["ok"] is True
+
+
+def test_export_never_writes_through_links_in_out(real_run: Path, tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "lemur", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "ab").symlink_to(elsewhere, target_is_directory=True)  # planted in the output folder
+    proc = run_cli(["export", str(real_run), "--lemur", str(out), "--json"], check=False)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["category"] == "run-dir", proc.stdout
+    assert list(elsewhere.iterdir()) == []
+    (out / "ab").unlink()
+    data = json.loads(run_cli(["export", str(real_run), "--lemur", str(out), "--json"]).stdout)
+    model = Path(data["models"][0]["model_file"])
+    target = tmp_path / "target.py"
+    target.write_text("ORIGINAL\n")
+    model.unlink()
+    model.symlink_to(target)  # a link where a model file goes: replaced, not followed
+    run_cli(["export", str(real_run), "--lemur", str(out)])
+    assert target.read_text() == "ORIGINAL\n" and not model.is_symlink() and "class Net" in model.read_text()
