@@ -83,6 +83,7 @@ def assert_failed(code: int, result: RunnerResult, category: Category) -> None:
 # --------------------------------------------------------------------------- reference models
 
 
+@pytest.mark.slow  # each trains a reference model
 @pytest.mark.parametrize("name", reference.NAMES)
 def test_reference_models_train_and_decode(name: str, tiny_dataset: Any, tmp_path: Path) -> None:
     job = make_job(tmp_path, reference.source(name), tiny_dataset)
@@ -261,6 +262,7 @@ def test_smoke_check_and_training_reject_the_same_way(name: str, category: Categ
 # --------------------------------------------------------------------------- the entry point
 
 
+@pytest.mark.slow  # the real entry point in subprocesses, each importing torch
 def test_exit_codes(tiny_dataset: Any, tmp_path: Path) -> None:
     ok = run_subprocess(make_job(tmp_path / "ok", tiny_candidate(), tiny_dataset))
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -281,6 +283,7 @@ def test_unusable_data_dir_is_a_runner_error_not_the_candidates(tmp_path: Path) 
     assert result.status is RunnerStatus.ERROR and result.category is None and "runner setup error" in result.message
 
 
+@pytest.mark.slow  # the real entry point in a subprocess
 def test_runner_never_reads_validation_references(tiny_dataset: Any, tmp_path: Path) -> None:
     # 1. the public dir holds no validation caption text
     public = tiny_dataset.public_dir
