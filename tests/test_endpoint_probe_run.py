@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from llm_emulator import Emulator
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(300)]
 
 
 def run(tiny_dataset: Any, tmp_path: Path, base_url: str, model: str, *extra: str,
