@@ -166,6 +166,7 @@ def test_second_sigint_stops_at_once_and_leaves_no_process_or_mount(tiny_dataset
     assert summary["live"] is False and summary["status"] in ("stopped", "interrupted"), summary
 
 
+@pytest.mark.sandbox
 def test_unreachable_llm_endpoint_exits_1_with_one_clear_error(tiny_dataset: Any, tmp_path: Path) -> None:
     out = nncaption("run", "--prepared", str(tiny_dataset.root), "--run-dir", str(tmp_path / "r"),
                     "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m", "--no-live")
