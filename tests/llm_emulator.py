@@ -14,7 +14,8 @@ the project's servers), so it can stream SSE and misbehave freely. Kinds:
 
 `proxy_errors=N` answers the first N chat requests with a Cloudflare 524 HTML page.
 `answer(body) -> (content, reasoning)` decides what the model says; `reply_hook(body)`
-may return raw `(status, headers, bytes)` to send instead (hostile replies).
+may return raw `(status, headers, bytes)` to send instead (hostile replies). `auths` keeps the
+Authorization header of every request.
 Tokens are counted as characters / 4.
 """
 
@@ -59,6 +60,7 @@ class Emulator:
         self.api_key = api_key  # like `vllm serve --api-key`: anything else is 401
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.auths: list[str | None] = []  # the Authorization header of every request, GET and POST
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -247,6 +249,7 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # noqa: N802 - stdlib name
             path = self.path.split("?", 1)[0].rstrip("/")
             emu.paths.append(path)
+            emu.auths.append(self.headers.get("Authorization"))
             if self._refused():
                 return
             status, body = emu.get(path)
@@ -255,6 +258,7 @@ def _handler(emu: Emulator) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - stdlib name
             path = self.path.split("?", 1)[0].rstrip("/")
             emu.paths.append(path)
+            emu.auths.append(self.headers.get("Authorization"))
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             if self._refused():
                 return

@@ -85,6 +85,39 @@ def test_a_cloudflare_524_page_is_retried() -> None:
     assert d.code == GOOD.code and len(emu.bodies) == 3 and d.exchanges[-1].attempts == 3
 
 
+SHORT = ("```python\nimport torch\n\n\ndef supported_hyperparameters():\n    return {'lr'}\n\n\n"
+         "class Net(torch.nn.Module):\n    pass\n```\nSUMMARY: tiny")
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "llamacpp"])
+def test_a_prompt_too_long_for_the_context_designs_with_fewer_snippets(kind: str) -> None:
+    """The prompt alone (5 snippets, ~4600 tokens) exceeds a 4000-token window: each server's context error is
+    read, the designer drops snippets and the (short) design goes through."""
+    with Emulator(kind, models=("m",), answer=lambda b: (SHORT, "r " * 50), context=4000) as emu:
+        d = design_sync(client(emu.base_url, "m"), FACTS, k=5, seed=0)
+    assert "class Net" in d.code and len(d.snippets) < 5
+    assert tokens(prompt_of(emu.bodies[0])) > 4000 and tokens(prompt_of(emu.bodies[-1])) < 4000
+    assert d.exchanges[0].error and d.exchanges[0].error.startswith("context-length")
+
+
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "ollama", "llamacpp", "openai"])
+def test_openai_api_key_never_reaches_a_non_openai_host(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPENAI_API_KEY set, no api_key_env: every server but api.openai.com gets the placeholder; a variable the
+    user names is sent."""
+    secret = "sk-openai-h9-0123456789-never-here"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+    model = "o3-mini" if kind == "openai" else "m"
+    with Emulator(kind, models=(model,), answer=answer, context=200_000, ollama_ctx=200_000) as emu:
+        d = design_sync(client(emu.base_url, model), FACTS, k=2, seed=0)
+    assert d.code == GOOD.code and emu.auths and emu.bodies
+    assert all(a == "Bearer EMPTY" for a in emu.auths), set(emu.auths)
+    monkeypatch.setenv("MY_SERVER_KEY", "sk-mine")
+    with Emulator(kind, models=(model,), answer=answer, context=200_000, ollama_ctx=200_000,
+                  api_key="sk-mine") as emu:
+        design_sync(client(emu.base_url, model, api_key_env="MY_SERVER_KEY"), FACTS, k=2, seed=0)
+    assert emu.auths and all(a == "Bearer sk-mine" for a in emu.auths)
+
+
 @pytest.mark.parametrize("body,prompt,window", [
     ({"object": "error", "code": 400, "message": "This model's maximum context length is 32768 tokens. However, you "
       "requested 40000 tokens (8000 in the messages, 32000 in the completion). Please reduce the length of the "

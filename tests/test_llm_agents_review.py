@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from llm_emulator import Emulator
 from llm_servers import ScriptedServer, context_limit, ok, status
 
 from nncaption.agents import compose
@@ -97,23 +98,27 @@ def test_a_candidate_whose_review_fails_is_trained_and_scored(tiny_dataset: Any,
                   "jobs_root": str(tmp_path / "jobs")},
         "data": {"prepared": str(tiny_dataset.root)},
     }
+    # The reviewer: an emulated vLLM serving R1 that spends its whole budget thinking (content empty, cut off).
     with OfflineComposerServer(seed=1) as composer, \
-            ScriptedServer([ok("", "still thinking" * 50, split=True, finish_reason="length")]) as reviewer:
+            Emulator("vllm", answer=lambda body: ("", "Let me check the forward pass again. " * 800)) as reviewer:
         settings["agents"]["llm"] = {
             "shared": {"base_url": composer.base_url, "model": MODEL_ID, "max_retries": 0},
-            "reviewer": {"base_url": reviewer.base_url, "model": ScriptedServer.name}}
+            "reviewer": {"base_url": reviewer.base_url, "model": reviewer.models[0], "max_tokens": 2048}}
         run_dir = tmp_path / "run"
         asyncio.run(SearchRun(RunSettings.model_validate(settings), run_dir).run())
         assert reviewer.bodies, "the reviewer was asked"
+        assert all(b["max_tokens"] <= 2048 for b in reviewer.bodies)
     db = sqlite3.connect(run_dir / "results.sqlite")
     db.row_factory = sqlite3.Row
     try:
         rows = [dict(r) for r in db.execute("SELECT status, bleu4, category FROM candidates")]
         reviews = [dict(r) for r in db.execute("SELECT ok, message FROM verdicts WHERE stage='review'")]
+        calls = [dict(r) for r in db.execute("SELECT finish_reason, error FROM llm_calls WHERE role='reviewer'")]
     finally:
         db.close()
     assert rows and rows[0]["status"] == "scored" and rows[0]["bleu4"] is not None, rows
     assert reviews and reviews[0]["ok"] and reviews[0]["message"].startswith(SKIPPED_PREFIX), reviews
+    assert calls and calls[0]["finish_reason"] == "length", calls
 
 
 def test_hostile_reasoning_is_searched_in_bounded_work() -> None:
