@@ -64,6 +64,7 @@ def test_get_sandbox_names() -> None:
         get_sandbox("vm")
 
 
+@pytest.mark.sandbox
 def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret = uuid.uuid4().hex
     monkeypatch.setenv("OPENAI_API_KEY", secret)
@@ -95,6 +96,7 @@ def test_probe_sees_the_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert result.timings["total_s"] < 60
 
 
+@pytest.mark.sandbox
 def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NNCAPTION_SECRET", "hidden-value")
     job = probe_job(tmp_path)
@@ -104,6 +106,7 @@ def test_isolation_none_still_scrubs_env_and_limits(tmp_path: Path, monkeypatch:
     assert "rlimit-as" in result.isolation and not any(m.startswith("netns") for m in result.isolation)
 
 
+@pytest.mark.sandbox
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to nobody needs root")
 def test_no_namespaces_keeps_root_when_nobody_cannot_reach_the_job(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,6 +144,7 @@ def test_orphan_cgroups_of_dead_parents_are_reaped() -> None:
     assert not any(d.exists() for d in cg.dirs)
 
 
+@pytest.mark.sandbox
 def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
     from sandbox_support import leftover_processes
 
@@ -153,6 +157,7 @@ def test_timeout_kills_the_job_and_its_daemon(tmp_path: Path) -> None:
     assert result.timings["total_s"] < 30  # the 1.5 s limit, not the 600 s sleep
 
 
+@pytest.mark.sandbox
 def test_daemon_left_by_a_finished_job_is_killed(tmp_path: Path) -> None:
     from sandbox_support import leftover_processes
 
@@ -239,6 +244,7 @@ def test_process_tree_finds_grandchildren() -> None:
 # ---------------------------------------------------------------------------- prewarm
 
 
+@pytest.mark.sandbox
 def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sandbox_support import leftover_processes
 
@@ -271,6 +277,7 @@ def test_prewarm_serves_the_next_job_in_a_fresh_sandbox(tmp_path: Path, monkeypa
 # ---------------------------------------------------------------------------- a smoke job (the runner entry), for real
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("name, ok", [("good", True), ("os_exit", False)])
 def test_smoke_job_returns_its_verdict(tmp_path: Path, tiny_dataset: Any, name: str, ok: bool) -> None:
     from sandbox_support import candidate_source
