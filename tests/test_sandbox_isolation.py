@@ -46,6 +46,7 @@ def need(condition: bool, why: str) -> None:
         pytest.skip(why)
 
 
+@pytest.mark.sandbox
 def test_ci_runs_the_local_sandbox_isolated(tmp_path: Path) -> None:
     """Fails under CI=true when the local sandbox would run with no namespaces, filter, quota or uid drop."""
     sb = LocalSandbox(prewarm=False)
@@ -60,6 +61,7 @@ def test_ci_runs_the_local_sandbox_isolated(tmp_path: Path) -> None:
     assert any(m.startswith("disk-quota:") for m in result.isolation), result.isolation
 
 
+@pytest.mark.sandbox
 def test_keyring_user_namespaces_and_ptrace_are_refused(tmp_path: Path) -> None:
     sb = LocalSandbox(prewarm=False)
     need(sb.mode() == "bwrap" and sb.use_seccomp, "no bubblewrap seccomp filter on this host")
@@ -72,6 +74,7 @@ def test_keyring_user_namespaces_and_ptrace_are_refused(tmp_path: Path) -> None:
     assert control["kernel"]["add_key"] == "ok" or control["kernel"]["unshare_user"] == "ok", control["kernel"]
 
 
+@pytest.mark.sandbox
 def test_tmp_is_private_writable_and_sized(tmp_path: Path) -> None:
     sb = LocalSandbox(prewarm=False)
     need(sb.mode() == "bwrap", "no bubblewrap here")
@@ -81,6 +84,7 @@ def test_tmp_is_private_writable_and_sized(tmp_path: Path) -> None:
     assert f["tmp"]["size_mb"] == 64 and f["env"]["TMPDIR"] == "/tmp"
 
 
+@pytest.mark.sandbox
 def test_disk_quota_caps_what_a_job_writes_and_nothing_stays(tmp_path: Path) -> None:
     need(os.geteuid() == 0, "not root: the stage cannot be a sized tmpfs")
     job = probe_job(tmp_path, {"fill": [5, 100], "deep": 1500}, disk_mb=160)
@@ -124,6 +128,7 @@ def test_remove_tree_is_iterative_and_capped(tmp_path: Path) -> None:
         remove_tree(wide, max_entries=10)
 
 
+@pytest.mark.sandbox
 def test_a_stage_that_cannot_be_reclaimed_is_a_candidate_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -140,6 +145,7 @@ def test_a_stage_that_cannot_be_reclaimed_is_a_candidate_failure(
         remove_tree(stage)
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_candidate_writing_2_gib_in_400_mib_files_fails_and_leaves_nothing(
     tmp_path: Path, tiny_dataset: object
