@@ -136,6 +136,7 @@ def test_reports_round_trip_as_strict_json() -> None:
 # --------------------------------------------------------------------------- the pipeline, in the local sandbox
 
 
+@pytest.mark.sandbox
 def test_running_the_identical_job_twice_trains_once(tiny_dataset: Any, tmp_path: Path) -> None:
     svc = service(tiny_dataset, tmp_path)
     prm = {"lr": 0.0123, "batch": 8}
@@ -163,6 +164,7 @@ def test_running_the_identical_job_twice_trains_once(tiny_dataset: Any, tmp_path
     assert other.job_id != first.job_id
 
 
+@pytest.mark.sandbox
 def test_identical_jobs_at_once_train_once(tiny_dataset: Any, tmp_path: Path) -> None:
     svc = service(tiny_dataset, tmp_path)
 
@@ -174,6 +176,7 @@ def test_identical_jobs_at_once_train_once(tiny_dataset: Any, tmp_path: Path) ->
     assert sorted([a.reused, b.reused]) == [False, True]
 
 
+@pytest.mark.sandbox
 @pytest.mark.parametrize("source", ["bad_no_update", "empty_decode"])
 def test_evaluate_fails_fast_with_the_category_check_gives(source: str, tiny_dataset: Any, tmp_path: Path) -> None:
     code = (CANDIDATES / "bad_no_update.py").read_text() if source == "bad_no_update" else empty_decode_candidate()
