@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from nncaption.agents.baseline import BaselineDesigner, BaselineFixer, BaselineReviewer
 from nncaption.graph.pipeline import Checked, Pipeline, Trained
 from nncaption.graph.runner import SearchRun
@@ -83,6 +85,7 @@ async def _warm_up() -> None:
     await pipeline.review(design.code, design.prm)
 
 
+@pytest.mark.slow  # 8 candidates through a sleeping pipeline: seconds of real waiting
 def test_no_candidate_waits_for_another_and_freed_slots_refill_at_once(tmp_path: Path) -> None:
     asyncio.run(_warm_up())
     events: list[dict[str, Any]] = []
