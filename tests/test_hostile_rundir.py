@@ -420,6 +420,7 @@ def test_one_escaping_path_for_logs_and_markdown() -> None:
         assert " | " not in md.replace("\\|", "")
 
 
+@pytest.mark.sandbox  # uses real_run
 @pytest.mark.parametrize("plant", ["results", "checkpoints", "blob_folder"])
 def test_links_where_a_run_keeps_its_data_refuse_resume(real_run: Path, tmp_path: Path, plant: str) -> None:
     run = copy_run(real_run, tmp_path / "run")
