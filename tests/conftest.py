@@ -142,30 +142,26 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 JOB_FIXTURES = frozenset({"real_run"})
 
 
+def _fail_unmarked(item: pytest.Item, jobs: int) -> None:
+    pytest.fail(f"{item.nodeid} ran {jobs} sandbox job(s) without the `sandbox` marker: add `@pytest.mark.sandbox` "
+                "(or `pytestmark = [pytest.mark.sandbox, ...]`) so that `make test-fast` leaves it out", pytrace=False)
+
+
 def _guard(item: pytest.Item) -> Generator[None, object, object]:
     counter = item.config.stash.get(_JOBS_STARTED, [0])
     before = counter[0]
     result = yield
     started = counter[0] - before
-    if JOB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        started = max(started, 1)
-    import os  # H7-TEMP
-    if started and os.environ.get("H7_GUARD_RECORD"):  # H7-TEMP
-        with open(os.environ["H7_GUARD_RECORD"], "a") as f:  # H7-TEMP
-            f.write(f"{item.nodeid} {started} {item.get_closest_marker('sandbox') is not None}\n")  # H7-TEMP
-        return result  # H7-TEMP
-    if not os.environ.get("H7_GUARD_ON"):  # H7-TEMP
-        return result  # H7-TEMP
     if started and item.get_closest_marker("sandbox") is None:
-        pytest.fail(f"{item.nodeid} ran {started} sandbox job(s) without the `sandbox` marker: add "
-                    "`@pytest.mark.sandbox` (or `pytestmark = [pytest.mark.sandbox, ...]`) so that "
-                    "`make test-fast` leaves it out", pytrace=False)
+        _fail_unmarked(item, started)
     return result
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
-    """Jobs a fixture runs count against the first test that sets it up."""
+    """Jobs a fixture runs count against the first test that sets it up; a job fixture fails an unmarked test first."""
+    if JOB_FIXTURES.intersection(getattr(item, "fixturenames", ())) and item.get_closest_marker("sandbox") is None:
+        _fail_unmarked(item, 1)
     return (yield from _guard(item))
 
 
