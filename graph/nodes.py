@@ -175,7 +175,7 @@ class Nodes:
                 made_by = "design"
                 out = await self.pipeline.design(self._request(task, entries, parent, st.step))
             st.exchanges.extend(out.exchanges)
-            st.detail = {"mode": task["mode"], "producer": out.producer}
+            st.detail = {"mode": task["mode"], "producer": out.producer, **out.detail()}
             if not out.ok:
                 st.status = "failed"
                 if out.transient and self._retry_transient(config, "design", task):
@@ -301,7 +301,7 @@ class Nodes:
             old_code, old_prm = self._code(task), task.get("prm") or {}
             out = await self.pipeline.fix(old_code, old_prm, asked)
             st.exchanges.extend(out.exchanges)
-            st.detail = {"fixing": failure.get("category"), "producer": out.producer}
+            st.detail = {"fixing": failure.get("category"), "producer": out.producer, **out.detail()}
             if not out.ok:
                 st.status = "failed"
                 if out.transient and self._retry_transient(config, "fix", task):

@@ -43,10 +43,28 @@ class Produced:
     message: str = ""
     exchanges: list[Any] = field(default_factory=list)
     producer: str = ""
+    notes: list[str] = field(default_factory=list)  # what the agent changed on its own (dropped keys, edit blocks)
+    edit: dict[str, Any] | None = None  # how a SEARCH/REPLACE edit went (agents/diffask.py), for the trace
 
     @property
     def transient(self) -> bool:
         return not self.ok and (self.category or "") in TRANSIENT_CATEGORIES
+
+    def detail(self) -> dict[str, Any]:
+        """The notes and edit record for the step's detail (bounded: at most 20 notes of 300 characters)."""
+        out: dict[str, Any] = {}
+        if self.notes:
+            out["notes"] = [safe_text(str(n), 300) for n in self.notes[:20]]
+        if self.edit is not None:
+            out["edit"] = self.edit
+        return out
+
+
+def _agent_extras(result: Any) -> dict[str, Any]:
+    """`notes` and `edit` of a Design or Fix, when the agent gave them."""
+    edit = getattr(result, "edit", None)
+    return {"notes": [str(n) for n in (getattr(result, "notes", None) or [])],
+            "edit": edit if isinstance(edit, dict) else None}
 
 
 @dataclass
@@ -136,7 +154,8 @@ class Pipeline:
                             producer=getattr(self.designer, "name", ""))
         return Produced(ok=True, code=d.code, prm=dict(getattr(d, "prm", {}) or {}), summary=d.summary,
                         snippets=list(d.snippets), exchanges=list(d.exchanges),
-                        producer=str(getattr(d, "producer", "") or getattr(self.designer, "name", "")))
+                        producer=str(getattr(d, "producer", "") or getattr(self.designer, "name", "")),
+                        **_agent_extras(d))
 
     async def fix(self, code: str, prm: Mapping[str, Any], failure: Mapping[str, Any]) -> Produced:
         try:
@@ -148,7 +167,8 @@ class Pipeline:
                             producer=getattr(self.fixer, "name", ""))
         return Produced(ok=True, code=f.code, prm=dict(getattr(f, "prm", None) or prm), summary=f.summary,
                         exchanges=list(f.exchanges),
-                        producer=str(getattr(f, "producer", "") or getattr(self.fixer, "name", "")))
+                        producer=str(getattr(f, "producer", "") or getattr(self.fixer, "name", "")),
+                        **_agent_extras(f))
 
     def static(self, code: str) -> Checked:
         from nncaption.netapi.validate import static_check

@@ -103,9 +103,8 @@ def test_edits_that_do_not_apply_fall_back_to_a_whole_file_shown_in_the_trace(ll
         second = calls[1]["messages"][-1]["content"]
         assert "## Answer with edits" not in second and "could not be used" in second and "WHOLE file" in second
         assert "```python" in calls[1]["reply"] and step["code"] and "NotInTheParent" not in step["code"]
-        edit = (step.get("detail") or {}).get("edit")
-        if edit is not None:  # once the engine records Design.edit / Fix.edit in the step's detail
-            assert edit["fallback"] and not edit["blocks"][0]["applied"]
+        edit = (step.get("detail") or {}).get("edit")  # the engine records Design.edit / Fix.edit
+        assert edit is not None and edit["fallback"] and not edit["blocks"][0]["applied"]
     assert edited >= 2  # the fixes of the planted faults and the improve step
 
 
