@@ -6,7 +6,9 @@ Here an accepted (or kept-alive) connection waits in a selector, costing one fil
 descriptor and no thread; when it becomes readable one request is served on a pool
 thread and the connection goes back to the selector (or is closed). Connections
 idle for `idle_seconds` are closed, and at most `max_connections` are kept: beyond
-that, the longest idle one is closed to make room.
+that, the longest idle one is closed to make room. A request must be read (line,
+headers and body) within `read_seconds` of its first byte, or its connection is shut
+down: a client dripping bytes cannot hold a worker thread.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ class PoolHTTPServer(HTTPServer):
     request_queue_size = 1024  # listen backlog: a burst of connections is accepted, not dropped
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *, workers: int = 64,
-                 idle_seconds: float = 30.0, max_connections: int = 4096) -> None:
+                 idle_seconds: float = 30.0, max_connections: int = 4096, read_seconds: float = 90.0) -> None:
         super().__init__(address, handler)
         self.idle_seconds = idle_seconds
+        self.read_seconds = read_seconds
+        self._reading: dict[socket.socket, float] = {}  # socket -> deadline for reading its request
         self.max_connections = max_connections
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="http-worker")
         self._selector = selectors.DefaultSelector()
@@ -118,21 +122,33 @@ class PoolHTTPServer(HTTPServer):
                 now = time.monotonic()
                 for sock in [s for s, (_, t) in self._parked.items() if now - t > self.idle_seconds]:
                     self._drop(sock)
+                for sock in [s for s, t in self._reading.items() if now > t]:
+                    self._reading.pop(sock, None)
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # the worker's read fails now
             for sock, addr in ready:
                 try:
                     self._pool.submit(self._serve_one, sock, addr)
                 except RuntimeError:  # the pool is shut down
                     self.shutdown_request(sock)
 
+    def request_read(self, sock: Any) -> None:
+        """Called by the handler once its request is read: from here on only the handler's own time counts."""
+        with self._lock:
+            self._reading.pop(sock, None)
+
     def _serve_one(self, sock: socket.socket, addr: Any) -> None:
         """One request on a pool thread; the connection is parked again when it stays open."""
         keep = False
+        with self._lock:
+            self._reading[sock] = time.monotonic() + self.read_seconds
         try:
             handler_class: Any = self.RequestHandlerClass
             handler = handler_class(sock, addr, self)
             keep = not getattr(handler, "close_connection", True)
         except Exception:  # noqa: BLE001 - one bad connection must not end the server
             log.debug("request from %s failed", addr, exc_info=True)
+        self.request_read(sock)
         if keep and not self._closing.is_set():
             with contextlib.suppress(OSError):
                 sock.settimeout(None)

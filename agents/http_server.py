@@ -110,6 +110,7 @@ class OpenAICompatServer:
     max_json_depth = 64  # nesting of the request's JSON
     body_seconds = 60.0  # the whole body must arrive within this
     idle_seconds = 30.0  # an idle keep-alive connection (or a stalled request) is closed after this
+    read_seconds = 90.0  # a whole request (line, headers, body) must arrive within this of its first byte
     workers = 64  # threads serving requests
     max_connections = 4096  # open connections; beyond, the longest idle one is closed
 
@@ -147,7 +148,8 @@ class OpenAICompatServer:
             return
         handler = _make_handler(self)
         httpd = PoolHTTPServer((self.host, self._requested_port), handler, workers=self.workers,
-                               idle_seconds=self.idle_seconds, max_connections=self.max_connections)
+                               idle_seconds=self.idle_seconds, max_connections=self.max_connections,
+                               read_seconds=self.read_seconds)
         self._httpd = httpd
         self._bound_port = int(httpd.server_address[1])
 
@@ -338,6 +340,9 @@ def _make_handler(server: OpenAICompatServer) -> type[BaseHTTPRequestHandler]:
             path = self._path()
             length = _content_length(self.headers, server.max_request_bytes)
             raw = self._read_body(length)
+            request_read = getattr(self.server, "request_read", None)
+            if request_read is not None:
+                request_read(self.connection)  # the request is in: chat() may take its time
             if path not in ("/v1/chat/completions", "/chat/completions"):
                 self._send(error_reply(404, f"no route POST {path[:200]}; this server offers /v1/chat/completions",
                                        "not_found_error"))

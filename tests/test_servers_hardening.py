@@ -181,3 +181,30 @@ def test_malformed_replay_files_are_configuration_errors_with_the_line(tmp_path:
     with pytest.raises(ConfigError) as info:
         ReplayServer(rec)
     assert info.value.exit_code == 2 and ":2 " in info.value.message and why.split()[-1] in info.value.message
+
+
+def test_clients_dripping_bytes_cannot_hold_the_workers() -> None:
+    srv = OfflineComposerServer(seed=1)
+    srv.workers, srv.read_seconds = 4, 2.0
+    stop = threading.Event()
+
+    def drip() -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as s:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+                while not stop.wait(0.3):
+                    s.sendall(b"X")  # one header byte at a time, never done
+        except OSError:
+            pass  # the server shut it down
+
+    with srv:
+        drippers = [threading.Thread(target=drip, daemon=True) for _ in range(8)]
+        for t in drippers:
+            t.start()
+        time.sleep(1.0)
+        try:
+            body = _chat_body()
+            status, data, _ = _request(srv.port, _post_head(str(len(body))), body, timeout=30)
+            assert status == 200 and data["choices"][0]["message"]["content"]
+        finally:
+            stop.set()
