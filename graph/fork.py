@@ -290,7 +290,7 @@ def fork_run(run_dir: Path, step: int, *, new_dir: Path | None = None, llm_base_
         settings = RunSettings.model_validate(data)
     except ValueError as e:
         raise ConfigError(f"the forked configuration is invalid: {e}", "check --llm-base-url / --llm-model") from None
-    masked = mask(settings) if mask else settings.model_dump(mode="json")
+    masked = mask(settings) if mask else settings.masked_dump()
     copy_run(src, dst)
     trim_checkpoints(dst / CHECKPOINT_DB, rewind, dropped)
     removed = trim_results(dst, step)

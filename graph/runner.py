@@ -192,7 +192,7 @@ class SearchRun:
         self.emit: EventSink = emit or (lambda event: None)
         self.resume = resume
         self.pipeline_factory = pipeline_factory or default_pipeline
-        self.masked_config = masked_config or settings.model_dump(mode="json")
+        self.masked_config = masked_config or settings.masked_dump()
         self.state: dict[str, Any] = {}  # stop_reason, whole-run counts and leaderboard once the run ends
 
     def _agent_names(self) -> dict[str, str]:

@@ -8,11 +8,11 @@ and flags; the graph only reads it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nncaption.agents.settings import LLMSettings
+from nncaption.agents.settings import LLMSettings, mask_secrets
 from nncaption.graph.policy import PolicySettings
 
 AgentKind = Literal["baseline", "llm"]
@@ -122,3 +122,8 @@ class RunSettings(_Strict):
     def recursion_limit(self) -> int:
         """Steps one candidate's thread may take: at most ~6 nodes per fix round, with room to spare."""
         return 20 + 6 * (self.max_fix_rounds + 1)
+
+    def masked_dump(self) -> dict[str, Any]:
+        """The settings as JSON data with secrets masked (URL credentials, secret-looking keys): what a run
+        directory, `config show`, traces and Studio store or print."""
+        return dict(mask_secrets(self.model_dump(mode="json")))

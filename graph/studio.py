@@ -83,7 +83,7 @@ async def compile_graph(run_dir: Path, *, saver: Any = None, pipeline_factory: A
     settings = settings_for(run_dir)
     store = RunStore(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
-        store.write_config(settings.model_dump(mode="json"))
+        store.write_config(settings.masked_dump())
     try:
         async with (pipeline_factory or default_pipeline)(settings, store) as (pipeline, _client):
             nodes = Nodes(settings, store, pipeline, lambda event: log.info("event %s", event.get("event")))

@@ -20,7 +20,6 @@ gives one `ConfigError` naming the key and the allowed values.
 from __future__ import annotations
 
 import json
-import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,6 @@ from pydantic import BaseModel, ValidationError
 
 from nncaption.graph.settings import RunSettings
 from nncaption.netapi.errors import ConfigError
-
-SECRET_KEY = re.compile(r"(api[_-]?key|token|secret|password|authorization)(?!_env)", re.IGNORECASE)
-URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -150,21 +146,9 @@ def resolve(file_data: dict[str, Any] | None = None, overrides: dict[str, Any] |
         raise explain(e) from None
 
 
-def _mask(value: Any, key: str = "") -> Any:
-    if isinstance(value, dict):
-        return {k: _mask(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask(v, key) for v in value]
-    if isinstance(value, str):
-        if SECRET_KEY.search(key) and value:
-            return "***"
-        return URL_USERINFO.sub("***@", value)
-    return value
-
-
 def masked(settings: RunSettings) -> dict[str, Any]:
     """The settings as JSON-able data with secret-looking values masked (what is printed and stored)."""
-    return dict(_mask(settings.model_dump(mode="json")))
+    return settings.masked_dump()
 
 
 def show(settings: RunSettings) -> str:
