@@ -37,9 +37,10 @@ class DatasetError(NNCaptionError):
 
 
 class ConfigError(NNCaptionError):
-    """A setting or command-line value is invalid."""
+    """A setting or command-line value is invalid: the command cannot run as configured (exit 2)."""
 
     category = "config"
+    exit_code = 2
 
 
 class UsageError(NNCaptionError):
