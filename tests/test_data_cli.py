@@ -79,10 +79,11 @@ def test_bare_data_group_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "synth" in capsys.readouterr().err
 
 
-def test_config_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", "synth", "--out", str(tmp_path), "--size", "8", "--quiet"]) == 1
+def test_config_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A value the command cannot run with is a configuration error: exit 2, like bad arguments."""
+    assert main(["data", "synth", "--out", str(tmp_path), "--size", "8", "--quiet"]) == 2
     assert "error [config]" in capsys.readouterr().err
-    assert main(["data", "prepare", "--synthetic", str(tmp_path), "--size", "2"]) == 1
+    assert main(["data", "prepare", "--synthetic", str(tmp_path), "--size", "2"]) == 2
 
 
 def test_resolve_dataset_generates_once_then_reuses(nncaption_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
