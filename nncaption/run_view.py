@@ -173,6 +173,9 @@ class LiveView:
                 self.waiting[cid] = f"{node} {safe_text(event.get('status'), 20)}, next step queued"
             if event.get("status") == "ok" and node in self.reached:
                 self.reached[node].add(cid)
+        elif kind == "node_waiting" and cid and cid not in self.done:
+            self.running.pop(cid, None)
+            self.waiting[cid] = f"{safe_text(event.get('node'), 20)} waits for {safe_text(event.get('for'), 40)}"
         elif kind == "train_progress" and cid and cid not in self.done:
             self.progress[cid] = progress_text(event)
         elif kind in OUTCOMES and cid:

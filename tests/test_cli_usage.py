@@ -172,6 +172,10 @@ def test_live_view_progress_running_and_resumed_counts() -> None:
     assert "running  c0005" not in text and "waiting  c0005 (review ok" in text
     assert "candidates 3/6 finished" in text and "51 s" in text
     assert "timeout 1" in text
+    view({"event": "node_waiting", "candidate": "c0006", "node": "train", "for": "a training slot"})
+    assert "waiting  c0006 (train waits for a training slot" in _text(view)
+    view({"event": "node_started", "candidate": "c0006", "node": "train", "queued_s": 3.0})
+    assert "running  c0006 train" in _text(view)
     funnel = next(line for line in text.splitlines() if line.count("│") >= 6)
     assert [c.strip() for c in funnel.split("│")[1:-1]] == ["4", "0", "1", "0", "3", "2"]
     clock.now += 30  # no event: the clock still moves
