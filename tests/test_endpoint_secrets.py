@@ -65,6 +65,7 @@ def test_the_exchange_and_the_recording_keep_no_secret_and_still_replay(tmp_path
     assert len(entries) == 1 and next(iter(entries.values()))[0]["request"]["api_key"] == "***"
 
 
+@pytest.mark.sandbox
 @pytest.mark.slow
 def test_a_run_with_credentials_in_its_url_and_a_key_in_extra_body_keeps_neither(
         tiny_dataset: Any, tmp_path: Path) -> None:
