@@ -31,7 +31,7 @@ SECTION = "# " + "-" * 75 + " {title}\n"
 def template_text(name: str) -> str:
     """The piece of template module `name`: its text after the start line, leading blank lines dropped."""
     text = resources.files(TEMPLATE_PACKAGE).joinpath(f"{name}.py").read_text(encoding="utf-8")
-    head, sep, body = text.partition(START_LINE)
+    _header, sep, body = text.partition(START_LINE)
     if not sep:
         raise ValueError(f"template {name}.py has no start line {START_LINE.strip()!r}")
     return body.lstrip("\n")
