@@ -121,7 +121,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
     counter = [0]
     mp = pytest.MonkeyPatch()
-    mp.setattr(BaseSandbox, "_run", _counting(counter, BaseSandbox._run))
+    if hasattr(BaseSandbox, "_run"):  # else test_sandbox_marker_guard.py fails and names the method to wrap
+        mp.setattr(BaseSandbox, "_run", _counting(counter, BaseSandbox._run))
     try:
         from nncaption.sandbox.ray_backend import RaySandbox  # imports ray lazily, on first use
     except ImportError:  # pragma: no cover - ray is a dependency
