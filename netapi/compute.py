@@ -15,8 +15,8 @@ that long is either waiting (a sleep, a blocked read, a deadlock: the candidate'
 starved by the machine (it goes on, up to `STARVED_BACKSTOP_FACTOR` x its limit, then it is stopped as a
 job-error). `backstop_verdict` tells them apart with the scheduler's own numbers: the run-queue delay of the job's
 threads (`/proc/<pid>/task/<tid>/schedstat`, time spent runnable but waiting for a CPU). A job that used under
-half of its allotted cores, waited for a CPU for at least a quarter of the wall time and at least as long as it ran
-was starved: `overloaded`
+half of its allotted cores, was runnable (running or waiting for a CPU) for at least three quarters of the wall time
+and waited at least as long as it ran was starved: `overloaded`
 (job-error, "machine overloaded", retried once by the service), never the candidate's fault.
 """
 
@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 WALL_BACKSTOP_FACTOR = 3.0  # at this many times its compute limit in wall time, a step that is not starved is stopped
 STARVED_BACKSTOP_FACTOR = 8.0  # a starved step (backstop_verdict) goes on until this many times its limit
 OVERLOAD_CPU_SHARE = 0.5  # under this share of wall x cores used ...
-OVERLOAD_RUN_DELAY_SHARE = 0.25  # ... while waiting this share of the wall time for a CPU: the machine's fault
+OVERLOAD_RUNNABLE_SHARE = 0.75  # ... while running or waiting for a CPU this share of the wall time (and waiting
+# at least as long as running): the machine's fault
 CHECK_INTERVAL_S = 0.5  # how often a waiting runner looks at the compute used
 OVERLOADED_PREFIX = "machine overloaded"
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -120,15 +121,17 @@ def tree_usage(pids: list[int]) -> Usage:
 def backstop_verdict(used: Usage, cores: float) -> tuple[bool, str]:
     """(overloaded, the numbers in words) for a job or step stopped by its wall-clock backstop.
 
-    Overloaded: the job used under OVERLOAD_CPU_SHARE of wall x cores while its threads waited for a CPU for at
-    least OVERLOAD_RUN_DELAY_SHARE of the wall time and at least as long as they ran (it got at most half of the
-    CPU it asked for). A job that used little CPU without waiting for one was sleeping or blocked, and one that got
-    most of what it asked for was slow by itself: the candidate's timeout.
+    Overloaded: the job used under OVERLOAD_CPU_SHARE of wall x cores, wanted a CPU (ran or waited for one) for at
+    least OVERLOAD_RUNNABLE_SHARE of the wall time, and waited at least as long as it ran (it got at most half of
+    the CPU it asked for). A job that mostly neither ran nor waited was sleeping or blocked (the waits of its
+    start-up on a busy machine do not make it starved), and one that got most of what it asked for was slow by
+    itself: the candidate's timeout.
     """
     cores = max(1.0, float(cores))
     wall = max(used.wall, 1e-9)
     overloaded = (used.cpu_s < OVERLOAD_CPU_SHARE * wall * cores
-                  and used.run_delay_s >= max(OVERLOAD_RUN_DELAY_SHARE * wall, used.cpu_s))
+                  and used.cpu_s + used.run_delay_s >= OVERLOAD_RUNNABLE_SHARE * wall
+                  and used.run_delay_s >= used.cpu_s)
     words = (f"{used.cpu_s:.1f} CPU-seconds ({used.cpu_s / cores:.1f} s per allotted core, {cores:g} core(s)) in "
              f"{used.wall:.1f} s of wall time, {used.run_delay_s:.1f} s of it waiting for a CPU")
     return overloaded, words

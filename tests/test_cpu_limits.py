@@ -112,6 +112,7 @@ def test_a_job_killed_by_the_sandbox_backstop_while_starved_is_a_job_error(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox
 def test_an_epoch_that_fits_when_idle_fits_under_four_hogs(tiny_dataset: Any, tmp_path: Path) -> None:
     code = working_candidate(1500)
     idle_events: list[dict[str, Any]] = []
@@ -132,6 +133,7 @@ def test_an_epoch_that_fits_when_idle_fits_under_four_hogs(tiny_dataset: Any, tm
 
 
 @pytest.mark.slow
+@pytest.mark.sandbox
 def test_a_busy_loop_past_its_cpu_limit_is_a_timeout_and_is_not_run_twice(tiny_dataset: Any, tmp_path: Path) -> None:
     code = (CANDIDATES / "bad_infinite_loop.py").read_text()
     with hogs(4), service(tiny_dataset, tmp_path, threads=1, smoke_time_limit_s=2.0, reuse=True) as svc:

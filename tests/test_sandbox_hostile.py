@@ -150,13 +150,20 @@ def test_memory_bomb(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
 def test_busy_loop_past_timeout(sandbox: Sandbox, tmp_path: Path, data_dir: Path, hang_timeout: float) -> None:
     r = run(sandbox, tmp_path / "job", data_dir, "busy_loop", timeout_s=hang_timeout)
     assert started(r), describe(r)
-    assert r.status == TIMEOUT and r.category == "timeout", describe(r)
+    # the sandbox's wall-clock backstop stops it; on a machine so busy that the loop got under half of the CPU it
+    # asked for, the verdict is the machine's (job-error, "machine overloaded"), never ok; both give the figures
+    if r.overloaded:
+        assert r.status == FAILED and r.category == "job-error", describe(r)
+    else:
+        assert r.status == TIMEOUT and r.category == "timeout", describe(r)
+    assert "CPU-seconds" in r.message and "s of wall time" in r.message, describe(r)
 
 
 def test_sleep_forever_in_learn(sandbox: Sandbox, tmp_path: Path, data_dir: Path, hang_timeout: float) -> None:
     r = run(sandbox, tmp_path / "job", data_dir, "sleep_forever", timeout_s=hang_timeout)
     assert started(r), describe(r)
-    assert r.status == TIMEOUT and r.category == "timeout", describe(r)
+    # sleeping is not starving, however busy the machine: the candidate's timeout (issue 14)
+    assert r.status == TIMEOUT and r.category == "timeout" and not r.overloaded, describe(r)
 
 
 def test_loopback_listener_sees_nothing(sandbox: Sandbox, tmp_path: Path, data_dir: Path) -> None:
