@@ -317,3 +317,17 @@ def test_runner_never_reads_validation_references(tiny_dataset: Any, tmp_path: P
     assert any(p.name == "val_images.npy" for p in in_dataset)  # the hook saw the data being read
     assert all(p.is_relative_to(public.resolve()) for p in in_dataset), in_dataset
     assert not any("val_refs" in str(p) or "private" in p.parts for p in opened)
+
+
+def test_batch_progress_is_throttled_and_ends_each_epoch(tiny_dataset: Any, tmp_path: Path) -> None:
+    """"batch" events: about one a second at most, plus each epoch's last batch; each says where the job is."""
+    job = make_job(tmp_path, tiny_candidate(), tiny_dataset, epochs=2, batch_size=8, max_train_batches=None)
+    assert run_job(job) == 0
+    evs = events(job)
+    ends = {e["epoch"]: e for e in evs if e["event"] == "epoch_end"}
+    assert set(ends) == {1, 2} and all(e["epochs"] == 2 and e["cpu_s"] >= 0 for e in ends.values())
+    for epoch in (1, 2):
+        batches = [e for e in evs if e["event"] == "batch" and e["epoch"] == epoch]
+        assert batches and all(b["epochs"] == 2 and b["batches"] == 12 for b in batches)
+        assert batches[-1]["batch"] == 12  # the epoch's last batch is always reported
+        assert len(batches) <= ends[epoch]["seconds"] + 2  # throttled: not one event per batch (12)
