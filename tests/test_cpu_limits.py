@@ -181,3 +181,38 @@ def test_an_overloaded_job_runs_once_more_after_a_pause_and_is_never_reused(tiny
     assert [e["reason"] for e in events if e["event"] == "retry"] == ["machine overloaded"]
     again = svc.evaluate_sync((CANDIDATES / "good_tiny.py").read_text())
     assert not again.reused and sandbox.jobs == 4  # a job-error is the machine's: never reused
+
+
+# ---------------------------------------------------------------------------------------------- the runner, starved
+
+
+@pytest.mark.slow
+def test_a_step_the_machine_starves_ends_as_machine_overloaded(tiny_dataset: Any, tmp_path: Path) -> None:
+    """A busy learn pinned to one core with sixteen hogs: it gets ~1/17 of the core, so it reaches neither its compute
+    limit nor a verdict of its own before the hard backstop (8x the limit): job-error, not the candidate's timeout."""
+    from tiny_candidates import tiny_candidate
+
+    from nncaption.netapi.evaluate import make_job_dir
+    from nncaption.netapi.job import EXIT_RUNNER_ERROR, JobSpec, read_result
+    from nncaption.netapi.train import run_job
+
+    job = make_job_dir(tmp_path / "job", tiny_candidate(spin_in_learn=5.0),
+                       JobSpec(data_dir=str(tiny_dataset.public_dir), epochs=1, max_train_batches=2, threads=1,
+                               decode_batch_size=16, epoch_time_limit_s=0.3))
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    try:
+        os.sched_setaffinity(0, {core})  # the forked candidate inherits it
+        with hogs(0) as procs:
+            for _ in range(16):
+                procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True,
+                                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+                os.sched_setaffinity(procs[-1].pid, {core})
+            time.sleep(0.5)
+            code = run_job(job)
+    finally:
+        os.sched_setaffinity(0, before)
+    result = read_result(job)
+    assert result is not None and code == EXIT_RUNNER_ERROR and result.status == "error", result
+    assert result.message.startswith(OVERLOADED_PREFIX) and "CPU-seconds" in result.message, result.message
+    assert "waiting for a CPU" in result.message and result.step.value == "learn"
