@@ -237,7 +237,7 @@ class BaseSandbox(ClosingContext, Generic[H]):
         write_tail(job_dir / STDERR_FILE, obs.stderr_tail)
         result = interpret(job_dir, job.entry, obs, timeout_s=job.limits.timeout_s, backend=self.name, spec=job.spec)
         if reclaim_error is not None:
-            result.status, result.category = RunStatus.FAILED, Category.JOB_ERROR.value
+            result.status, result.category = RunStatus.FAILED, Category.CRASHED.value
             result.message = f"the job's directory could not be reclaimed ({reclaim_error}); its result is not trusted"
         if cancelled:
             result.status, result.category = RunStatus.CANCELLED, None
