@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 WALL_BACKSTOP_FACTOR = 3.0  # at this many times its compute limit in wall time, a step that is not starved is stopped
 STARVED_BACKSTOP_FACTOR = 8.0  # a starved step (backstop_verdict) goes on until this many times its limit
 OVERLOAD_CPU_SHARE = 0.5  # under this share of wall x cores used ...
+OVERLOAD_OTHERS_SHARE = 0.5  # ... while the rest of the machine used at least this share of the job's cores
 OVERLOAD_RUNNABLE_SHARE = 0.75  # ... while running or waiting for a CPU this share of the wall time (and waiting
 # at least as long as running): the machine's fault
 CHECK_INTERVAL_S = 0.5  # how often a waiting runner looks at the compute used
@@ -46,10 +47,31 @@ class Usage:
     cpu_s: float
     run_delay_s: float
     wall: float  # time.monotonic() when sampled
+    machine_busy_s: float | None = None  # CPU seconds every process of the machine used (/proc/stat), when readable
 
     def since(self, start: Usage) -> Usage:
+        busy = (max(0.0, self.machine_busy_s - start.machine_busy_s)
+                if self.machine_busy_s is not None and start.machine_busy_s is not None else None)
         return Usage(max(0.0, self.cpu_s - start.cpu_s), max(0.0, self.run_delay_s - start.run_delay_s),
-                     self.wall - start.wall)
+                     self.wall - start.wall, busy)
+
+    @property
+    def others_s(self) -> float | None:
+        """CPU seconds the rest of the machine used meanwhile (None when unknown)."""
+        return None if self.machine_busy_s is None else max(0.0, self.machine_busy_s - self.cpu_s)
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (user, nice, system, irq, softirq, steal) since boot."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+        if fields[0] != b"cpu":
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    except (OSError, ValueError, IndexError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / _TICK
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -115,7 +137,7 @@ def tree_usage(pids: list[int]) -> Usage:
             continue
         cpu += st[1]
         delay += _run_delay(pid)
-    return Usage(cpu, delay, time.monotonic())
+    return Usage(cpu, delay, time.monotonic(), machine_busy_s())
 
 
 def backstop_verdict(used: Usage, cores: float) -> tuple[bool, str]:
@@ -125,15 +147,21 @@ def backstop_verdict(used: Usage, cores: float) -> tuple[bool, str]:
     least OVERLOAD_RUNNABLE_SHARE of the wall time, and waited at least as long as it ran (it got at most half of
     the CPU it asked for). A job that mostly neither ran nor waited was sleeping or blocked (the waits of its
     start-up on a busy machine do not make it starved), and one that got most of what it asked for was slow by
-    itself: the candidate's timeout.
+    itself: the candidate's timeout. And the rest of the machine must have used at least OVERLOAD_OTHERS_SHARE of
+    the job's allotted cores meanwhile (/proc/stat): a candidate that crowds itself (a hundred threads pinned to one
+    core) starves only itself.
     """
     cores = max(1.0, float(cores))
     wall = max(used.wall, 1e-9)
+    others = used.others_s
     overloaded = (used.cpu_s < OVERLOAD_CPU_SHARE * wall * cores
                   and used.cpu_s + used.run_delay_s >= OVERLOAD_RUNNABLE_SHARE * wall
-                  and used.run_delay_s >= used.cpu_s)
+                  and used.run_delay_s >= used.cpu_s
+                  and (others is None or others >= OVERLOAD_OTHERS_SHARE * wall * cores))
     words = (f"{used.cpu_s:.1f} CPU-seconds ({used.cpu_s / cores:.1f} s per allotted core, {cores:g} core(s)) in "
              f"{used.wall:.1f} s of wall time, {used.run_delay_s:.1f} s of it waiting for a CPU")
+    if others is not None:
+        words += f" (other work on the machine used {others:.1f} CPU-seconds meanwhile)"
     return overloaded, words
 
 

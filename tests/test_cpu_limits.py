@@ -93,6 +93,10 @@ def test_the_backstop_tells_a_starved_job_from_a_waiting_one() -> None:
     assert not backstop_verdict(sleeping, cores)[0]
     served = Usage(cpu_s=25.0, run_delay_s=10.0, wall=30.0)  # a single busy thread that got most of a core
     assert not backstop_verdict(served, cores)[0]
+    # a candidate that crowds itself (threads pinned to one core) starves only itself: the machine was not busy
+    crowded = Usage(cpu_s=29.0, run_delay_s=400.0, wall=30.0, machine_busy_s=30.0)
+    assert not backstop_verdict(crowded, cores)[0]
+    assert backstop_verdict(Usage(8.0, 20.0, 30.0, machine_busy_s=58.0), cores)[0]  # others used 50 CPU-seconds
     words = backstop_verdict(starved, cores)[1]
     assert "8.0 CPU-seconds" in words and "30.0 s of wall time" in words and "20.0 s of it waiting" in words
 
