@@ -187,8 +187,30 @@ class RunStore:
              _json(list(snippets)), step, time.time()))
 
     def record_candidate(self, cid: str, *, step: int, **fields: Any) -> None:
-        """Final fields of a candidate (status, category, stage, bleu4, ...), recorded at run step `step`."""
+        """Final fields of a candidate (status, category, stage, bleu4, ...), recorded at run step `step`.
+
+        A duplicate always names the twin whose network ran: twins settle in any order (one may be recorded as a
+        duplicate of a twin that later turns out to be a duplicate itself), so the link is followed to its end, and
+        twins already recorded as duplicates of this candidate follow it to the same owner.
+        """
+        if fields.get("status") == "duplicate" and fields.get("duplicate_of"):
+            owner = self._network_owner(str(fields["duplicate_of"]), cid)
+            fields.update(duplicate_of=owner, message=f"same network as {owner}")
+            self._exec("UPDATE candidates SET duplicate_of=?, message=? WHERE duplicate_of=? AND status='duplicate'",
+                       (owner, f"same network as {owner}", cid))
         self.update_candidate(cid, recorded_step=step, finished_at=time.time(), **fields)
+
+    def _network_owner(self, cid: str, start: str) -> str:
+        """Follow recorded duplicate links from `cid` to the twin that is not a duplicate (bounded, cycle-safe)."""
+        seen = {start}
+        while cid not in seen and len(seen) < 1000:
+            seen.add(cid)
+            row = self._query("SELECT duplicate_of FROM candidates WHERE cid=? AND status='duplicate'", (cid,))
+            if not row or not row[0]["duplicate_of"]:
+                break
+            cid = str(row[0]["duplicate_of"])
+        return cid
+
 
     def update_candidate(self, cid: str, **fields: Any) -> None:
         """Set some columns of a candidate's row; `prm` is stored as JSON."""

@@ -204,6 +204,23 @@ def test_dedup_owner_is_the_recorded_twin_else_the_lowest_index(tmp_path: Path) 
     store.close()
 
 
+def test_a_duplicate_always_names_the_twin_whose_network_ran(tmp_path: Path) -> None:
+    """Twins settle in any order: c2 trains first and c3 is recorded as its duplicate, then c1 (lower index) owns
+    the network and c2 becomes a duplicate too; c3 must name c1, not c2 (seen as a flaky graph test)."""
+    store = RunStore(tmp_path / "run")
+    for i in range(1, 5):
+        store.plan_candidate(jr.Entry(cid=f"c{i}", index=i, origin=jr.Origin.COMPOSE), mode="draft", snippets=[],
+                             step=1)
+    store.record_candidate("c3", step=2, status="duplicate", duplicate_of="c2")
+    store.record_candidate("c2", step=3, status="duplicate", duplicate_of="c1")
+    store.record_candidate("c1", step=4, status="scored", bleu4=0.1)
+    store.record_candidate("c4", step=5, status="duplicate", duplicate_of="c3")  # a link to a duplicate: followed
+    rows = {r["cid"]: r for r in store.candidate_rows()}
+    assert {c: rows[c]["duplicate_of"] for c in ("c2", "c3", "c4")} == {"c2": "c1", "c3": "c1", "c4": "c1"}
+    assert rows["c3"]["message"] == "same network as c1"
+    store.close()
+
+
 # ------------------------------------------------------------------ run config
 
 
