@@ -16,6 +16,7 @@ Every step is in the returned `EditReport`: `to_dict()` is the structured record
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from nncaption.agents.client import LLMClient
 from nncaption.agents.diffedit import BlockResult, DiffFormatError, apply_diff, parse_diff
 from nncaption.agents.errors import TruncatedReply
 from nncaption.agents.extract import (
+    PARSE_TIMEOUT_S,
     Candidate,
     ExtractionError,
     candidate_from_exchange,
@@ -149,7 +151,12 @@ async def ask_for_edit(client: LLMClient, role: str, parent_code: str, edit_mess
         report.reason = "the reply was cut off at its token budget"
     else:
         exchanges.append(ex)
-        cand = edited_candidate(ex, parent_code, report)
+        try:  # parsing and applying are CPU work on hostile text: off the event loop, with a time bound
+            cand = await asyncio.wait_for(asyncio.to_thread(edited_candidate, ex, parent_code, report),
+                                          PARSE_TIMEOUT_S)
+        except TimeoutError:
+            report.reason = f"applying the edits took more than {PARSE_TIMEOUT_S:.0f} s"
+            cand = None
         if cand is not None:
             return ex, cand, report
     log.info("%s edits not used (%s); asking for the whole file", role, report.reason)

@@ -249,14 +249,14 @@ class SearchRun:
             self.outcome = outcome
         if reason == "endpoints-down":
             down = min(self.settings.endpoint_down_after, self.settings.budget.candidates)
-            raise EndpointsDown(f"stopped after {down} candidates in a row lost their "
-                                "LLM endpoint", f"check the endpoints, then continue with "
-                                f"`nncaption run --resume {self.run_dir}`")
+            raise EndpointsDown(f"stopped after {down} candidates in a row lost their LLM endpoint: "
+                                f"{self._last_failure(ENDPOINT_CATEGORIES)}", "check the endpoints, then continue "
+                                f"with `nncaption run --resume {self.run_dir}`")
         if reason == "machine-unusable":
             raise MachineUnusable(
                 f"stopped after {min(self.settings.job_error_after, self.settings.budget.candidates)} candidates in a "
                 "row could not run on this machine: "
-                f"{self._last_job_error()}",
+                f"{self._last_failure(JOB_ERROR_CATEGORIES)}",
                 "nothing to fix in the candidates: repair the machine (for CUDA: python -m "
                 f"nncaption.evals.gpu_doctor), then continue with `nncaption run --resume {self.run_dir}`")
         return outcome
@@ -288,13 +288,16 @@ class SearchRun:
                    "inflight": [e.cid for e in entries if e.status in (jr.Status.PLANNED, jr.Status.INTERRUPTED)],
                    "elapsed_before_s": round(store.elapsed_before(), 3)})
 
-    def _last_job_error(self) -> str:
+    def _last_failure(self, categories: frozenset[str]) -> str:
+        """`category: message` of the last candidate that failed with one of `categories` (why the run stopped)."""
         store = RunStore(self.run_dir)
         try:
-            rows = [r for r in store.candidate_rows() if r.get("category") == "job-error"]
+            rows = [r for r in store.candidate_rows() if r.get("category") in categories]
         finally:
             store.close()
-        return safe_text(str(rows[-1].get("message") or ""), 500) if rows else "(no message recorded)"
+        if not rows:
+            return "(no message recorded)"
+        return f"{rows[-1].get('category')}: {safe_text(str(rows[-1].get('message') or ''), 500)}"
 
     def _outcome(self, store: RunStore, status: str, reason: str | None, elapsed: float) -> RunOutcome:
         best = store.best(1)

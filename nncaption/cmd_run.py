@@ -172,6 +172,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 live=not args.no_live and not args.json_logs)
 
 
+def _no_http_request_lines(record: logging.LogRecord) -> bool:
+    """httpx logs each request's full URL at INFO, query-string secrets included: run.log keeps its warnings only
+    (the LLM calls are in the run store, with masked URLs)."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(("httpx", "httpcore"))
+
+
 def _setup_logging(run_dir: Path) -> None:
     from nncaption.netapi.safetext import SafeFormatter
 
@@ -188,6 +194,7 @@ def _setup_logging(run_dir: Path) -> None:
         return
     handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
     handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_no_http_request_lines)
     root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:

@@ -102,3 +102,18 @@ def test_a_run_with_credentials_in_its_url_and_a_key_in_extra_body_keeps_neither
     subprocess.run([sys.executable, "-m", "nncaption.cli", "trace", str(run_dir), "--html", str(html)],
                    capture_output=True, text=True, timeout=120, env=dict(os.environ), check=True)
     assert not [s for s in SECRETS if s in html.read_text(encoding="utf-8")]
+
+
+def test_run_log_keeps_no_http_request_lines() -> None:
+    """httpx's INFO line names the request URL (query-string secrets included): run.log's handler drops it."""
+    import logging
+
+    from nncaption.cmd_run import _no_http_request_lines
+
+    def record(name: str, level: int) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, "HTTP Request: POST https://h/v1?key=s3cret", None, None)
+
+    assert not _no_http_request_lines(record("httpx", logging.INFO))
+    assert not _no_http_request_lines(record("httpcore.connection", logging.DEBUG))
+    assert _no_http_request_lines(record("httpx", logging.WARNING))
+    assert _no_http_request_lines(record("nncaption.agents.client", logging.INFO))
