@@ -17,6 +17,7 @@ from enum import Enum
 from typing import Any
 
 from nncaption.agents.feedback import CandidateSummary, FailureSummary, Feedback
+from nncaption.graph.descriptor import Descriptor
 from nncaption.netapi import categories as _categories
 
 
@@ -76,6 +77,8 @@ class Entry:
     code_ref: str | None = None
     decoder: str | None = None
     duplicate_of: str | None = None
+    params: int | None = None  # the training report's parameter count (final candidates)
+    descriptor: Descriptor | None = None  # what kind of captioner it is (graph/descriptor.py); final candidates
 
     @property
     def scored(self) -> bool:

@@ -199,7 +199,8 @@ class Nodes:
             parent_view = ParentCandidate(code=self.store.blob(parent.code_ref), summary=parent.summary,
                                           bleu4=parent.bleu4, bleu4_per_epoch=parent.bleu4_per_epoch,
                                           hparams=dict(parent.prm))
-        feedback = jr.feedback_from([e for e in entries if e.cid != task["cid"]], self.store.failed_attempts(step))
+        feedback = jr.feedback_from([e for e in entries if e.cid != task["cid"]], self.store.failed_attempts(step)) \
+            if task.get("feedback", True) else None  # a policy of independent drafts plans without feedback
         return DesignRequest(mode="improve" if parent_view is not None else "compose",
                              k=self.settings.agents.snippets, seed=task["seed"],
                              decoder=task.get("decoder"), parent=parent_view, feedback=feedback)

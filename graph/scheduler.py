@@ -34,7 +34,7 @@ from typing import Any
 from nncaption.graph import journal as jr
 from nncaption.graph.build import PLAN_NODE, thread_config
 from nncaption.graph.nodes import ENDPOINT_CATEGORIES, JOB_ERROR_CATEGORIES, EventSink
-from nncaption.graph.policy import choose
+from nncaption.graph.policy import Plan, make_policy
 from nncaption.graph.settings import RunSettings
 from nncaption.graph.state import Task
 from nncaption.graph.store import RunStore
@@ -86,6 +86,7 @@ class Scheduler:
         self.reason: str | None = None
         self.retry = retry
         self.since_step = store.last_step() + 1  # stop conditions count this session's candidates only
+        self.policy = make_policy(settings.policy)  # `[policy] kind` (graph/policy.py)
 
     # ------------------------------------------------------------------ planning
     def plan(self, index: int) -> Task:
@@ -93,37 +94,51 @@ class Scheduler:
         cid = f"c{index + 1:04d}"
         step = self.store.step_begin(0, PLAN_NODE, cid, None)
         entries = self.store.journal(step)
-        rng = random.Random(f"{self.settings.seed}:plan:{index}")
-        plan = choose(entries, self.settings.policy, rng)
+        rng, plan = self._ask_policy(entries, index)
         parent = jr.by_id(entries).get(plan.parent) if plan.parent else None
-        decoder = parent.decoder if parent is not None else rng.choice(self.settings.agents.decoders)
+        decoder = self._decoder(plan, parent, rng)
         origin = plan.mode.origin
         entry = jr.Entry(cid=cid, index=index, origin=origin, parent=plan.parent,
                          debug_depth=jr.debug_depth_of(origin, parent), decoder=decoder)
         self.store.plan_candidate(entry, mode=plan.mode.value, snippets=[], step=step)
-        task = self._task(entry, plan.mode.value, rng.randrange(1_000_000))
+        task = self._task(entry, plan.mode.value, rng.randrange(1_000_000), plan)
         self.store.step_end(step, "ok", detail={"planned": [cid], "mode": plan.mode.value, "parent": plan.parent,
+                                                "parents": list(plan.parents), "inspirations": list(plan.inspirations),
+                                                "policy": self.settings.policy.kind,
                                                 "inflight": sorted(self.running.values())})
         self.emit({"event": "candidate_planned", "candidate": cid, "mode": plan.mode.value, "parent": plan.parent,
                    "decoder": decoder, "step": step})
         return task
 
     def replan(self, row: dict[str, Any]) -> Task:
-        """The task `plan` made for a stored candidate row (same seed draws), for a thread with no checkpoint."""
-        rng = random.Random(f"{self.settings.seed}:plan:{row['idx']}")
-        for _ in range(3):  # the policy's three draws
-            rng.random()
-        if row["parent"] is None:
-            rng.choice(self.settings.agents.decoders)
+        """The task `plan` made for a stored candidate row, for a thread with no checkpoint: the policy is asked
+        again with the journal as it stood at the row's planning step and the same seed, so its draws (and the
+        plan's parents and inspirations) are the same; mode, parent and decoder are the row's."""
+        entries = self.store.journal(row["planned_step"])
+        rng, plan = self._ask_policy(entries, int(row["idx"]))
+        parent = jr.by_id(entries).get(plan.parent) if plan.parent else None
+        self._decoder(plan, parent, rng)
         entry = jr.Entry(cid=row["cid"], index=row["idx"], origin=jr.Origin(row["origin"]), parent=row["parent"],
                          debug_depth=row["debug_depth"] or 0, decoder=row["decoder"])
-        return self._task(entry, row["mode"], rng.randrange(1_000_000))
+        return self._task(entry, row["mode"], rng.randrange(1_000_000), plan)
+
+    def _ask_policy(self, entries: list[jr.Entry], index: int) -> tuple[random.Random, Plan]:
+        """The policy's plan for candidate `index` and the seeded generator, left where the policy left it."""
+        rng = random.Random(f"{self.settings.seed}:plan:{index}")
+        return rng, self.policy.plan(entries, rng)
+
+    def _decoder(self, plan: Plan, parent: jr.Entry | None, rng: random.Random) -> str | None:
+        """The plan's decoder family, else the parent's, else a seeded draw."""
+        if plan.decoder is not None:
+            return plan.decoder
+        return parent.decoder if parent is not None else rng.choice(self.settings.agents.decoders)
 
     @staticmethod
-    def _task(e: jr.Entry, mode: str, seed: int) -> Task:
+    def _task(e: jr.Entry, mode: str, seed: int, plan: Plan) -> Task:
         return {"cid": e.cid, "index": e.index, "mode": mode, "origin": e.origin.value, "parent": e.parent,
                 "decoder": e.decoder, "seed": seed, "debug_depth": e.debug_depth, "attempt": 0, "fix_rounds": 0,
-                "code_ref": None, "prm": {}, "summary": "", "failure": None, "unchanged": False, "status": None}
+                "code_ref": None, "prm": {}, "summary": "", "failure": None, "unchanged": False, "status": None,
+                "parents": list(plan.parents), "inspirations": list(plan.inspirations), "feedback": plan.feedback}
 
     # ------------------------------------------------------------------ threads
     async def _thread(self, task: Task, resume: bool) -> None:

@@ -29,6 +29,9 @@ class Task(TypedDict, total=False):
     mode: str  # draft | improve | debug
     origin: str  # compose | improve | fix
     parent: str | None
+    parents: list[str]  # the plan's parents (the first is `parent`; more for crossover), graph/policy.py
+    inspirations: list[str]  # candidates the plan shows the designer as examples
+    feedback: bool  # whether the designer sees the journal's feedback (False: independent drafts)
     decoder: str | None
     seed: int
     debug_depth: int

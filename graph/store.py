@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from nncaption.graph.descriptor import Descriptor, describe
 from nncaption.graph.journal import AttemptFailure, Entry, Origin, Status
 from nncaption.graph.schema import DDL
 from nncaption.netapi.safetext import strict_dumps
@@ -56,6 +57,7 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(DDL)
+        self._descriptors: dict[tuple[str | None, str, str | None, int | None], Descriptor] = {}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -211,7 +213,6 @@ class RunStore:
             cid = str(row[0]["duplicate_of"])
         return cid
 
-
     def update_candidate(self, cid: str, **fields: Any) -> None:
         """Set some columns of a candidate's row; `prm` is stored as JSON."""
         if "prm" in fields:
@@ -313,8 +314,22 @@ class RunStore:
                 attempts=r["attempts"] or 0, fix_rounds=r["fix_rounds"] or 0, debug_depth=r["debug_depth"] or 0,
                 traceback_tail=(r["traceback_tail"] or "") if final else "",
                 message=(r["message"] or "") if final else "", code_ref=r["code_ref"],
-                decoder=r["decoder"], duplicate_of=r["duplicate_of"]))
+                decoder=r["decoder"], duplicate_of=r["duplicate_of"],
+                params=r["params"] if final else None,  # final only: what a policy sees is what it saw then
+                descriptor=self._descriptor(r["code_ref"], r["summary"] or "", r["decoder"], r["params"])
+                if final else None))
         return out
+
+    def _descriptor(self, code_ref: str | None, summary: str, decoder: str | None, params: int | None) -> Descriptor:
+        """A candidate's descriptor, derived from what the store holds (cached: a pure function of these four)."""
+        key = (code_ref, summary, decoder, params)
+        if key not in self._descriptors:
+            try:
+                code = self.blob(code_ref) if code_ref else None
+            except KeyError:
+                code = None
+            self._descriptors[key] = describe(code, summary=summary, decoder=decoder, params=params)
+        return self._descriptors[key]
 
     def failed_attempts(self, before_step: int | None = None) -> list[AttemptFailure]:
         """Every rejected attempt (static, review, smoke or train verdict) of the steps before `before_step`."""
