@@ -79,6 +79,20 @@ def test_the_config_selects_a_registered_policy() -> None:
     assert isinstance(make_policy(resolve({"policy": {"kind": "random"}}).policy), RandomDraftPolicy)
 
 
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_every_registered_policy_loads_and_plans_deterministically(kind: str) -> None:
+    """What a new file plus its registration line must satisfy: it loads by name and plans from the journal."""
+    policy = make_policy(PolicySettings(kind=kind))
+    journal = [jr.Entry(cid=f"c{i:04d}", index=i, origin=jr.Origin.COMPOSE, status=jr.Status.SCORED,
+                        bleu4=0.1 * i, code_ref="ab" * 32) for i in range(1, 4)]
+    for entries in ([], journal):
+        plans = [policy.plan(entries, random.Random(f"0:plan:{i}")) for i in range(10)]
+        assert all(isinstance(p, Plan) for p in plans)
+        assert plans == [policy.plan(entries, random.Random(f"0:plan:{i}")) for i in range(10)]
+        known = {e.cid for e in entries}
+        assert all(set(p.parents) | set(p.inspirations) <= known for p in plans)
+
+
 def test_an_unknown_policy_kind_is_a_config_error_listing_the_known_ones() -> None:
     with pytest.raises(ConfigError) as caught:
         resolve({"policy": {"kind": "islands-typo"}})
