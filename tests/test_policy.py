@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,24 @@ def test_an_unknown_policy_kind_is_a_config_error_listing_the_known_ones() -> No
         resolve({"policy": {"kind": "islands-typo"}})
     assert caught.value.exit_code == 2
     assert "policy.kind" in caught.value.message and "greedy, random" in caught.value.message
+
+
+def test_the_cli_exits_2_on_an_unknown_policy_kind_and_shows_a_known_one(tmp_path: Path) -> None:
+    bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
+    bad.write_text('[policy]\nkind = "nope"\n', encoding="utf-8")
+    good.write_text('[policy]\nkind = "random"\n', encoding="utf-8")
+
+    def config_show(path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nncaption.cli", "config", "show", "--config", str(path)],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    proc = config_show(bad)
+    assert proc.returncode == 2, proc.stderr
+    assert "policy.kind" in proc.stderr and "known kinds: greedy, random" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = config_show(good)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["policy"]["kind"] == "random"
 
 
 def test_the_greedy_policy_is_the_one_function_choose() -> None:
