@@ -130,6 +130,10 @@ class EndpointSettings(BaseModel):
     # (a stable draw per request; edits that do not apply are followed by one whole-file request). Designer and
     # fixer only; 0 = always whole files, 1 = always edits.
     diff_edits: float = Field(default=DEFAULT_DIFF_EDITS, ge=0.0, le=1.0)
+    # Price in US dollars per million prompt (input) and completion (output) tokens, for `[budget] max_cost_usd`
+    # and the cost shown in reports (graph/budget.py); 0 = free (a local server).
+    price_in_per_mtok: float = Field(default=0.0, ge=0.0)
+    price_out_per_mtok: float = Field(default=0.0, ge=0.0)
     max_retries: int = Field(default=4, ge=0)
     # Backoff: delay = min(backoff_max_s, backoff_base_s * 2**(attempt-1)) * U(0.5, 1.0)
     backoff_base_s: float = Field(default=1.0, ge=0.0)

@@ -32,6 +32,7 @@ from langgraph.graph import END
 from langgraph.types import Command
 
 from nncaption.graph import journal as jr
+from nncaption.graph import novelty
 from nncaption.graph.dedup import dedup_key
 from nncaption.graph.pipeline import Checked, Pipeline, Produced, TransientEndpointError
 from nncaption.graph.policy import Mode
@@ -166,6 +167,8 @@ class Nodes:
             known = jr.by_id(entries)
             parent_id = task.get("parent")
             parent = known.get(parent_id) if parent_id else None
+            near: novelty.Near | None = None
+            asked_again: dict[str, Any] = {}
             if task["mode"] == Mode.DEBUG.value and parent is not None and parent.code_ref:
                 failure = {"stage": parent.stage, "category": parent.category, "message": parent.message,
                            "tail": parent.traceback_tail}
@@ -173,9 +176,18 @@ class Nodes:
                 out = await self.pipeline.fix(self.store.blob(parent.code_ref), parent.prm, failure)
             else:
                 made_by = "design"
-                out = await self.pipeline.design(self._request(task, entries, parent, st.step))
+                request = self._request(task, entries, parent, st.step)
+                out = await self.pipeline.design(request)
+                near = await self._near(task, out, entries)
+                if near is not None:  # a near-duplicate: asked again once, told which candidate it is close to
+                    st.exchanges.extend(out.exchanges)
+                    asked_again = {"too_close_to": near.cid, "similarity": round(near.similarity, 4)}
+                    out = await self.pipeline.design(novelty.with_note(request, novelty.too_close_note(near)))
+                    near = await self._near(task, out, entries)
             st.exchanges.extend(out.exchanges)
             st.detail = {"mode": task["mode"], "producer": out.producer, **out.detail()}
+            if asked_again:
+                st.detail["asked_again"] = asked_again
             if not out.ok:
                 st.status = "failed"
                 if out.transient and self._retry_transient(config, "design", task):
@@ -186,8 +198,26 @@ class Nodes:
             if out.snippets:
                 self.store.update_candidate(task["cid"], snippets_json=json.dumps(out.snippets))
             st.refs["code"] = code_ref
+            if near is not None:  # still too close after the second request: a duplicate of that candidate
+                st.detail["duplicate_of"] = near.cid
+                message = f"near-duplicate of {near.cid} (similarity {near.similarity:.2f}), not trained"
+                return self._next("record", attempt=1, code_ref=code_ref, prm=out.prm, status="duplicate",
+                                  duplicate_of=near.cid, summary=safe_text(out.summary, 300, keep="head"),
+                                  failure={"stage": "design", "category": "duplicate", "message": message})
             return self._next("static", attempt=1, code_ref=code_ref, prm=out.prm,
                               summary=safe_text(out.summary, 300, keep="head"))
+
+    async def _near(self, task: Task, out: Produced, entries: list[jr.Entry]) -> novelty.Near | None:
+        """The trained candidate a new design is too close to (graph/novelty.py), or None (also when the check is
+        off or the design failed)."""
+        cfg = self.settings.novelty
+        if not out.ok or cfg.threshold <= 0:
+            return None
+        others = [(e.cid, self.store.blob(e.code_ref)) for e in novelty.pool(entries, cfg, task["cid"], out.prm)
+                  if e.code_ref]
+        if not others:
+            return None
+        return await asyncio.to_thread(novelty.nearest, out.code, others, cfg.threshold)
 
     def _request(self, task: Task, entries: list[jr.Entry], parent: jr.Entry | None, step: int) -> Any:
         """The DesignRequest of this turn: mode, snippets, decoder, the parent and feedback from the journal."""
@@ -342,8 +372,9 @@ class Nodes:
                                       "duplicate_of": task.get("duplicate_of"), "job_id": task.get("job_id")}
             if status == "scored":
                 fields.update(bleu4=task.get("bleu4"), stage="score", category=None)
-            elif status == "duplicate":
-                fields.update(stage="train", category="duplicate", message=f"same network as {task['duplicate_of']}")
+            elif status == "duplicate":  # the exact check before training (stage train) or the near one (design)
+                fields.update(stage=failure.get("stage") or "train", category="duplicate",
+                              message=f"same network as {task['duplicate_of']}")
             else:
                 fields.update(stage=failure.get("stage"), category=failure.get("category"),
                               message=failure.get("message"), traceback_tail=failure.get("tail") or "")

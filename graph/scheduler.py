@@ -14,7 +14,7 @@ next candidates design and check while the training slots are full.
 
 Run-level facts come from the run store, never from a shared graph state: the
 counts, the tokens used, and the stop reason (candidates, tokens, wall-time,
-endpoints-down, machine-unusable). On `--resume` the candidates left in flight
+budget-cost, budget-train-seconds, endpoints-down, machine-unusable). On `--resume` the candidates left in flight
 continue their threads from their last checkpoint (a candidate killed before its
 first checkpoint starts again from its plan, which is rebuilt from its row and
 the seed); finished candidates are final in the store and never run again.
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nncaption.graph import journal as jr
+from nncaption.graph.budget import BudgetMeter
 from nncaption.graph.build import PLAN_NODE, thread_config
 from nncaption.graph.nodes import ENDPOINT_CATEGORIES, JOB_ERROR_CATEGORIES, EventSink
 from nncaption.graph.policy import Plan, make_policy
@@ -86,6 +87,7 @@ class Scheduler:
         self.reason: str | None = None
         self.retry = retry
         self.since_step = store.last_step() + 1  # stop conditions count this session's candidates only
+        self.meter = BudgetMeter(settings)  # dollars and training seconds spent, from the store
         self.policy = make_policy(settings.policy)  # `[policy] kind` (graph/policy.py)
 
     # ------------------------------------------------------------------ planning
@@ -164,6 +166,9 @@ class Scheduler:
             return condition
         if b.max_tokens is not None and self.store.tokens_used() >= b.max_tokens:
             return "tokens"
+        spent = self.meter.reason(self.store)  # budget-cost / budget-train-seconds (graph/budget.py)
+        if spent:
+            return spent
         if b.wall_time_s is not None and self.clock.elapsed() >= b.wall_time_s:
             return "wall-time"
         if next_index >= b.candidates:

@@ -31,6 +31,20 @@ class BudgetSettings(_Strict):
     candidates: int = Field(default=4, ge=1, description="candidates to make (drafts, improvements and repairs)")
     wall_time_s: float | None = Field(default=None, gt=0, description="seconds of wall time (all sessions together)")
     max_tokens: int | None = Field(default=None, ge=1, description="LLM tokens (prompt + completion, all roles)")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="US dollars of LLM calls (each endpoint's "
+                                       "price_in_per_mtok / price_out_per_mtok times its tokens), graph/budget.py")
+    max_train_seconds: float | None = Field(default=None, gt=0, description="seconds of training jobs (CPU and "
+                                            "GPU jobs together; reused jobs cost nothing), graph/budget.py")
+
+
+class NoveltySettings(_Strict):
+    """The near-duplicate check before training (graph/novelty.py): Jaccard over 5-token shingles of the
+    normalised code against the most recent and the best trained candidates."""
+
+    threshold: float = Field(default=0.95, ge=0.0, le=1.0, description="similarity at which a design is too close "
+                             "(asked again once, then recorded as a duplicate); 0 = off")
+    recent: int = Field(default=50, ge=0, le=1000, description="most recent trained candidates compared")
+    best: int = Field(default=10, ge=0, le=1000, description="best scored candidates compared")
 
 
 class AgentSettings(_Strict):
@@ -113,6 +127,7 @@ class RunSettings(_Strict):
                                  "on this machine (category job-error, e.g. CUDA not usable in the sandbox)")
     budget: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
     policy: PolicySettings = Field(default_factory=lambda: PolicySettings())
+    novelty: NoveltySettings = Field(default_factory=lambda: NoveltySettings())
     agents: AgentSettings = Field(default_factory=lambda: AgentSettings())
     train: TrainSettings = Field(default_factory=lambda: TrainSettings())
     data: DataSettings = Field(default_factory=lambda: DataSettings())

@@ -39,7 +39,8 @@ CONFIG_FLAGS: tuple[str, ...] = (
     "config", "llm_base_url", "llm_model", "llm_api_key_env", "llm_max_tokens", "llm_temperature", "dataset",
     "coco_root", "prepared", "sandbox", "ray_address", "docker_runtime", "gpus", "concurrency", "candidates",
     "epochs", "snippets", "seed", "wall_time", "max_tokens", "max_fix_rounds", "fault_rate", "max_train_batches",
-    "max_val_images", "threads", "device", "replay", "no_llm_review", "epoch_time_limit",
+    "max_val_images", "threads", "device", "replay", "no_llm_review", "epoch_time_limit", "max_cost",
+    "max_train_seconds",
 )
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,6 +62,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     put("budget.candidates", args.candidates)
     put("budget.wall_time_s", args.wall_time)
     put("budget.max_tokens", args.max_tokens)
+    put("budget.max_cost_usd", getattr(args, "max_cost", None))
+    put("budget.max_train_seconds", getattr(args, "max_train_seconds", None))
     put("train.epochs", args.epochs)
     put("train.max_train_batches", args.max_train_batches)
     put("train.max_val_images", args.max_val_images)
@@ -207,7 +210,9 @@ def _announce(settings: Any, run_dir: Path, resume: bool) -> None:
            f"LLM agents: designer {a.llm.for_role('designer').describe()}")
     b = settings.budget
     limits = [f"{b.candidates} candidates"] + ([f"{b.wall_time_s:g} s"] if b.wall_time_s else []) + \
-        ([f"{b.max_tokens} tokens"] if b.max_tokens else [])
+        ([f"{b.max_tokens} tokens"] if b.max_tokens else []) + \
+        ([f"${b.max_cost_usd:g}"] if b.max_cost_usd else []) + \
+        ([f"{b.max_train_seconds:g} training s"] if b.max_train_seconds else [])
     print(f"{'resuming' if resume else 'starting'} run {run_dir}\n  agents: {who}\n  data: {settings.data.dataset}; "
           f"sandbox: {settings.sandbox.kind}; concurrency {settings.concurrency}; budget: {', '.join(limits)}; "
           f"{settings.train.epochs} epoch(s) per candidate", file=sys.stderr)
@@ -349,6 +354,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     b.add_argument("--candidates", type=int, metavar="N", help="candidates to make (default 4)")
     b.add_argument("--wall-time", type=float, metavar="S", help="seconds of wall time")
     b.add_argument("--max-tokens", type=int, metavar="N", help="LLM tokens over all roles")
+    b.add_argument("--max-cost", type=float, metavar="USD", help="US dollars of LLM calls (needs the endpoints' "
+                   "price_in_per_mtok / price_out_per_mtok in the config)")
+    b.add_argument("--max-train-seconds", type=float, metavar="S", help="seconds of training jobs (CPU and GPU)")
     s = p.add_argument_group("search")
     s.add_argument("--concurrency", type=int, metavar="N", help="candidates in flight at once (default 2)")
     s.add_argument("--snippets", type=int, metavar="K", help="backbone snippets per designer prompt (default 5)")
