@@ -99,6 +99,7 @@ class Nodes:
         self.emit = emit
         self.slots = slots or Slots.for_settings(settings, 1)
         self._tries: dict[tuple[str, int, str], int] = {}
+        self._shingles = novelty.ShingleCache()  # the near-duplicate check's shingles of trained candidates
 
     # ------------------------------------------------------------------ helpers
     @contextlib.asynccontextmanager
@@ -217,7 +218,7 @@ class Nodes:
                   if e.code_ref]
         if not others:
             return None
-        return await asyncio.to_thread(novelty.nearest, out.code, others, cfg.threshold)
+        return await asyncio.to_thread(novelty.nearest, out.code, others, cfg.threshold, cache=self._shingles)
 
     def _request(self, task: Task, entries: list[jr.Entry], parent: jr.Entry | None, step: int) -> Any:
         """The DesignRequest of this turn: mode, snippets, decoder, the parent and feedback from the journal."""

@@ -28,7 +28,9 @@ import hashlib
 import io
 import keyword
 import re
+import threading
 import tokenize
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -131,15 +133,39 @@ def similarity(a: str, b: str, k: int = SHINGLE) -> float:
     return jaccard(code_shingles(a, k), code_shingles(b, k))
 
 
-def nearest(code: str, others: Iterable[tuple[str, str]], threshold: float, k: int = SHINGLE) -> Near | None:
+class ShingleCache:
+    """Shingle sets of files already seen (keyed by a hash of the text and k), so the trained candidates are
+    tokenised once per run, not once per design; bounded (least recently used dropped), safe across threads."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._sets: OrderedDict[bytes, frozenset[int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, code: str, k: int = SHINGLE) -> frozenset[int]:
+        key = hashlib.blake2b(f"{k}\0{code}".encode("utf-8", "replace"), digest_size=16).digest()
+        with self._lock:
+            if key in self._sets:
+                self._sets.move_to_end(key)
+                return self._sets[key]
+        value = code_shingles(code, k)
+        with self._lock:
+            self._sets[key] = value
+            while len(self._sets) > self.size:
+                self._sets.popitem(last=False)
+        return value
+
+
+def nearest(code: str, others: Iterable[tuple[str, str]], threshold: float, k: int = SHINGLE,
+            cache: ShingleCache | None = None) -> Near | None:
     """The most similar of `others` ((cid, code) pairs) when its similarity is at least `threshold`, else None.
-    A threshold of 0 (or below) disables the check."""
+    A threshold of 0 (or below) disables the check; `cache` keeps the shingles of `others` between calls."""
     if threshold <= 0:
         return None
     mine = code_shingles(code, k)
     best: Near | None = None
     for cid, other in others:
-        s = jaccard(mine, code_shingles(other, k))
+        s = jaccard(mine, cache.get(other, k) if cache is not None else code_shingles(other, k))
         if s >= threshold and (best is None or s > best.similarity):
             best = Near(cid, s)
     return best

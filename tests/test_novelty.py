@@ -64,6 +64,12 @@ def test_a_renamed_model_is_a_near_duplicate_and_other_architectures_are_not() -
     near = novelty.nearest(renamed(lstm), [("c0001", gru), ("c0002", lstm), ("c0003", transformer)], 0.95)
     assert near is not None and near.cid == "c0002" and near.similarity >= 0.99
     assert novelty.nearest(gru, [("c0002", lstm)], 0.95) is None
+    cache = novelty.ShingleCache(size=2)
+    for _ in range(2):  # cached shingles give the same answer
+        again = novelty.nearest(renamed(lstm), [("c0001", gru), ("c0002", lstm), ("c0003", transformer)], 0.95,
+                                cache=cache)
+        assert again == near
+    assert len(cache._sets) == 2  # bounded
     assert novelty.nearest(lstm, [("c0002", lstm)], 0.0) is None  # 0 = off
     assert "too close to c0002 (similarity" in novelty.too_close_note(near)
 
