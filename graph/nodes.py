@@ -375,7 +375,7 @@ class Nodes:
                 fields.update(bleu4=task.get("bleu4"), stage="score", category=None)
             elif status == "duplicate":  # the exact check before training (stage train) or the near one (design)
                 fields.update(stage=failure.get("stage") or "train", category="duplicate",
-                              message=f"same network as {task['duplicate_of']}")
+                              message=failure.get("message") or f"same network as {task['duplicate_of']}")
             else:
                 fields.update(stage=failure.get("stage"), category=failure.get("category"),
                               message=failure.get("message"), traceback_tail=failure.get("tail") or "")

@@ -196,10 +196,12 @@ class RunStore:
         twins already recorded as duplicates of this candidate follow it to the same owner.
         """
         if fields.get("status") == "duplicate" and fields.get("duplicate_of"):
-            owner = self._network_owner(str(fields["duplicate_of"]), cid)
-            fields.update(duplicate_of=owner, message=f"same network as {owner}")
-            self._exec("UPDATE candidates SET duplicate_of=?, message=? WHERE duplicate_of=? AND status='duplicate'",
-                       (owner, f"same network as {owner}", cid))
+            named = str(fields["duplicate_of"])
+            owner = self._network_owner(named, cid)
+            message = str(fields.get("message") or f"same network as {named}")
+            fields.update(duplicate_of=owner, message=message.replace(named, owner))
+            self._exec("UPDATE candidates SET duplicate_of=?, message=REPLACE(COALESCE(message, ''), ?, ?) "
+                       "WHERE duplicate_of=? AND status='duplicate'", (owner, cid, owner, cid))
         self.update_candidate(cid, recorded_step=step, finished_at=time.time(), **fields)
 
     def _network_owner(self, cid: str, start: str) -> str:
