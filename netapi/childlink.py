@@ -13,10 +13,17 @@ from typing import Any
 
 from nncaption.netapi.categories import Category
 from nncaption.netapi.child import STEP_WHAT
-from nncaption.netapi.compute import ComputeClock, StepDeadline
+from nncaption.netapi.compute import (
+    OVERLOADED_PREFIX,
+    STARVED_BACKSTOP_FACTOR,
+    WALL_BACKSTOP_FACTOR,
+    ComputeClock,
+    StepDeadline,
+    backstop_verdict,
+)
 from nncaption.netapi.job import JobSpec, RunnerResult, Step
 from nncaption.netapi.safetext import safe_text
-from nncaption.netapi.supervise import CandidateFailure, ChildProcess, death_failure
+from nncaption.netapi.supervise import CandidateFailure, ChildProcess, MachineOverloaded, death_failure
 from nncaption.netapi.wire import Channel, ChannelClosed, ChannelError, ChannelTimeout
 
 MAX_CHILD_TEXT = 8000
@@ -39,8 +46,45 @@ class ChildLink:
         self.cores = 1  # the threads the candidate's process computes with (its compute is divided by them)
 
     def timed_out(self, deadline: StepDeadline, epoch: int | None) -> Exception:
-        """The failure for a step that ran past its deadline (the child is killed first)."""
-        raise NotImplementedError
+        """The failure of a step past its compute limit, or stopped by its wall-clock backstop (see netapi.compute).
+
+        Stopped by the backstop while starved by the machine: MachineOverloaded (a job-error, not the candidate's).
+        """
+        used = deadline.measure()
+        self.kill_child()
+        what = self._what()
+        hint = Category.TIMEOUT.hint
+        limit_s = deadline.limit_s
+        overloaded, numbers = backstop_verdict(used, self.cores)
+        if self.smoke:
+            step, limit = f"the smoke check (during {what})", f"its {limit_s:g} s budget"
+        elif self.step is Step.LEARN:
+            step, limit = f"epoch {epoch} training (learn)", f"the per-epoch time limit of {limit_s:g} s"
+        elif self.step is Step.DECODE:
+            step, limit = f"epoch {epoch} decoding (forward(images))", f"its time limit of {limit_s:g} s"
+        else:
+            step, limit = what, f"the set-up time limit of {limit_s:g} s"
+        if deadline.expired == "backstop":
+            if overloaded:
+                raise MachineOverloaded(
+                    f"{OVERLOADED_PREFIX}: {step} was stopped by its wall-clock backstop of "
+                    f"{deadline.hard_backstop_s:g} s ({STARVED_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
+                    f"after {numbers}; other work on this machine starved the job of CPU, which is not the "
+                    "candidate's fault")
+            return CandidateFailure(
+                Category.TIMEOUT, f"{step} made too little progress: its process was killed at the wall-clock "
+                f"backstop of {deadline.backstop_s:g} s ({WALL_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
+                f"after {numbers}. It was mostly waiting, not computing: look for a sleep, a blocking read, a lock "
+                f"or a loop that waits for something.\nWhat to change: {hint}", step=self.step)
+        clock = "wall time on the GPU" if deadline.clock.gpu else "CPU time per allotted core"
+        msg = f"{step} ran past {limit} ({clock}); its process was killed after {numbers}."
+        if self.smoke:
+            msg += self.smoke_detail()
+        return CandidateFailure(Category.TIMEOUT, f"{msg}\nWhat to change: {hint}", step=self.step)
+
+    def smoke_detail(self) -> str:
+        """What a smoke job trains on, for its timeout message (the runner knows)."""
+        return ""
 
     def kill_child(self) -> int | None:
         """Kill the candidate's process and everything it started; close the channel."""

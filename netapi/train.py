@@ -42,12 +42,8 @@ from nncaption.netapi.categories import Category
 from nncaption.netapi.child import ChildSetup, serve
 from nncaption.netapi.childlink import ChildLink
 from nncaption.netapi.compute import (
-    OVERLOADED_PREFIX,
-    STARVED_BACKSTOP_FACTOR,
-    WALL_BACKSTOP_FACTOR,
     StepDeadline,
     allotted_cores,
-    backstop_verdict,
 )
 from nncaption.netapi.job import (
     EXIT_FAILED,
@@ -159,45 +155,11 @@ class Runner(ChildLink):
 
     # ------------------------------------------------------------------ deadlines
 
-    def timed_out(self, deadline: StepDeadline, epoch: int | None) -> Exception:
-        """The failure of a step past its compute limit, or stopped by its wall-clock backstop (see netapi.compute).
-
-        Stopped by the backstop while starved by the machine: MachineOverloaded (a job-error, not the candidate's).
-        """
-        used = deadline.measure()
-        self.kill_child()
-        what = self._what()
-        hint = Category.TIMEOUT.hint
-        limit_s = deadline.limit_s
-        overloaded, numbers = backstop_verdict(used, self.cores)
-        if self.smoke:
-            step, limit = f"the smoke check (during {what})", f"its {limit_s:g} s budget"
-        elif self.step is Step.LEARN:
-            step, limit = f"epoch {epoch} training (learn)", f"the per-epoch time limit of {limit_s:g} s"
-        elif self.step is Step.DECODE:
-            step, limit = f"epoch {epoch} decoding (forward(images))", f"its time limit of {limit_s:g} s"
-        else:
-            step, limit = what, f"the set-up time limit of {limit_s:g} s"
-        if deadline.expired == "backstop":
-            if overloaded:
-                raise MachineOverloaded(
-                    f"{OVERLOADED_PREFIX}: {step} was stopped by its wall-clock backstop of "
-                    f"{deadline.hard_backstop_s:g} s ({STARVED_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
-                    f"after {numbers}; other work on this machine starved the job of CPU, which is not the "
-                    "candidate's fault")
-            return CandidateFailure(
-                Category.TIMEOUT, f"{step} made too little progress: its process was killed at the wall-clock "
-                f"backstop of {deadline.backstop_s:g} s ({WALL_BACKSTOP_FACTOR:g} x {limit}, which counts compute) "
-                f"after {numbers}. It was mostly waiting, not computing: look for a sleep, a blocking read, a lock "
-                f"or a loop that waits for something.\nWhat to change: {hint}", step=self.step)
-        clock = "wall time on the GPU" if deadline.clock.gpu else "CPU time per allotted core"
-        msg = f"{step} ran past {limit} ({clock}); its process was killed after {numbers}."
-        if self.smoke:
-            b, _, h, w = self.in_shape
-            msg += (f" It only trains on {self.n_batches} batches of {b} images of {h}x{w} px, so look for a loop "
-                    "that never ends (a decode loop without a length cap, a `while` waiting for something) or a far "
-                    "too large model.")
-        return CandidateFailure(Category.TIMEOUT, f"{msg}\nWhat to change: {hint}", step=self.step)
+    def smoke_detail(self) -> str:
+        b, _, h, w = self.in_shape
+        return (f" It only trains on {self.n_batches} batches of {b} images of {h}x{w} px, so look for a loop "
+                "that never ends (a decode loop without a length cap, a `while` waiting for something) or a far "
+                "too large model.")
 
     # ------------------------------------------------------------------ the lifecycle
 
