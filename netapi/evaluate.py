@@ -28,7 +28,7 @@ from nncaption.netapi.job import (
     EpochPredictions,
     JobSpec,
 )
-from nncaption.netapi.metrics import corpus_bleu, lemur_bleu4
+from nncaption.netapi.metrics import corpus_bleu, corpus_cider_d, lemur_bleu4
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class EpochScore:
     train_loss: float | None = None
     images: int = 0
     mean_length: float = 0.0  # words per decoded caption
+    cider_d: float | None = None  # CIDEr-D (COCO protocol, x10) of the epoch; None in reports made before it
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ScoreReport:
     epochs: list[EpochScore] = field(default_factory=list)
     bleu4: float | None = None
     lemur_bleu4: float | None = None
+    cider_d: float | None = None
     params: int | None = None
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few decoded captions of the last epoch
     error: str | None = None  # why the predictions could not be scored (an eval-contract failure); no scores then
@@ -110,10 +112,11 @@ def score(
         log.warning("scoring failed", exc_info=True)
         report.error = f"the predictions could not be scored ({type(e).__name__})"
     if report.error is not None:
-        report.epochs, report.examples, report.bleu4, report.lemur_bleu4 = [], [], None, None
+        report.epochs, report.examples, report.bleu4, report.lemur_bleu4, report.cider_d = [], [], None, None, None
     elif report.epochs:
         report.bleu4 = report.epochs[-1].bleu4
         report.lemur_bleu4 = report.epochs[-1].lemur_bleu4
+        report.cider_d = report.epochs[-1].cider_d
     return report
 
 
@@ -145,13 +148,14 @@ def _score_into(report: ScoreReport, predictions: Sequence[EpochPredictions], re
             if i not in ref_ids_cache:
                 ref_ids_cache[i] = [vocab.encode(r, max_len=len(r) + 2) for r in refs[i]]
         lemur = lemur_bleu4([ep.ids[i] for i in image_ids], [ref_ids_cache[i] for i in image_ids])
+        cider, _ = corpus_cider_d(hyps, ref_words)
         values = {k: round(v, 6) for k, v in bleu.items()}
-        if not all(math.isfinite(v) for v in [*values.values(), lemur]):
+        if not all(math.isfinite(v) for v in [*values.values(), lemur, cider]):
             report.error = f"epoch {ep.epoch}: a non-finite score"
             return
         loss = ep.train_loss if ep.train_loss is None or math.isfinite(ep.train_loss) else None
         report.epochs.append(EpochScore(
-            epoch=ep.epoch, **values, lemur_bleu4=round(lemur, 6),
+            epoch=ep.epoch, **values, lemur_bleu4=round(lemur, 6), cider_d=round(cider, 6),
             seconds=ep.seconds, decode_seconds=ep.decode_seconds, train_loss=loss, images=len(image_ids),
             mean_length=round(sum(len(h) for h in hyps) / len(hyps), 3),
         ))

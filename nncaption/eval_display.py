@@ -111,13 +111,13 @@ def print_report(label: str, report: EvalReport) -> None:
     if report.epochs:
         table = Table(title=f"{label}: free-running BLEU on {report.dataset_name or 'val'} "
                             f"({report.epochs[-1].images} val images)")
-        for col in ("epoch", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "LEMUR B-4*", "loss", "train s",
+        for col in ("epoch", "BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "LEMUR B-4*", "loss", "train s",
                     "decode s", "words"):
             table.add_column(col, justify="right")
         for e in report.epochs:
             table.add_row(str(e.epoch), _fmt(e.bleu1), _fmt(e.bleu2), _fmt(e.bleu3), _fmt(e.bleu4),
-                          _fmt(e.lemur_bleu4), _fmt(e.train_loss, 3), _fmt(e.seconds, 1), _fmt(e.decode_seconds, 1),
-                          _fmt(e.mean_length, 1))
+                          _fmt(e.cider_d, 3), _fmt(e.lemur_bleu4), _fmt(e.train_loss, 3), _fmt(e.seconds, 1),
+                          _fmt(e.decode_seconds, 1), _fmt(e.mean_length, 1))
         console.print(table)
         console.print("* LEMUR-compatible: mean sentence BLEU-4 (smoothing 1) on token ids, for comparison with "
                       "LEMUR's stats only. The main figure is COCO-protocol corpus BLEU-4.", style="dim")
@@ -126,6 +126,8 @@ def print_report(label: str, report: EvalReport) -> None:
                           markup=False)
     if report.ok and report.bleu4 is not None:
         line = f"BLEU-4 {report.bleu4:.4f}"
+        if report.cider_d is not None:
+            line += f"  CIDEr-D {report.cider_d:.3f}"
         if report.baseline_bleu4 is not None:
             base = report.baseline_bleu4
             ratio = f"{report.bleu4 / base:.2f}" if base else "inf"

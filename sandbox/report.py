@@ -154,6 +154,7 @@ class EvalReport:
     epochs: list[EpochScore] = field(default_factory=list)
     bleu4: float | None = None  # COCO-protocol corpus BLEU-4 of the last epoch; None unless status is ok
     lemur_bleu4: float | None = None  # LEMUR-compatible (mean sentence BLEU-4 on ids), last epoch
+    cider_d: float | None = None  # CIDEr-D (COCO protocol, x10) of the last epoch
     baseline_bleu4: float | None = None  # best constant caption chosen on training captions
     baseline_caption: str | None = None
     suspect: bool = False  # BLEU-4 far above what honest models reach on this dataset
@@ -203,7 +204,7 @@ class EvalReport:
             message=safe_text(d.get("message", ""), MESSAGE_LIMIT, keep="head"), stage=Stage(d["stage"]),
             line=_opt_int(d.get("line")), traceback_tail=safe_text(d.get("traceback_tail", ""), TRACEBACK_LIMIT),
             epochs=epochs, bleu4=_opt_float(d.get("bleu4")), lemur_bleu4=_opt_float(d.get("lemur_bleu4")),
-            baseline_bleu4=_opt_float(d.get("baseline_bleu4")),
+            cider_d=_opt_float(d.get("cider_d")), baseline_bleu4=_opt_float(d.get("baseline_bleu4")),
             baseline_caption=str(d["baseline_caption"]) if d.get("baseline_caption") is not None else None,
             suspect=bool(d.get("suspect", False)), suspect_reason=str(d.get("suspect_reason", "")),
             params=_opt_int(d.get("params")), prm=_prm(d.get("prm")), optimizer_lr=_opt_float(d.get("optimizer_lr")),

@@ -313,6 +313,7 @@ class CandidateService:
             return failed_report(Stage.SCORE, Category.EVAL_CONTRACT, f"{e}", **extra)
         report = EvalReport(status=ReportStatus.OK, stage=Stage.SCORE, message=safe_text(result.message, 800),
                             epochs=scored.epochs, bleu4=scored.bleu4, lemur_bleu4=scored.lemur_bleu4,
+                            cider_d=scored.cider_d,
                             examples=[Example(str(e["image_id"]), safe_text(e["caption"], 300),
                                               safe_text(e["reference"], 300)) for e in scored.examples], **extra)
         if self.settings.baseline:

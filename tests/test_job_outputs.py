@@ -285,6 +285,18 @@ def test_score_never_raises_and_gives_no_score_for_bad_predictions() -> None:
     assert missing.error and missing.bleu4 is None
 
 
+def test_every_epoch_is_scored_with_cider_d_beside_bleu() -> None:
+    from nncaption.netapi.metrics import corpus_cider_d
+
+    vocab = Vocab(["<pad>", "<sos>", "<eos>", "<unk>", "a", "dog", "red", "ball"])
+    refs = {"1": [["a", "dog"], ["a", "red", "dog"]], "2": [["a", "red", "ball"]], "3": [["a", "ball"]]}
+    hyps = {"1": [4, 5, 2], "2": [4, 6, 7, 2], "3": [5, 2]}
+    report = score([EpochPredictions(1, 1.0, 0.1, 1.0, hyps), EpochPredictions(2, 1.0, 0.1, 1.0, hyps)], refs, vocab)
+    want, _ = corpus_cider_d([vocab.decode(hyps[i]) for i in ("1", "2", "3")], [refs[i] for i in ("1", "2", "3")])
+    assert [e.cider_d for e in report.epochs] == [round(want, 6)] * 2 and report.cider_d == round(want, 6)
+    assert report.cider_d is not None and report.cider_d > 0
+
+
 # --------------------------------------------------------------------------- the channel
 
 
