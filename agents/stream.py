@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,17 +131,22 @@ def _shown(e: Exception) -> str:
     return _URL_CREDENTIALS.sub("***@", safe_text(e, 300))
 
 
-async def _read_capped(resp: httpx.Response, limits: Limits, timing: Timing, *, describe: str, where: str) -> bytes:
-    chunks: list[bytes] = []
+async def _capped_chunks(resp: httpx.Response, limits: Limits, timing: Timing, *, what: str,
+                         where: str) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive (the first byte timed); ReplyTooLarge past `limits.max_bytes`."""
     size = 0
     async for chunk in resp.aiter_bytes():
         if timing.first_byte is None:
             timing.first_byte = time.perf_counter()
         size += len(chunk)
         if size > limits.max_bytes:
-            raise ReplyTooLarge(f"{describe} sent a body over {limits.max_bytes} bytes; stopped reading it",
+            raise ReplyTooLarge(f"{what} over {limits.max_bytes} bytes; stopped reading it",
                                 endpoint=where, status=resp.status_code)
-        chunks.append(chunk)
+        yield chunk
+
+
+async def _read_capped(resp: httpx.Response, limits: Limits, timing: Timing, *, describe: str, where: str) -> bytes:
+    chunks = [c async for c in _capped_chunks(resp, limits, timing, what=f"{describe} sent a body", where=where)]
     timing.done = time.perf_counter()
     return b"".join(chunks)
 
@@ -150,14 +156,7 @@ async def _read_sse(resp: httpx.Response, limits: Limits, timing: Timing, *, des
     """Assemble `data:` events until `[DONE]` or the end of the body."""
     acc = _Assembly()
     pending: list[bytes] = []  # the part of the current line received so far (no quadratic joins)
-    size = 0
-    async for chunk in resp.aiter_bytes():
-        if timing.first_byte is None:
-            timing.first_byte = time.perf_counter()
-        size += len(chunk)
-        if size > limits.max_bytes:
-            raise ReplyTooLarge(f"{describe} streamed over {limits.max_bytes} bytes; stopped reading it",
-                                endpoint=where, status=resp.status_code)
+    async for chunk in _capped_chunks(resp, limits, timing, what=f"{describe} streamed", where=where):
         if b"\n" not in chunk:
             pending.append(chunk)
             continue

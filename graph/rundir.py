@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.netapi.errors import NNCaptionError
+from nncaption.netapi.jobfiles import read_at_most
 from nncaption.netapi.safetext import safe_text
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,7 @@ def read_bytes(root: Path, rel: str | Sequence[str], max_bytes: int = DEFAULT_MA
         if offset < 0:
             offset = max(0, st.st_size + offset)
         os.lseek(fd, offset, os.SEEK_SET)
-        chunks, left = [], max_bytes
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_at_most(fd, max_bytes)
     except OSError:
         return None
     finally:

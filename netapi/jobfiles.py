@@ -50,19 +50,24 @@ def read_regular(path: Path, offset: int, max_bytes: int) -> bytes | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         os.lseek(fd, offset, os.SEEK_SET)
-        chunks: list[bytes] = []
-        left = max_bytes
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        return b"".join(chunks)
+        return read_at_most(fd, max_bytes)
     except OSError:
         return None
     finally:
         os.close(fd)
+
+
+def read_at_most(fd: int, max_bytes: int) -> bytes:
+    """At most `max_bytes` from an open file, from where it stands (in 1 MiB reads; OSError passes through)."""
+    chunks: list[bytes] = []
+    left = max_bytes
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def load_json(path: Path, max_bytes: int) -> Any:
