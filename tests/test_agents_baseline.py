@@ -54,6 +54,7 @@ def test_protocols_are_implemented_by_both_kinds() -> None:
     assert LLMDesigner(c, FACTS).name == f"llm:{REQUESTED}" and BaselineDesigner().name == BASELINE_NAME
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_baseline_designer_in_process_and_over_http_give_the_same_candidates() -> None:
     async def both() -> tuple[list[Design], list[Design], list[str], list[str]]:
         local = BaselineDesigner(7, fault_rate=0.4)
@@ -169,6 +170,7 @@ def test_baseline_reviewer_checks_code_and_prm_statically() -> None:
     assert not llm.ok and llm.category == Category.BAD_HYPERPARAMETERS.value and llm.source == "static"
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_baseline_fixer_in_process_and_over_http_give_the_same_fixes() -> None:
     from nncaption.agents.extract import ExtractionError
     from nncaption.netapi.categories import Verdict
