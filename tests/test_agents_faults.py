@@ -43,6 +43,7 @@ def test_snippet_schedule() -> None:
     assert snippet_schedule(0) == [0]
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_context_length_makes_the_designer_use_fewer_snippets() -> None:
     sizes: dict[int, int] = {}  # prompt sizes with 10, 5, 2, 0 snippets
     offered = sample_snippets(10, 3)
