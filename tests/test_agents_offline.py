@@ -55,6 +55,7 @@ def run_check(code: str, tiny_dataset: Any, path: Path, prm: dict | None = None)
     return check_code(code, tiny_dataset.public_dir, path.parent, prm=prm, name=path.name, time_limit_s=60)
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_designer_compose_is_accepted_by_check(tiny_dataset: Any, facts: DatasetFacts, tmp_path: Path) -> None:
     with OfflineComposerServer(seed=3) as srv:
         d = design_sync(client_for(srv.base_url), facts, k=5, seed=11, decoder="lstm")
@@ -116,6 +117,7 @@ def test_reviewer_static_then_llm(facts: DatasetFacts) -> None:
     assert r_llm.to_verdict().ok and r_bad.to_verdict().category is not None
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("kind", compose.DEFECT_KINDS)
 def test_baseline_oracle_fixer_undoes_every_planted_defect_over_http(
     kind: str, tiny_dataset: Any, facts: DatasetFacts, tmp_path: Path
