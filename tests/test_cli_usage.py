@@ -185,6 +185,7 @@ def test_live_view_progress_running_and_resumed_counts() -> None:
     assert "c0004" not in text.split("funnel")[-1] and "[/bad] markup 1" in text and "4/6 finished" in text
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_live_view_clock_ticks_without_events() -> None:
     """rich redraws from the current state on its own once a second: two different elapsed times, no event."""
     from rich.console import Console
