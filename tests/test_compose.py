@@ -65,6 +65,7 @@ def test_every_snippet_is_composable() -> None:
     assert DEFECT_KINDS == tuple(EXPECTED)
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_composition_passes_static_and_smoke(backbone: str, decoder: str, tmp_path: Path, data_dir: Path) -> None:
@@ -147,6 +148,7 @@ def test_prm_decides_what_trains_not_the_file_constants() -> None:
 CASES = [(kind, decoder, seed) for kind in DEFECT_KINDS for decoder in DECODERS for seed in range(3)]
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("kind,decoder,seed", CASES, ids=[f"{k}-{d}-{s}" for k, d, s in CASES])
 def test_defect_is_rejected_with_its_category_and_repaired(
     kind: str, decoder: str, seed: int, tmp_path: Path, data_dir: Path
