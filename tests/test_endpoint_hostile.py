@@ -96,6 +96,7 @@ def test_a_deeply_nested_json_reply_for_the_reviewer_is_a_structured_reply_error
     assert ei.value.exchange is not None
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_redirect_is_never_followed() -> None:
     with Emulator("vllm", models=("m",)) as target:
         moved = (307, {"Location": f"{target.base_url}/chat/completions", "Content-Length": "0"}, b"")
