@@ -45,6 +45,7 @@ def test_an_openai_reasoning_model_designs_within_four_requests(profile: str) ->
         assert len(emu.bodies) == 1
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_ollama_gets_num_ctx_and_a_silently_cut_prompt_is_context_truncated() -> None:
     with Emulator("ollama", models=("qwen3:8b",), answer=answer, ollama_ctx=2048) as emu:
         c = client(emu.base_url, "qwen3:8b")
@@ -60,6 +61,7 @@ def test_ollama_gets_num_ctx_and_a_silently_cut_prompt_is_context_truncated() ->
     assert d.code == GOOD.code
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_llamacpp_context_is_read_from_props_and_its_context_error_is_typed() -> None:
     with Emulator("llamacpp", models=("model.gguf",), answer=answer, context=16384) as emu:
         d = design_sync(client(emu.base_url, "model.gguf"), FACTS, k=2, seed=0)
@@ -100,6 +102,7 @@ def test_a_prompt_too_long_for_the_context_designs_with_fewer_snippets(kind: str
     assert d.exchanges[0].error and d.exchanges[0].error.startswith("context-length")
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("kind", ["vllm", "sglang", "ollama", "llamacpp", "openai"])
 def test_openai_api_key_never_reaches_a_non_openai_host(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """OPENAI_API_KEY set, no api_key_env: every server but api.openai.com gets the placeholder; a variable the
