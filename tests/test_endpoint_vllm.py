@@ -117,6 +117,7 @@ def test_a_missing_v1_and_a_refused_key_are_configuration_errors() -> None:
     assert report.problems and "/v1" in " ".join(report.hints)
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_hung_server_times_out_and_then_fails_fast() -> None:
     """Lists its models, never answers: two tries per call, then the endpoint fails at once for a while."""
     with Emulator("hung") as emu:
