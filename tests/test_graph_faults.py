@@ -68,6 +68,7 @@ def test_garbage_reply_fails_one_candidate_and_the_run_goes_on(tiny_dataset: Any
     assert sum(r["status"] == "scored" for r in rows.values()) == 2
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_all_endpoints_down_stops_with_a_clear_error(tiny_dataset: Any, tmp_path: Path) -> None:
     with FlakyServer(down_from=0) as server:
         search = SearchRun(_settings(tiny_dataset.root, server.base_url, 20, 2), tmp_path / "run")
@@ -112,6 +113,7 @@ def test_jobs_that_cannot_run_here_stop_the_run_with_one_clear_error(tiny_datase
     assert run is not None and run["status"] == "failed" and run["stop_reason"] == "machine-unusable"
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_budget_smaller_than_endpoint_down_after_still_stops_as_endpoints_down(tiny_dataset: Any,
                                                                                  tmp_path: Path) -> None:
     # 2 candidates, endpoint_down_after 3: both lost their endpoint, so the run failed as endpoints-down (exit 1),
