@@ -118,6 +118,7 @@ def test_too_large_names_the_count_and_budget(data_dir: Path) -> None:
     assert " parameters, over the budget of 5,000" in v.message and "Shrink" in v.message
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("name", ["bad_infinite_loop.py", "bad_sleep.py"], ids=["python-loop", "sleep-in-C"])
 def test_the_runner_kills_a_candidate_past_its_budget(name: str, data_dir: Path) -> None:
     # a Python loop and a sleep inside C end the same way: the runner kills the child at the deadline
