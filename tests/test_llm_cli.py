@@ -179,6 +179,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("mode", ["normal", "stubborn"])
 def test_vllm_process_waits_for_health_and_stops(fake_vllm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  mode: str) -> None:
@@ -250,6 +251,7 @@ def stop_cli(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, out
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_cli_offline_then_replay(tmp_path: Path, cli_procs: list[subprocess.Popen[str]]) -> None:
     from nncaption.agents.client import LLMClient, run_sync
     from nncaption.agents.settings import LLMSettings
@@ -278,6 +280,7 @@ def test_cli_offline_then_replay(tmp_path: Path, cli_procs: list[subprocess.Pope
     assert code == 0 and "stopped" in out
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_cli_serve_vllm_with_stand_in(fake_vllm: Path, tmp_path: Path, cli_procs: list[subprocess.Popen[str]]) -> None:
     pidfile = tmp_path / "pid"
     port = free_port()
@@ -295,6 +298,7 @@ def test_cli_serve_vllm_with_stand_in(fake_vllm: Path, tmp_path: Path, cli_procs
     assert not alive(vllm_pid)  # stopped on exit
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_cli_serve_vllm_on_ipv6_loopback(fake_vllm: Path, tmp_path: Path,
                                         cli_procs: list[subprocess.Popen[str]]) -> None:
     if (Path(sys.executable).parent / "vllm").exists():  # pragma: no cover - a real vLLM beside this Python
