@@ -135,6 +135,7 @@ def test_503_then_success() -> None:
     assert ex.reply == "recovered" and ex.attempts == 3
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_hanging_response_hits_timeout() -> None:
     with ScriptedServer([hang(30)]) as srv:
         t0 = time.perf_counter()
@@ -339,6 +340,7 @@ def test_a_proxy_5xx_html_page_is_retried_with_a_proxy_hint(code: int, proxy_tim
     assert ("proxy" in ei.value.hint) == proxy_timeout
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_503_honours_retry_after_up_to_the_cap() -> None:
     script = [status(503, "warming up", headers={"Retry-After": "0.3"}), ok("fine")]
     with ScriptedServer(script) as srv:
