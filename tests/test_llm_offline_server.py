@@ -55,6 +55,7 @@ def test_openai_shapes_and_usage() -> None:
     assert stream_status == 400
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_same_seed_same_replies_and_repeats_differ() -> None:
     """Without a request seed (any OpenAI client), a repeated prompt gets a new, yet deterministic, sample."""
     messages = designer_messages(FACTS, sample_snippets(5, 1))
@@ -101,6 +102,7 @@ def test_reviewer_role_gets_a_static_verdict_as_json() -> None:
     assert obj["ok"] is False and obj["category"] == "missing-symbol" and obj["message"]
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_fault_rate_plants_defects_of_the_chosen_kinds() -> None:
     kinds = ("shape", "output-contract")
     with OfflineComposerServer(seed=2, fault_rate=1.0, fault_kinds=kinds) as srv:
@@ -112,6 +114,7 @@ def test_fault_rate_plants_defects_of_the_chosen_kinds() -> None:
     assert all(d.code != c for d, c in zip(designs, clean, strict=True))
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_latency_and_context_limit() -> None:
     offered = sample_snippets(10, 3)
     from nncaption.agents.http_server import count_tokens
