@@ -202,6 +202,7 @@ def test_nan_caught_even_when_the_candidate_swallows_the_abort(tiny_dataset: Any
     assert_failed(code, result, Category.NAN)
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_epoch_time_limit_stops_a_slow_learn(tiny_dataset: Any, tmp_path: Path) -> None:
     """A learn that sleeps uses no CPU: the wall-clock backstop (3 x the limit) stops it, as the candidate's timeout."""
     t = time.monotonic()
@@ -212,6 +213,7 @@ def test_epoch_time_limit_stops_a_slow_learn(tiny_dataset: Any, tmp_path: Path) 
     assert "CPU-seconds" in result.message and "waiting, not computing" in result.message
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_epoch_time_limit_holds_when_learn_swallows_exceptions(tiny_dataset: Any, tmp_path: Path) -> None:
     code, result, _ = run_here(tmp_path, tiny_candidate(spin_in_learn=0.6, swallow=True), tiny_dataset,
                                epoch_time_limit_s=1.0, max_train_batches=None)
@@ -230,6 +232,7 @@ def test_predictions_of_finished_epochs_survive_a_later_failure(tiny_dataset: An
     assert [p.epoch for p in read_predictions(job)] == [1]
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_seed_is_recorded_and_runs_are_reproducible(tiny_dataset: Any, tmp_path: Path) -> None:
     runs = [run_here(tmp_path / f"r{i}", tiny_candidate(), tiny_dataset, seed=7) for i in range(2)]
     other = run_here(tmp_path / "other", tiny_candidate(), tiny_dataset, seed=8)
