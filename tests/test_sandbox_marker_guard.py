@@ -41,6 +41,7 @@ def test_in_process_jobs_are_counted_through_the_real_method() -> None:
         "point it at the method that now runs one job")
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 @pytest.mark.parametrize("mark, passed, failed", [("", 1, 1), ("@pytest.mark.sandbox", 2, 0)])
 def test_a_job_test_without_the_marker_fails(pytester: pytest.Pytester, mark: str, passed: int, failed: int) -> None:
     pytester.makeconftest(CONFTEST.read_text())
