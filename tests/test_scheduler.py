@@ -155,6 +155,7 @@ def test_unchanged_fix_is_not_run_again_and_the_fixer_is_told(tmp_path: Path) ->
     assert row is not None and row["status"] == "failed" and row["category"] == "timeout" and row["attempts"] == 3
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_concurrency_the_machine_cannot_train_is_lowered_with_a_warning(tmp_path: Path) -> None:
     import os
 
