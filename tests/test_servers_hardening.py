@@ -103,6 +103,7 @@ def test_bad_json_is_a_400_json_answer(raw: bytes, code: str | None) -> None:
             assert status == 400 and body["error"]["code"] == code
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_body_shorter_than_its_length_times_out_with_an_answer() -> None:
     srv = OfflineComposerServer(seed=1)
     srv.idle_seconds = 1.0
@@ -183,6 +184,7 @@ def test_malformed_replay_files_are_configuration_errors_with_the_line(tmp_path:
     assert info.value.exit_code == 2 and ":2 " in info.value.message and why.split()[-1] in info.value.message
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_clients_dripping_bytes_cannot_hold_the_workers() -> None:
     srv = OfflineComposerServer(seed=1)
     srv.workers, srv.read_seconds = 4, 2.0
