@@ -105,6 +105,7 @@ def test_records_are_read_back_only_from_regular_files(tmp_path: Path) -> None:
         store.job_dir("../../etc")
 
 
+@pytest.mark.slow  # over a second of real work or waiting (training, timeouts, servers, subprocesses)
 def test_a_deep_folder_chain_is_removed_without_recursion(tmp_path: Path) -> None:
     top = tmp_path / "deep"
     top.mkdir()
