@@ -138,8 +138,8 @@ def run_one(settings: dict[str, Any], run_dir: Path) -> RunResult:
 
 
 def measure(run_dir: Path, status: str, seconds: float) -> RunResult:
-    from nncaption.graph.report_data import funnel
     from nncaption.graph.trace import RunReader
+    from nncaption.inspection.report_data import funnel
 
     with RunReader(run_dir) as r:
         fun = funnel(r)["stages"]

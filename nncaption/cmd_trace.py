@@ -8,7 +8,7 @@
     nncaption trace RUN_DIR --html OUT.html       a self-contained HTML trace viewer
     nncaption report RUN_DIR [--out DIR]          Markdown + PNG plots
     nncaption export RUN_DIR --lemur OUT_DIR      LEMUR model files and per-epoch stats
-    nncaption export RUN_DIR --sft A.jsonl --pairs B.jsonl   generator fine-tuning data (graph/finetune.py)
+    nncaption export RUN_DIR --sft A.jsonl --pairs B.jsonl   generator fine-tuning data (inspection/finetune.py)
 
 The read-only commands open the run's databases read-only, so they work while the
 run is going and after it was killed. `--json` prints exactly one strict JSON
@@ -175,7 +175,7 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     if args.fork is not None:
         return _fork(args, run_dir)
     if args.html is not None:
-        from nncaption.graph.html import write_viewer
+        from nncaption.inspection.html import write_viewer
 
         out = write_viewer(run_dir, Path(args.html))
         if args.json:
@@ -225,7 +225,7 @@ def _fork(args: argparse.Namespace, run_dir: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- report, export
 def _cmd_report(args: argparse.Namespace) -> int:
-    from nncaption.graph.report import write_report
+    from nncaption.inspection.report import write_report
 
     out = write_report(Path(args.run_dir).expanduser(), Path(args.out).expanduser() if args.out else None)
     if args.json:
@@ -238,8 +238,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_finetune(args: argparse.Namespace) -> dict[str, Any]:
-    """--sft / --pairs: generator fine-tuning data (graph/finetune.py); prints unless --json."""
-    from nncaption.graph.finetune import export_finetune
+    """--sft / --pairs: generator fine-tuning data (inspection/finetune.py); prints unless --json."""
+    from nncaption.inspection.finetune import export_finetune
 
     out = export_finetune(Path(args.run_dir).expanduser(), sft=Path(args.sft).expanduser() if args.sft else None,
                           pair_file=Path(args.pairs).expanduser() if args.pairs else None)
@@ -253,7 +253,7 @@ def _cmd_export_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from nncaption.graph.lemur import export_lemur
+    from nncaption.inspection.lemur import export_lemur
 
     if not (args.lemur or args.sft or args.pairs):
         raise UsageError("export needs at least one of --lemur OUT_DIR, --sft OUT.jsonl, --pairs OUT.jsonl",

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from run_fixture import prepare_tiny, run_cli
 
-from nncaption.graph.finetune import MAX_PAIRS_PER_GROUP, Example, pairs
+from nncaption.inspection.finetune import MAX_PAIRS_PER_GROUP, Example, pairs
 
 SFT_KEYS = {"messages", "reasoning", "verdict", "category", "stage", "scores", "candidate", "attempt", "role",
             "made_by", "mode", "parent", "model", "step"}

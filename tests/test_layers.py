@@ -1,6 +1,6 @@
 """The import graph follows the README's dependency chain: no package imports one above its own.
 
-netapi <- sandbox <- agents, prompts <- graph <- nncaption (CLI) <- evals. Every `import nncaption.X` and
+netapi <- sandbox <- agents, prompts <- graph <- inspection <- nncaption (CLI) <- evals. Every `import nncaption.X` and
 `from nncaption.X import ...` in the sources is read (lazy imports inside functions included, TYPE_CHECKING too:
 a type-only upward import still couples the layers).
 """
@@ -11,8 +11,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS: dict[str, int] = {"netapi": 0, "sandbox": 1, "agents": 2, "prompts": 2, "graph": 3, "nncaption": 4,
-                          "evals": 5}
+LAYERS: dict[str, int] = {"netapi": 0, "sandbox": 1, "agents": 2, "prompts": 2, "graph": 3, "inspection": 4,
+                          "nncaption": 5, "evals": 6}
 
 
 def _imported_layers(path: Path) -> list[tuple[int, str]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from run_fixture import run_cli
 
-from nncaption.graph.report import md
+from nncaption.inspection.report import md
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("bleu_per_candidate.png", "funnel.png", "bleu_per_epoch.png", "cost.png", "captions.png")

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nncaption.graph.html import bleu_svg
-from nncaption.graph.report import figures
-from nncaption.graph.report_data import Captions
+from nncaption.inspection.html import bleu_svg
+from nncaption.inspection.report import figures
+from nncaption.inspection.report_data import Captions
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -102,7 +102,7 @@ def test_saved_pngs_have_a_blank_margin(tmp_path: Path) -> None:
     """Nothing touches the edge of a saved PNG: the last caption line is inside the picture, not cut off."""
     from matplotlib.image import imread
 
-    from nncaption.graph.report import _plots
+    from nncaption.inspection.report import _plots
 
     for path in _plots(tmp_path, CANDS, EPOCHS, FUNNEL, BASELINE_COST, CAPS):
         img = imread(path)[..., :3]

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.graph import rundir
-from nncaption.graph.report_data import Captions, best_captions, cost_tables, funnel, split_info
 from nncaption.graph.trace import RunReader, run_summary
+from nncaption.inspection.report_data import Captions, best_captions, cost_tables, funnel, split_info
 from nncaption.netapi.safetext import safe_markdown, safe_text
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The HTML/CSS/JS of the trace viewer (graph/html.py fills %%TITLE%%, %%SVG%% and %%DATA%%).
+"""The HTML/CSS/JS of the trace viewer (inspection/html.py fills %%TITLE%%, %%SVG%% and %%DATA%%).
 
 Inline only; the Content-Security-Policy allows no network access at all. The
 script builds every element with createElement/textContent: no text from the run

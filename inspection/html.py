@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from nncaption.graph import rundir
-from nncaption.graph.html_page import PAGE
 from nncaption.graph.trace import RunReader, run_summary, step_detail, step_lines
+from nncaption.inspection.html_page import PAGE
 from nncaption.netapi.safetext import safe_text, strict_dumps
 
 log = logging.getLogger(__name__)

@@ -77,7 +77,7 @@ def _epoch_scores(reader: RunReader, job_id: str | None) -> dict[int, dict[str, 
 
 def _transform(reader: RunReader) -> str:
     """The image transform as LEMUR names it: nn-caption resizes to the prepared size and normalises."""
-    from nncaption.graph.report_data import split_info
+    from nncaption.inspection.report_data import split_info
 
     size = split_info(reader)["split"].get("image_size") or 64
     return f"nncaption_resize{size}_norm"
