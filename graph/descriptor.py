@@ -24,6 +24,8 @@ import ast
 import re
 from dataclasses import dataclass
 
+from nncaption.netapi import pyast
+
 CONDITIONING_ORDER = ("initial-state", "per-step-input", "cross-attention")
 PARAM_BINS = ((1e5, "<100K"), (3e5, "100K-300K"), (1e6, "300K-1M"), (3e6, "1M-3M"), (1e7, "3M-10M"),
               (3e7, "10M-30M"), (1e8, "30M-100M"))
@@ -183,7 +185,7 @@ def describe(code: str | None, *, summary: str = "", decoder: str | None = None,
     tree: ast.Module | None = None
     if code and len(code) <= MAX_CODE_CHARS:
         try:
-            tree = ast.parse(code)
+            tree = pyast.parse(code)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             tree = None
     marker = _marker_fields(code or "")

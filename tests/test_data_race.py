@@ -127,7 +127,7 @@ def test_synth_force_rewrites_with_the_same_secret(tmp_path: Path, capsys: pytes
 def test_synth_refuses_to_replace_a_folder_that_is_not_a_dataset(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "keep.txt").write_text("mine")
-    assert main(["data", "synth", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1", "--quiet"]) == 1
+    assert main(["data", "synth", "--out", str(tmp_path), "--n-train", "2", "--n-val", "1", "--quiet"]) == 2
     assert "not a synthetic dataset" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
